@@ -1,0 +1,24 @@
+"""Channel variables the bridge reads or sets: the one list.
+
+Read by the call flow:
+  ICS_FACILITY    facility id of the inmate phone (pjsip.conf endpoint set_var)
+Set by the call flow for the dialplan (dialplan/extensions.conf):
+  ICS_CALL_ID     our call id; passed to the called-party gosub and to settlement
+  ICS_RESULT      "dial" when every check passed; anything else means do not dial
+  ICS_DIAL        the Dial() target, built from a whitelisted 10-digit number
+  ICS_RING_S      seconds to let the called phone ring
+  ICS_LIMIT_MS    bridge time limit (Dial L()), the smaller of the facility limit
+                  and what the reserved balance buys
+Set on the called channel by the called-party menu:
+  GOSUB_RESULT    "ABORT" unless the call was accepted (Asterisk's Dial U() contract)
+Read by settlement (passed as AGI arguments by the hangup handler):
+  DIALSTATUS, CHANNEL(hangupsource)
+"""
+
+FACILITY = "ICS_FACILITY"
+CALL_ID = "ICS_CALL_ID"
+RESULT = "ICS_RESULT"
+DIAL = "ICS_DIAL"
+RING_S = "ICS_RING_S"
+LIMIT_MS = "ICS_LIMIT_MS"
+GOSUB_RESULT = "GOSUB_RESULT"

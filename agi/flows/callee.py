@@ -1,0 +1,135 @@
+"""Called-party side, run by Dial's U() gosub once the outside phone answers.
+
+"This is a prepaid call from <name>, an inmate at <facility>. This call is
+subject to recording and monitoring." Then the menu: accept, refuse, rate
+quote (then the menu again), block. No key or a wrong key: one reprompt, then
+goodbye. Only "accept" leaves GOSUB_RESULT unset, which lets Dial bridge.
+"""
+
+from __future__ import annotations
+
+import re
+
+import structlog
+
+from ics import prompts, rating, records
+from ics.store import now_ms
+
+from .. import channelvars as V
+from ..session import Session
+
+log = structlog.get_logger("agi")
+
+CALL_ID_RE = re.compile(r"^[0-9]{14}-[0-9a-f]{8}$")
+MAX_QUOTES = 3  # a held-down quote key cannot keep the line open forever
+
+
+def run(s: Session) -> None:
+    call_id = s.args[0] if s.args else ""
+    if not CALL_ID_RE.match(call_id):
+        raise ValueError(f"called-party menu started without a valid call id: {call_id!r}")
+    structlog.contextvars.bind_contextvars(call_id=call_id)
+    rec = records.get(s.r, call_id)
+    if rec is None:
+        raise LookupError(f"no call record {call_id}")
+    facility = s.store.facility(rec["facility"])
+    s.agi.set_variable(V.GOSUB_RESULT, "ABORT")  # fail closed until the key press says otherwise
+    records.update(s.r, call_id, answered_ms=now_ms(), outcome="announcing")
+    log.info("callee.announce")
+
+    choice = menu(s, facility, rec)
+    if choice == "accept":
+        records.update(s.r, call_id, outcome="accepted")
+        s.play("connecting")
+        # Dial bridges the instant this gosub returns: billing starts here.
+        records.update(s.r, call_id, bridged_ms=now_ms())
+        s.agi.set_variable(V.GOSUB_RESULT, "")
+        log.info("callee.accepted")
+        return
+    if choice == "refuse":
+        records.set_reason(s.r, call_id, "refused")
+        log.info("callee.refused")
+        s.play("refused")
+    elif choice == "block":
+        s.store.block(rec["number"], inmate=rec["inmate"])
+        records.set_reason(s.r, call_id, "blocked_by_called")
+        log.info("callee.blocked")
+        s.play("blocked")
+    else:
+        records.set_reason(s.r, call_id, "no_response")
+        log.info("callee.no_response")
+        s.play("goodbye")
+    records.update(s.r, call_id, outcome="not_accepted")
+
+
+def announce(s: Session, facility: dict, rec: dict, escape: str) -> str:
+    parts = [
+        prompts.sound("announce-from"),
+        prompts.name_sound(rec["inmate"]),
+        prompts.sound("announce-at"),
+        prompts.facility_sound(facility["id"]),
+        prompts.sound("announce-recorded"),
+    ]
+    for part in parts:
+        digit = s.agi.stream(part, escape)
+        if digit:
+            return digit
+    return ""
+
+
+def menu(s: Session, facility: dict, rec: dict) -> str:
+    keys = {
+        facility["accept_digit"]: "accept",
+        facility["refuse_digit"]: "refuse",
+        facility["quote_digit"]: "quote",
+        facility["block_digit"]: "block",
+    }
+    escape = "".join(keys)
+    digit = announce(s, facility, rec, escape)
+    misses = quotes = 0
+    while True:
+        if not digit:
+            digit = offer(s, facility, escape)
+        choice = keys.get(digit)
+        log.info("callee.key", digit=digit or None, choice=choice)
+        digit = ""
+        if choice == "quote" and quotes < MAX_QUOTES:
+            quotes += 1
+            digit = say_rate(s, facility["rate_cents_per_min"], escape)
+            continue
+        if choice in ("accept", "refuse", "block"):
+            return choice
+        misses += 1
+        if misses >= 2:
+            return "none"
+        s.play("menu-invalid", escape)
+
+
+def offer(s: Session, facility: dict, escape: str) -> str:
+    """The menu once, interruptible, then the facility's timeout for a key."""
+    for key, digit_field in (("menu-accept", "accept_digit"), ("menu-refuse", "refuse_digit"),
+                             ("menu-quote", "quote_digit"), ("menu-block", "block_digit")):
+        digit = s.play(key, escape) or s.agi.stream(_digit_sound(facility[digit_field]), escape)
+        if digit:
+            return digit
+    return s.agi.wait_digit(facility["menu_timeout_s"] * 1000)
+
+
+def say_rate(s: Session, rate_cents_per_min: int, escape: str) -> str:
+    """Read out the per-minute price from the same function that bills."""
+    cents = rating.quote(rate_cents_per_min).cents
+    log.info("callee.quote", cents_per_min=cents)
+    digit = s.play("rate-is", escape)
+    dollars, rest = divmod(cents, 100)
+    if not digit and dollars:
+        s.agi.say_number(dollars)
+        digit = s.play("rate-dollars", escape) or s.play("rate-and", escape)
+    if not digit:
+        s.agi.say_number(rest)
+        digit = s.play("rate-cents", escape)
+    return digit
+
+
+def _digit_sound(d: str) -> str:
+    names = {"*": "star", "#": "pound"}
+    return f"digits/{names.get(d, d)}"

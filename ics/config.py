@@ -1,0 +1,193 @@
+"""Layered configuration: defaults here, then a TOML file, then ICS_* environment.
+
+Every layer is validated against DEFAULTS at start-up: an unknown key (a typo) or
+a value of the wrong type stops the service with a message naming the key and
+where it came from, instead of surfacing mid-call.
+
+Environment names are ICS_<SECTION>_<KEY> upper-cased, e.g. ICS_REDIS_URL,
+ICS_AMI_SECRET, ICS_FACILITY_DEFAULTS_TIME_LIMIT_S.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+DEFAULT_CONFIG_PATH = "/etc/ics/ics.toml"
+
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "redis": {
+        "url": "redis://127.0.0.1:6380/0",
+        "timeout_ms": 2000,
+    },
+    "fastagi": {
+        "host": "127.0.0.1",
+        "port": 4573,
+        "max_sessions": 400,
+    },
+    "ami": {
+        "host": "127.0.0.1",
+        "port": 5038,
+        "user": "ics",
+        "secret": "",
+        "ping_interval_s": 5,
+        "ping_timeout_s": 3,
+    },
+    "sounds": {
+        # Host path of the directory Asterisk knows as "<sounds>/ics": it holds
+        # prompts/ (generated) and names/ (recorded or imported).
+        "dir": "/var/lib/asterisk/sounds/ics",
+    },
+    "dial": {
+        # {number} is a whitelisted 10-digit string; production points at a trunk,
+        # e.g. "PJSIP/{number}@carrier".
+        "template": "PJSIP/{number}",
+        "ring_timeout_s": 30,
+    },
+    "log": {
+        "format": "auto",  # auto: console on a TTY, JSON lines otherwise
+        "level": "info",
+    },
+    # Per-facility settings; a facility in Redis overrides any of these.
+    "facility_defaults": {
+        "accept_digit": "1",
+        "refuse_digit": "2",
+        "quote_digit": "3",
+        "block_digit": "9",
+        "menu_timeout_s": 6,
+        "time_limit_s": 900,
+        "rate_cents_per_min": 11,
+        "pin_max_tries": 3,
+        "pin_lock_after": 6,
+    },
+}
+
+FACILITY_DIGIT_KEYS = ("accept_digit", "refuse_digit", "quote_digit", "block_digit")
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, misspelt or of the wrong type."""
+
+
+def _check_facility(values: Mapping[str, Any], where: str) -> None:
+    digits = [values[k] for k in FACILITY_DIGIT_KEYS]
+    for key in FACILITY_DIGIT_KEYS:
+        d = values[key]
+        if not (isinstance(d, str) and len(d) == 1 and d in "0123456789*#"):
+            raise ConfigError(f"{where}: {key} must be one keypad key (0-9, * or #), got {d!r}")
+    if len(set(digits)) != len(digits):
+        raise ConfigError(f"{where}: accept/refuse/quote/block digits must differ, got {digits}")
+    for key in ("menu_timeout_s", "time_limit_s", "rate_cents_per_min", "pin_max_tries", "pin_lock_after"):
+        if values[key] <= 0:
+            raise ConfigError(f"{where}: {key} must be positive, got {values[key]}")
+    if values["pin_lock_after"] < values["pin_max_tries"]:
+        raise ConfigError(f"{where}: pin_lock_after must be >= pin_max_tries")
+
+
+def coerce(section: str, key: str, raw: Any, where: str) -> Any:
+    """Convert raw (from TOML or a string from the environment) to the default's type."""
+    expected = type(DEFAULTS[section][key])
+    if isinstance(raw, expected) and not (expected is int and isinstance(raw, bool)):
+        return raw
+    if isinstance(raw, str):
+        try:
+            if expected is int:
+                return int(raw.strip(), 10)
+            if expected is bool:
+                if raw.strip().lower() in ("1", "true", "yes", "on"):
+                    return True
+                if raw.strip().lower() in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError(raw)
+        except ValueError:
+            pass
+    raise ConfigError(
+        f"{where}: {section}.{key} must be {expected.__name__}, got {raw!r}"
+    )
+
+
+def _unknown(name: str, known: list[str], where: str) -> ConfigError:
+    hint = difflib.get_close_matches(name, known, n=1)
+    more = f" (did you mean {hint[0]!r}?)" if hint else ""
+    return ConfigError(f"{where}: unknown setting {name!r}{more}")
+
+
+@dataclass(frozen=True)
+class Config:
+    values: dict[str, dict[str, Any]]
+    sources: tuple[str, ...]
+
+    def __getitem__(self, section: str) -> dict[str, Any]:
+        return self.values[section]
+
+    @property
+    def sounds_dir(self) -> Path:
+        return Path(self.values["sounds"]["dir"])
+
+
+def load(path: str | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """Defaults, then the TOML file (ICS_CONFIG or /etc/ics/ics.toml if present), then env."""
+    env = os.environ if environ is None else environ
+    values = copy.deepcopy(DEFAULTS)
+    sources = ["defaults"]
+
+    file_path = path or env.get("ICS_CONFIG") or (DEFAULT_CONFIG_PATH if os.path.exists(DEFAULT_CONFIG_PATH) else None)
+    if file_path:
+        try:
+            with open(file_path, "rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(f"config file {file_path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{file_path}: not valid TOML: {exc}") from None
+        for section, table in data.items():
+            if section not in DEFAULTS:
+                raise _unknown(section, list(DEFAULTS), file_path)
+            if not isinstance(table, dict):
+                raise ConfigError(f"{file_path}: [{section}] must be a table")
+            for key, raw in table.items():
+                if key not in DEFAULTS[section]:
+                    raise _unknown(f"{section}.{key}", [f"{section}.{k}" for k in DEFAULTS[section]], file_path)
+                values[section][key] = coerce(section, key, raw, file_path)
+        sources.append(file_path)
+
+    env_names = {
+        f"ICS_{section}_{key}".upper(): (section, key)
+        for section in DEFAULTS for key in DEFAULTS[section]
+    }
+    for name, raw in env.items():
+        if not name.startswith("ICS_") or name in ("ICS_CONFIG", "ICS_STACK_DIR"):
+            continue
+        if name not in env_names:
+            # Only flag names that look like ours but are misspelt; other ICS_*
+            # variables (test and stack helpers) are not configuration.
+            hint = difflib.get_close_matches(name, list(env_names), n=1, cutoff=0.85)
+            if hint:
+                raise ConfigError(f"environment: unknown setting {name!r} (did you mean {hint[0]!r}?)")
+            continue
+        section, key = env_names[name]
+        values[section][key] = coerce(section, key, raw, "environment")
+        if "environment" not in sources:
+            sources.append("environment")
+
+    _check_facility(values["facility_defaults"], "facility_defaults")
+    if values["log"]["format"] not in ("auto", "json", "console"):
+        raise ConfigError(f"log.format must be auto, json or console, got {values['log']['format']!r}")
+    if "{number}" not in values["dial"]["template"]:
+        raise ConfigError("dial.template must contain {number}")
+    return Config(values=values, sources=tuple(sources))
+
+
+def facility_settings(defaults: Mapping[str, Any], stored: Mapping[str, str], where: str) -> dict[str, Any]:
+    """Merge a facility's stored overrides (strings from Redis) over the defaults, validated."""
+    merged = dict(defaults)
+    for key, raw in stored.items():
+        if key in DEFAULTS["facility_defaults"]:
+            merged[key] = coerce("facility_defaults", key, raw, where)
+    _check_facility(merged, where)
+    return merged

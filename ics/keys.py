@@ -1,0 +1,72 @@
+"""Redis key layout: the one place every key is named.
+
+All money fields are integer cents. All times are integer epoch milliseconds.
+
+  ics:facilities                    set    facility ids
+  ics:facility:{fid}                hash   name, overrides of [facility_defaults]
+  ics:inmate:{iid}                  hash   facility, name, pin_salt, pin_hash,
+                                           pin_locked (0/1), name_recorded (0/1)
+  ics:inmate:{iid}:pin_failures     string consecutive wrong PINs (reset on success)
+  ics:inmate:{iid}:approved         hash   number -> approval state ("approved")
+  ics:inmates                       set    inmate ids
+  ics:block:inmate:{iid}            set    numbers this inmate may not call
+  ics:block:facility:{fid}          set    numbers no inmate of the facility may call
+  ics:account:{aid}                 hash   type, owner, balance_cents, held_cents, created_ms
+  ics:accounts                      set    account ids
+  ics:account:{aid}:numbers         set    phone numbers billed to the account
+  ics:number:{number}               string account id that pays for calls to number
+  ics:ledger:{aid}                  stream append-only: kind, amount_cents, balance_cents, call, note
+  ics:call:{cid}                    hash   the call record (see ics.records.FIELDS)
+  ics:calls                         zset   call ids scored by start time
+"""
+
+PREFIX = "ics"
+
+FACILITIES = f"{PREFIX}:facilities"
+INMATES = f"{PREFIX}:inmates"
+ACCOUNTS = f"{PREFIX}:accounts"
+CALLS = f"{PREFIX}:calls"
+
+
+def facility(fid: str) -> str:
+    return f"{PREFIX}:facility:{fid}"
+
+
+def inmate(iid: str) -> str:
+    return f"{PREFIX}:inmate:{iid}"
+
+
+def pin_failures(iid: str) -> str:
+    return f"{PREFIX}:inmate:{iid}:pin_failures"
+
+
+def approved(iid: str) -> str:
+    return f"{PREFIX}:inmate:{iid}:approved"
+
+
+def block_inmate(iid: str) -> str:
+    return f"{PREFIX}:block:inmate:{iid}"
+
+
+def block_facility(fid: str) -> str:
+    return f"{PREFIX}:block:facility:{fid}"
+
+
+def account(aid: str) -> str:
+    return f"{PREFIX}:account:{aid}"
+
+
+def account_numbers(aid: str) -> str:
+    return f"{PREFIX}:account:{aid}:numbers"
+
+
+def number_account(number: str) -> str:
+    return f"{PREFIX}:number:{number}"
+
+
+def ledger(aid: str) -> str:
+    return f"{PREFIX}:ledger:{aid}"
+
+
+def call(cid: str) -> str:
+    return f"{PREFIX}:call:{cid}"

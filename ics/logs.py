@@ -1,0 +1,60 @@
+"""structlog set-up and the log event names: the one list.
+
+One JSON object per line (console rendering on a TTY). `call_id` is bound on
+every line a call produces (structlog contextvars), so `grep call_id` follows
+one call through the FastAGI server, the AMI listener and settlement.
+
+Event names (the `event` field):
+  service.start / service.stop / service.config_error / service.prompts_missing
+  agi.session.start / agi.session.end / agi.session.error
+  agi.protocol_error         malformed environment or reply from Asterisk
+  call.start                 inmate call entered the flow
+  call.pin_ok / call.pin_failed / call.pin_locked
+  call.refused               refused before ringing (reason)
+  call.name_recorded
+  call.dialing               number, limit_s, held_cents
+  callee.announce            called party answered, announcement starts
+  callee.key                 a key (or none) pressed at the menu
+  callee.quote               rate played
+  callee.accepted / callee.refused / callee.blocked / callee.no_response
+  call.settled               billed_minutes, billed_cents, reason
+  call.settle_skipped        already settled (duplicate hang-up)
+  ami.connected / ami.disconnected / ami.event_error / ami.ping_timeout
+  ops.*                      icsctl changes (ops.fund, ops.inmate_create, ...)
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import structlog
+
+
+def setup(fmt: str = "auto", level: str = "info", stream=None) -> None:
+    stream = stream or sys.stderr
+    if fmt == "auto":
+        fmt = "console" if stream.isatty() else "json"
+    renderer = (
+        structlog.dev.ConsoleRenderer(colors=False)
+        if fmt == "console"
+        else structlog.processors.JSONRenderer(sort_keys=False)
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping()[level.upper()]
+        ),
+        logger_factory=structlog.PrintLoggerFactory(file=stream),
+        cache_logger_on_first_use=False,
+    )
+
+
+def get(name: str = "ics"):
+    return structlog.get_logger(name)

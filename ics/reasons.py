@@ -1,0 +1,36 @@
+"""Reason codes: why a call ended or never connected. The one list.
+
+Every call record carries exactly one `reason`; the text is what ops and
+families are told. Codes are stable identifiers: add new ones, never rename.
+"""
+
+REASONS: dict[str, str] = {
+    # refused before the called party's phone rings
+    "pin_invalid": "Three wrong inmate number / PIN entries in one call",
+    "pin_locked": "The inmate's PIN is locked after repeated failures; staff must unlock it",
+    "invalid_number": "The dialed number is not a 10-digit number",
+    "not_approved": "The number is not on the inmate's approved list",
+    "blocked_inmate": "The called party blocked calls from this inmate",
+    "blocked_facility": "The number is blocked for the whole facility",
+    "no_account": "No account pays for calls to this number",
+    "insufficient_funds": "The account cannot pay for the first minute",
+    "inmate_abandoned": "The inmate hung up before the call was placed",
+    # the outside phone rang
+    "no_answer": "The called party did not answer",
+    "busy": "The called party was busy or unreachable",
+    "refused": "The called party pressed the refuse key",
+    "blocked_by_called": "The called party pressed the block key; future calls are blocked",
+    "no_response": "No valid key after the announcement and one reprompt",
+    "called_hangup_before_accept": "The called party hung up during the announcement",
+    "inmate_hangup_before_accept": "The inmate hung up while the called party heard the announcement",
+    # after the bridge
+    "inmate_hangup": "The inmate hung up",
+    "called_hangup": "The called party hung up",
+    "time_limit": "The facility time limit or the prepaid balance ran out",
+    # faults
+    "system_error": "A fault in the calling system ended the call",
+}
+
+
+def describe(code: str) -> str:
+    return REASONS.get(code, f"unknown reason {code!r}")

@@ -1,0 +1,76 @@
+"""Call records: every call, accepted or not, leaves one hash in Redis.
+
+Fields (times are epoch ms, money integer cents):
+  call_id facility inmate number account channel uniqueid
+  started_ms answered_ms bridged_ms ended_ms
+  rate_cents limit_s held_cents
+  outcome      dialing / refused / accepted / ...   (where the flow got to)
+  reason       one code from ics.reasons (set once, first writer wins)
+  billed_minutes billed_cents settled
+  detail       free text for ops (e.g. which key was pressed)
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+
+import redis
+
+from . import keys
+from .store import now_ms
+
+FIELDS = (
+    "call_id", "facility", "inmate", "number", "account", "channel", "uniqueid",
+    "started_ms", "answered_ms", "bridged_ms", "ended_ms",
+    "rate_cents", "limit_s", "held_cents", "outcome", "reason", "detail",
+    "billed_minutes", "billed_cents", "settled",
+)
+
+INT_FIELDS = {
+    "started_ms", "answered_ms", "bridged_ms", "ended_ms", "rate_cents", "limit_s",
+    "held_cents", "billed_minutes", "billed_cents",
+}
+
+
+def new_call_id() -> str:
+    return time.strftime("%Y%m%d%H%M%S", time.gmtime()) + "-" + secrets.token_hex(4)
+
+
+def create(r: redis.Redis, call_id: str, **fields) -> None:
+    started = fields.setdefault("started_ms", now_ms())
+    with r.pipeline() as p:
+        p.hset(keys.call(call_id), mapping={"call_id": call_id, **{k: v for k, v in fields.items() if v is not None}})
+        p.zadd(keys.CALLS, {call_id: started})
+        p.execute()
+
+
+def update(r: redis.Redis, call_id: str, **fields) -> None:
+    r.hset(keys.call(call_id), mapping={k: v for k, v in fields.items() if v is not None})
+
+
+def set_reason(r: redis.Redis, call_id: str, reason: str) -> bool:
+    """The first reason recorded wins: later hang-up noise cannot overwrite why a call ended."""
+    return bool(r.hsetnx(keys.call(call_id), "reason", reason))
+
+
+def mark_ended(r: redis.Redis, call_id: str, when_ms: int) -> None:
+    """The first hang-up seen sets the end time; a duplicate cannot stretch the bill."""
+    r.hsetnx(keys.call(call_id), "ended_ms", when_ms)
+
+
+def get(r: redis.Redis, call_id: str) -> dict | None:
+    raw = r.hgetall(keys.call(call_id))
+    if not raw:
+        return None
+    return {k: (int(v) if k in INT_FIELDS and v.lstrip("-").isdigit() else v) for k, v in raw.items()}
+
+
+def recent(r: redis.Redis, limit: int = 20) -> list[dict]:
+    ids = r.zrevrange(keys.CALLS, 0, limit - 1)
+    out = []
+    for cid in ids:
+        rec = get(r, cid)
+        if rec:
+            out.append(rec)
+    return out
