@@ -26,7 +26,8 @@ from typing import IO, Mapping
 from asterisk import agi as pyst2
 
 ENV_LINE = re.compile(r"^(agi_[a-z_0-9]+): ?(.*)$")
-REPLY = re.compile(r"^(\d{3})(?: (.*))?$")
+REPLY = re.compile(r"^(\d{3})(?:[ -](.*))?$")
+DIGITS = re.compile(r"^[0-9*#]*$")
 RESULT = re.compile(r"^result=(-?[0-9A-Za-z*#]*)(?: \((.*)\))?(?: endpos=(\d+))?\s*$")
 FORBIDDEN = ("\r", "\n", "\0")
 MAX_LINE = 8192
@@ -191,7 +192,7 @@ class SafeAGI(pyst2.AGI):
         """GET DATA: returns (digits, timed_out)."""
         res = self.execute("GET DATA", sound, timeout_ms, max_digits)
         value, data = res["result"]
-        return value if value.isdigit() else "", data == "timeout"
+        return value if DIGITS.match(value) else "", data == "timeout"
 
     def say_number(self, number: int) -> None:
         self.execute("SAY NUMBER", int(number), "")

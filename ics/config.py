@@ -82,6 +82,8 @@ def _check_facility(values: Mapping[str, Any], where: str) -> None:
             raise ConfigError(f"{where}: {key} must be one keypad key (0-9, * or #), got {d!r}")
     if len(set(digits)) != len(digits):
         raise ConfigError(f"{where}: accept/refuse/quote/block digits must differ, got {digits}")
+    if values["time_limit_s"] < 60:
+        raise ConfigError(f"{where}: time_limit_s must be at least 60 (calls are sold by the minute)")
     for key in ("menu_timeout_s", "time_limit_s", "rate_cents_per_min", "pin_max_tries", "pin_lock_after"):
         if values[key] <= 0:
             raise ConfigError(f"{where}: {key} must be positive, got {values[key]}")
