@@ -1,0 +1,55 @@
+"""Settle one call: decide its reason code and bill only bridged time. Idempotent.
+
+Called from the inmate channel's hangup handler (agi/flows/settle.py) and, as
+a safety net, by the AMI listener for a hung-up call that was never settled.
+"""
+
+from __future__ import annotations
+
+import structlog
+
+from . import rating, records
+from .store import Store, now_ms
+
+log = structlog.get_logger("ics")
+
+DIAL_REASONS = {"NOANSWER": "no_answer", "BUSY": "busy", "CONGESTION": "busy",
+                "CHANUNAVAIL": "busy", "CANCEL": "inmate_hangup_before_accept"}
+
+
+def settle(store: Store, call_id: str, dialstatus: str = "", hangupsource: str = "",
+           inmate_channel: str = "") -> dict:
+    r = store.r
+    if records.get(r, call_id) is None:
+        raise LookupError(f"no call record {call_id}")
+    records.mark_ended(r, call_id, now_ms())
+    rec = records.get(r, call_id)
+    bridged = rec.get("bridged_ms")
+    rate = rec.get("rate_cents", 0)
+    inmate_hung_up = bool(hangupsource) and hangupsource == inmate_channel
+
+    if bridged:
+        duration = max(0, rec["ended_ms"] - bridged)
+        if duration >= rec.get("limit_s", 0) * 1000 - 1000:
+            reason = "time_limit"
+        else:
+            reason = "inmate_hangup" if inmate_hung_up else "called_hangup"
+        bill = rating.price(rate, duration)
+    else:
+        duration = 0
+        if rec.get("outcome") == "announcing":
+            reason = "inmate_hangup_before_accept" if inmate_hung_up else "called_hangup_before_accept"
+        elif rec.get("outcome") == "dialing":
+            reason = DIAL_REASONS.get(dialstatus, "busy" if dialstatus else "inmate_abandoned")
+        else:
+            reason = "inmate_abandoned"
+        bill = rating.Price(0, 0)
+    records.set_reason(r, call_id, reason)
+    first, cents, minutes = store.settle(call_id, rec.get("account", ""), bill.cents, bill.minutes, rate)
+    rec = records.get(r, call_id)
+    if first:
+        log.info("call.settled", call_id=call_id, reason=rec.get("reason"), bridged_ms=duration,
+                 billed_minutes=minutes, billed_cents=cents)
+    else:
+        log.info("call.settle_skipped", call_id=call_id, why="already settled", billed_cents=cents)
+    return rec
