@@ -4,6 +4,7 @@ Read by the call flow:
   ICS_FACILITY    facility id of the inmate phone (pjsip.conf endpoint set_var)
 Set by the call flow for the dialplan (dialplan/extensions.conf):
   ICS_CALL_ID     our call id; passed to the called-party gosub and to settlement
+  ICS_STATION     the handset's caller ID name, as received (for CDRs)
   ICS_RESULT      "dial" when every check passed; anything else means do not dial
   ICS_DIAL        the Dial() target, built from a whitelisted 10-digit number
   ICS_RING_S      seconds to let the called phone ring
@@ -17,6 +18,7 @@ Read by settlement (passed as AGI arguments by the hangup handler):
 
 FACILITY = "ICS_FACILITY"
 CALL_ID = "ICS_CALL_ID"
+STATION = "ICS_STATION"
 RESULT = "ICS_RESULT"
 DIAL = "ICS_DIAL"
 RING_S = "ICS_RING_S"

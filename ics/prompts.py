@@ -35,3 +35,9 @@ def facility_sound(facility_id: str) -> str:
 def missing(sounds_dir: Path) -> list[str]:
     """Prompt keys with no rendered file under sounds_dir/prompts."""
     return [k for k in MANIFEST if not (sounds_dir / "prompts" / f"{k}.wav").is_file()]
+
+
+def exists(sounds_dir: Path, asterisk_name: str) -> bool:
+    """Whether an ics/... sound name has its WAV under sounds_dir (the host's view)."""
+    rel = asterisk_name.removeprefix(ASTERISK_DIR + "/")
+    return (sounds_dir / f"{rel}.wav").is_file()

@@ -1,7 +1,7 @@
 """Call records: every call, accepted or not, leaves one hash in Redis.
 
 Fields (times are epoch ms, money integer cents):
-  call_id facility inmate number account channel uniqueid
+  call_id facility inmate number account channel uniqueid station (handset caller ID)
   started_ms answered_ms bridged_ms ended_ms
   rate_cents limit_s held_cents
   outcome      dialing / refused / accepted / ...   (where the flow got to)
@@ -21,7 +21,7 @@ from . import keys
 from .store import now_ms
 
 FIELDS = (
-    "call_id", "facility", "inmate", "number", "account", "channel", "uniqueid",
+    "call_id", "facility", "inmate", "number", "account", "channel", "uniqueid", "station",
     "started_ms", "answered_ms", "bridged_ms", "ended_ms",
     "rate_cents", "limit_s", "held_cents", "outcome", "reason", "detail",
     "billed_minutes", "billed_cents", "settled",

@@ -63,13 +63,15 @@ def run(s: Session) -> None:
 
 
 def announce(s: Session, facility: dict, rec: dict, escape: str) -> str:
-    parts = [
-        prompts.sound("announce-from"),
-        prompts.name_sound(rec["inmate"]),
-        prompts.sound("announce-at"),
-        prompts.facility_sound(facility["id"]),
-        prompts.sound("announce-recorded"),
-    ]
+    # A missing recording must not break the call (Asterisk answers -1 for a
+    # missing file): fall back to a generic phrase, checked on disk first.
+    name = prompts.name_sound(rec["inmate"])
+    if not prompts.exists(s.cfg.sounds_dir, name):
+        name = prompts.sound("announce-unknown-name")
+    parts = [prompts.sound("announce-from"), name, prompts.sound("announce-at")]
+    if prompts.exists(s.cfg.sounds_dir, prompts.facility_sound(facility["id"])):
+        parts.append(prompts.facility_sound(facility["id"]))
+    parts.append(prompts.sound("announce-recorded"))
     for part in parts:
         digit = s.agi.stream(part, escape)
         if digit:

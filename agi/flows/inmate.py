@@ -41,7 +41,12 @@ def run(s: Session) -> None:
     records.create(s.r, call_id, facility=fid, number=number if valid_number(number) else "invalid",
                    channel=s.env.get("agi_channel", ""), uniqueid=s.env.get("agi_uniqueid", ""),
                    outcome="pin")
+    # The handset's caller ID is untrusted text: it is stored and echoed to the
+    # channel (CDRs) only through the quoting protocol layer.
+    station = s.env.get("agi_calleridname", "")
+    records.update(s.r, call_id, station=station)
     s.agi.set_variable(V.CALL_ID, call_id)
+    s.agi.set_variable(V.STATION, station)
     s.agi.set_variable(V.RESULT, "refused")
     log.info("call.start", facility=fid, number=number)
     s.agi.answer()
