@@ -6,7 +6,7 @@ import pytest
 
 from ics import keys, records
 
-from .callflow import (INMATE, NUMBER, OTHER_NUMBER, PIN, agi_command, balance,
+from tests.support.callflow import (INMATE, NUMBER, OTHER_NUMBER, PIN, agi_command, balance,
                        login, make_world, press_when, wait_settled)
 
 pytestmark = pytest.mark.e2e
