@@ -1,0 +1,167 @@
+"""The call flows over both transports against a scripted Asterisk and a real Redis.
+
+The same inmate flow runs behind the FastAGI server (socket) and as a process
+AGI script (stdin/stdout); both must reach the same decision with the same
+commands. Error paths must send the channel to [ics-fail].
+"""
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from agi.server import FastAGIServer
+from ics import config, records
+from ics.store import Store, connect
+
+ROOT = Path(__file__).resolve().parents[2]
+INMATE, PIN, NUMBER = "123456", "4321", "3125550100"
+
+
+def env_block(route: str, args=(), calleridname="Handset 1", extension=NUMBER) -> bytes:
+    lines = ["agi_network: yes", f"agi_network_script: {route}", "agi_channel: PJSIP/inmate1-00000001",
+             "agi_uniqueid: 1.1", f"agi_calleridname: {calleridname}", f"agi_extension: {extension}"]
+    lines += [f"agi_arg_{i}: {a}" for i, a in enumerate(args, 1)]
+    return ("\n".join(lines) + "\n\n").encode()
+
+
+class ScriptedAsterisk:
+    def __init__(self, digits=(INMATE, PIN), facility="main"):
+        self.digits = list(digits)
+        self.facility = facility
+        self.commands: list[str] = []
+
+    def reply(self, cmd: str) -> bytes:
+        if cmd.startswith('GET VARIABLE "ICS_FACILITY"'):
+            return f"200 result=1 ({self.facility})\n".encode()
+        if cmd.startswith("GET DATA"):
+            return f"200 result={self.digits.pop(0) if self.digits else ''}\n".encode()
+        if cmd.startswith("STREAM FILE"):
+            return b"200 result=0 endpos=800\n"
+        return b"200 result=1\n"
+
+    def converse(self, rfile, wfile, env: bytes):
+        wfile.write(env)
+        wfile.flush()
+        while True:
+            line = rfile.readline()
+            if not line:
+                return
+            cmd = line.decode().rstrip("\n")
+            self.commands.append(cmd)
+            wfile.write(self.reply(cmd))
+            wfile.flush()
+
+
+@pytest.fixture
+def world(redis_url, tmp_path):
+    cfg = config.load(environ={"ICS_REDIS_URL": redis_url, "ICS_SOUNDS_DIR": str(tmp_path)})
+    store = Store(connect(cfg), cfg)
+    store.create_facility("main", "Test Facility")
+    store.create_inmate(INMATE, "main", "Alex", PIN)
+    store.set_name_recorded(INMATE)
+    store.approve_number(INMATE, NUMBER)
+    store.create_account("fam1", "Sam", [NUMBER])
+    store.adjust("fam1", "deposit", 500)
+    return cfg, store
+
+
+@pytest.fixture
+def server(world):
+    cfg, store = world
+    cfg.values["fastagi"]["port"] = 0
+    srv = FastAGIServer(cfg, store)
+    t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    t.start()
+    yield srv.server_address[1]
+    srv.shutdown()
+    srv.server_close()
+
+
+def fastagi(port, script, env):
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        script.converse(s.makefile("rb"), s.makefile("wb"), env)
+    return script.commands
+
+
+def process(script, env, redis_url):
+    p = subprocess.Popen([sys.executable, "-m", "agi.process"], cwd=ROOT, stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         env=dict(os.environ, ICS_REDIS_URL=redis_url))
+    script.converse(p.stdout, p.stdin, env)
+    p.wait(10)
+    return script.commands
+
+
+def decision(commands):
+    return [c for c in commands if c.startswith('SET VARIABLE "ICS_RESULT"')][-1]
+
+
+def test_fastagi_and_process_agi_run_the_same_flow(server, world, redis_url):
+    cfg, store = world
+    via_socket = fastagi(server, ScriptedAsterisk(), env_block("inmate"))
+    via_process = process(ScriptedAsterisk(), env_block("", ["inmate"]), redis_url)
+    assert decision(via_socket) == decision(via_process) == 'SET VARIABLE "ICS_RESULT" "dial"'
+    strip = lambda cmds: [c for c in cmds if "ICS_CALL_ID" not in c]  # noqa: E731 (ids differ)
+    assert strip(via_socket) == strip(via_process)
+    assert 'SET VARIABLE "ICS_DIAL" "PJSIP/3125550100"' in via_socket
+    # both calls hold funds for the 15-minute limit: 2 x 15 x 11 cents
+    assert store.account("fam1").held_cents == 2 * 15 * 11
+
+
+def test_unexpected_error_sends_the_channel_to_the_fail_context(server, world):
+    # a phone with an unknown facility is a provisioning fault: fail closed
+    cmds = fastagi(server, ScriptedAsterisk(facility="nowhere"), env_block("inmate"))
+    assert cmds[-3:] == ['SET CONTEXT "ics-fail"', 'SET EXTENSION "s"', 'SET PRIORITY "1"']
+    assert not any("ICS_DIAL" in c for c in cmds)
+
+
+def test_unknown_route_fails_closed(server):
+    cmds = fastagi(server, ScriptedAsterisk(), env_block("no-such-route"))
+    assert cmds == ['SET CONTEXT "ics-fail"', 'SET EXTENSION "s"', 'SET PRIORITY "1"']
+
+
+def test_malformed_environment_closes_without_a_command(server):
+    with socket.create_connection(("127.0.0.1", server), timeout=5) as s:
+        s.sendall(b"agi_channel: X\nthis is not an env line\n\n")
+        assert s.makefile("rb").readline() == b""
+
+
+def test_redis_down_means_no_call(world, tmp_path):
+    cfg, store = world
+    down = config.load(environ={"ICS_REDIS_URL": "redis://127.0.0.1:1/0", "ICS_SOUNDS_DIR": str(tmp_path),
+                                "ICS_REDIS_TIMEOUT_MS": "200"})
+    down.values["fastagi"]["port"] = 0
+    srv = FastAGIServer(down, Store(connect(down), down))
+    t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    t.start()
+    try:
+        cmds = fastagi(srv.server_address[1], ScriptedAsterisk(), env_block("inmate"))
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert cmds[-3:] == ['SET CONTEXT "ics-fail"', 'SET EXTENSION "s"', 'SET PRIORITY "1"']
+    assert not any("ICS_DIAL" in c for c in cmds)
+
+
+def test_caller_name_with_backslash_is_one_quoted_argument(server, world):
+    cmds = fastagi(server, ScriptedAsterisk(), env_block("inmate", calleridname="a\\nb"))
+    assert 'SET VARIABLE "ICS_STATION" "a\\\\nb"' in cmds  # backslash-n text, quoted, one argument
+
+
+def test_settle_route_is_idempotent(server, world):
+    cfg, store = world
+    cmds = fastagi(server, ScriptedAsterisk(), env_block("inmate"))
+    call_id = [c for c in cmds if "ICS_CALL_ID" in c][0].split('"')[3]
+    records.update(store.r, call_id, bridged_ms=records.get(store.r, call_id)["started_ms"])
+    for _ in range(2):
+        fastagi(server, ScriptedAsterisk(), env_block("settle", [call_id, "ANSWER", "PJSIP/3125550100-1"]))
+    rec = records.get(store.r, call_id)
+    assert rec["settled"] == "1" and rec["billed_minutes"] >= 1
+    assert store.account("fam1").balance_cents == 500 - rec["billed_cents"]
+    assert store.account("fam1").held_cents == 0
+    assert [e["kind"] for e in store.ledger("fam1")].count("charge") == 1
