@@ -1,0 +1,361 @@
+#!/usr/bin/env bash
+# The ICS lab stack on this machine, without a Docker engine:
+#   Asterisk 22 (Debian sid) in a debootstrap chroot, run as the asterisk user;
+#   redis-server on 127.0.0.1:6380; the Python services ics-fastagi and ics-ami.
+# Everything binds to 127.0.0.1.
+#
+#   docker/stack.sh provision   host packages, .venv, the Asterisk root, secrets
+#   docker/stack.sh up          provision if needed, render configs, start all
+#   docker/stack.sh down        stop all (idempotent)
+#   docker/stack.sh status      exit 0 when everything that should run runs
+#   docker/stack.sh reload      re-render configs; dialplan, pjsip and manager reload
+#
+# State lives in $ICS_STACK_DIR (default <repo>/.stack): asterisk/ (the root),
+# redis/, log/, run/ (pidfiles), secrets.env (mode 600) and stack.env (what
+# tests and tools source).
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+STACK=${ICS_STACK_DIR:-$REPO/.stack}
+AST=$STACK/asterisk
+LOGDIR=$STACK/log
+RUNDIR=$STACK/run
+REDIS_DIR=$STACK/redis
+REDIS_PORT=${ICS_REDIS_PORT:-6380}
+VENV=$REPO/.venv
+PYTHON=${ICS_PYTHON:-python3.11}
+SUITE=${ICS_DEBIAN_SUITE:-sid}
+FASTAGI_PORT=4573
+SOUNDS=$AST/var/lib/asterisk/sounds/ics
+HOST_PACKAGES=(debootstrap redis-server espeak-ng python3.11-venv)
+
+log() { printf '[stack] %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+need_root() { [ "$(id -u)" = 0 ] || die "run as root (debootstrap, chroot)"; }
+
+# ---------------------------------------------------------------- provision
+
+have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
+
+provision_host() {
+    local missing=() p
+    for p in "${HOST_PACKAGES[@]}"; do have_pkg "$p" || missing+=("$p"); done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    log "installing host packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q >/dev/null
+    apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+venv_stamp() { sha256sum "$REPO/pyproject.toml" | cut -d' ' -f1; }
+
+provision_venv() {
+    [ -f "$REPO/pyproject.toml" ] || die "no pyproject.toml at $REPO"
+    if [ ! -x "$VENV/bin/python" ]; then
+        log "creating $VENV with $PYTHON"
+        "$PYTHON" -m venv "$VENV"
+    fi
+    local want; want=$(venv_stamp)
+    if [ "$(cat "$VENV/.ics-installed" 2>/dev/null)" != "$want" ]; then
+        log "pip install -e '.[test]'"
+        "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e "$REPO[test]"
+        echo "$want" > "$VENV/.ics-installed"
+    fi
+}
+
+in_root() { chroot "$AST" "$@"; }
+
+provision_asterisk() {
+    [ -f "$AST/.ics-provisioned" ] && return 0
+    local tmp=$AST.partial
+    rm -rf "$tmp"
+    mkdir -p "$STACK"
+    log "debootstrap --variant=minbase $SUITE (about 30 s)"
+    debootstrap --variant=minbase "$SUITE" "$tmp" >"$STACK/debootstrap.log" 2>&1 \
+        || { tail -n 20 "$STACK/debootstrap.log" >&2; die "debootstrap failed (log: $STACK/debootstrap.log)"; }
+    cp /etc/hosts "$tmp/etc/hosts"
+    [ -f /etc/resolv.conf ] && cp -L /etc/resolv.conf "$tmp/etc/resolv.conf"
+    # no service is ever started by a package script inside the root
+    printf '#!/bin/sh\nexit 101\n' > "$tmp/usr/sbin/policy-rc.d"
+    chmod 755 "$tmp/usr/sbin/policy-rc.d"
+    log "apt-get install asterisk in the root"
+    # sid's Release file is past its Valid-Until date on some mirrors
+    chroot "$tmp" env DEBIAN_FRONTEND=noninteractive \
+        apt-get -q -o Acquire::Check-Valid-Until=false update >/dev/null
+    chroot "$tmp" env DEBIAN_FRONTEND=noninteractive \
+        apt-get -q -o Acquire::Check-Valid-Until=false install -y --no-install-recommends \
+        asterisk asterisk-core-sounds-en-gsm >"$STACK/apt.log" 2>&1 \
+        || { tail -n 20 "$STACK/apt.log" >&2; die "apt-get install asterisk failed"; }
+    chroot "$tmp" apt-get clean
+    # keep the package's sample configs aside; /etc/asterisk holds only dialplan/
+    mv "$tmp/etc/asterisk" "$tmp/etc/asterisk.dist"
+    mkdir -p "$tmp/etc/asterisk"
+    touch "$tmp/.ics-provisioned"
+    rm -rf "$AST"
+    mv "$tmp" "$AST"
+    log "Asterisk $(in_root asterisk -V 2>/dev/null | sed 's/Asterisk //') in $AST"
+}
+
+gen_secret() { "$PYTHON" -c 'import secrets; print(secrets.token_hex(16))'; }
+
+provision_secrets() {
+    [ -s "$STACK/secrets.env" ] && return 0
+    mkdir -p "$STACK"
+    ( umask 077
+      { echo "AMI_SECRET=$(gen_secret)"; echo "SIP_PASSWORD=$(gen_secret)"; } > "$STACK/secrets.env.tmp" )
+    mv "$STACK/secrets.env.tmp" "$STACK/secrets.env"
+    log "secrets generated in $STACK/secrets.env"
+}
+
+load_secrets() {
+    AMI_SECRET=$(sed -n 's/^AMI_SECRET=//p' "$STACK/secrets.env")
+    SIP_PASSWORD=$(sed -n 's/^SIP_PASSWORD=//p' "$STACK/secrets.env")
+    [[ $AMI_SECRET =~ ^[A-Za-z0-9]+$ && $SIP_PASSWORD =~ ^[A-Za-z0-9]+$ ]] \
+        || die "$STACK/secrets.env is damaged; delete it and run provision again"
+}
+
+write_stack_env() {
+    load_secrets
+    ( umask 077
+      cat > "$STACK/stack.env.tmp" <<EOF
+ICS_REDIS_URL=redis://127.0.0.1:$REDIS_PORT/0
+ICS_AMI_HOST=127.0.0.1
+ICS_AMI_PORT=5038
+ICS_AMI_USER=ics
+ICS_AMI_SECRET=$AMI_SECRET
+ICS_SOUNDS_DIR=$SOUNDS
+ICS_SIP_PASSWORD=$SIP_PASSWORD
+ICS_ASTERISK_ROOT=$AST
+EOF
+    )
+    mv "$STACK/stack.env.tmp" "$STACK/stack.env"
+}
+
+cmd_provision() {
+    need_root
+    provision_host
+    provision_venv
+    provision_asterisk
+    provision_secrets
+    write_stack_env
+}
+
+# ---------------------------------------------------------------- processes
+
+pid_of() { cat "$RUNDIR/$1.pid" 2>/dev/null || true; }
+alive() { local p; p=$(pid_of "$1"); [ -n "$p" ] && kill -0 "$p" 2>/dev/null; }
+
+# stop NAME: TERM the process group started by us, then KILL after 10 s
+stop_pid() {
+    local name=$1 p i
+    p=$(pid_of "$name")
+    if [ -n "$p" ] && kill -0 "$p" 2>/dev/null; then
+        kill -TERM -- "-$p" 2>/dev/null || kill -TERM "$p" 2>/dev/null || true
+        for i in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+        if kill -0 "$p" 2>/dev/null; then
+            log "$name did not stop on TERM; KILL"
+            kill -KILL -- "-$p" 2>/dev/null || kill -KILL "$p" 2>/dev/null || true
+        fi
+    fi
+    rm -f "$RUNDIR/$name.pid"
+}
+
+# is something listening on 127.0.0.1:PORT? (read /proc: a probe connection
+# would show up as a protocol error in the service's log)
+port_listening() {
+    local hex; hex=$(printf '%04X' "$1")
+    grep -q "^ *[0-9]*: 0100007F:$hex 00000000:0000 0A" /proc/net/tcp
+}
+
+ast_cli() { timeout 10 chroot "$AST" asterisk -rx "$1"; }
+
+# ---------------------------------------------------------------- configs
+
+render_configs() {
+    load_secrets
+    local etc=$AST/etc/asterisk f name
+    mkdir -p "$etc"
+    find "$etc" -maxdepth 1 -type f -name '*.conf' -delete
+    for f in "$REPO"/dialplan/*; do
+        [ -f "$f" ] || continue
+        name=$(basename "$f")
+        case $name in
+            *.conf.in) sed -e "s/@AMI_SECRET@/$AMI_SECRET/g" -e "s/@SIP_PASSWORD@/$SIP_PASSWORD/g" \
+                           "$f" > "$etc/${name%.in}" ;;
+            *.conf)    cp "$f" "$etc/$name" ;;
+        esac
+    done
+    if [ ! -f "$etc/extensions.conf" ]; then
+        log "dialplan/extensions.conf is missing: using a placeholder dialplan"
+        cat > "$etc/extensions.conf" <<'EOF'
+; placeholder written by docker/stack.sh: dialplan/extensions.conf is missing
+[ics-inmate]
+exten => _X.,1,Dial(PJSIP/${EXTEN},20)
+[ics-outside]
+exten => _X.,1,Hangup()
+EOF
+    fi
+    if grep -q '@[A-Z_]*@' "$etc"/*.conf; then
+        die "unrendered placeholder in: $(grep -l '@[A-Z_]*@' "$etc"/*.conf | xargs -n1 basename | tr '\n' ' ')"
+    fi
+    chmod 640 "$etc"/*.conf
+}
+
+prepare_root() {
+    mkdir -p "$SOUNDS/prompts" "$SOUNDS/names" "$SOUNDS/facilities" \
+             "$AST/var/spool/asterisk/monitor" "$AST/run/asterisk" "$AST/var/cache/asterisk"
+    # Asterisk's sounds dir is /usr/share/asterisk/sounds: point ics/ at the
+    # project's directory with a relative link, valid inside and outside the root
+    ln -sfn ../../../../var/lib/asterisk/sounds/ics "$AST/usr/share/asterisk/sounds/ics"
+    cp /etc/hosts "$AST/etc/hosts"
+    in_root chown -R asterisk:asterisk /etc/asterisk /var/run/asterisk /var/lib/asterisk \
+        /var/log/asterisk /var/spool/asterisk /var/cache/asterisk
+}
+
+generate_prompts() {
+    [ -f "$REPO/prompts/generate.py" ] || return 0
+    [ -n "$(ls -A "$SOUNDS/prompts" 2>/dev/null)" ] && return 0
+    log "generating prompts into $SOUNDS/prompts"
+    if ! stack_env "$VENV/bin/python" "$REPO/prompts/generate.py" --out "$SOUNDS/prompts" \
+            >>"$LOGDIR/prompts.log" 2>&1; then
+        log "warning: prompts/generate.py failed (log: $LOGDIR/prompts.log)"
+        tail -n 5 "$LOGDIR/prompts.log" >&2 || true
+    fi
+    in_root chown -R asterisk:asterisk /var/lib/asterisk/sounds/ics
+}
+
+# run a command with stack.env in its environment
+stack_env() { ( set -a; . "$STACK/stack.env"; set +a; exec "$@" ); }
+
+# ---------------------------------------------------------------- up / down
+
+start_asterisk() {
+    if alive asterisk; then return 0; fi
+    # a fresh registrar on every start: contacts from an earlier run point at
+    # phones that are gone
+    rm -f "$AST/var/lib/asterisk/astdb.sqlite3" "$AST/run/asterisk/asterisk.ctl" \
+          "$AST/run/asterisk/asterisk.pid"
+    log "starting Asterisk (user asterisk)"
+    setsid chroot --userspec=asterisk:asterisk "$AST" \
+        env -i HOME=/var/lib/asterisk PATH=/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 \
+        asterisk -f -n </dev/null >>"$LOGDIR/asterisk.log" 2>&1 &
+    echo $! > "$RUNDIR/asterisk.pid"
+    local i
+    for i in $(seq 60); do
+        alive asterisk || { tail -n 20 "$LOGDIR/asterisk.log" >&2; die "Asterisk exited during start"; }
+        if [ -S "$AST/run/asterisk/asterisk.ctl" ] \
+                && ast_cli "core waitfullybooted" >/dev/null 2>&1; then
+            return 0
+        fi
+        sleep 0.25
+    done
+    die "Asterisk did not finish booting in 15 s (log: $LOGDIR/asterisk.log)"
+}
+
+start_redis() {
+    if alive redis; then return 0; fi
+    mkdir -p "$REDIS_DIR"
+    log "starting redis-server on 127.0.0.1:$REDIS_PORT"
+    redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --dir "$REDIS_DIR" \
+        --appendonly yes --appendfsync everysec --save '' \
+        --daemonize yes --pidfile "$RUNDIR/redis.pid" --logfile "$LOGDIR/redis.log"
+    local i
+    for i in $(seq 50); do
+        [ "$(redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping 2>/dev/null)" = PONG ] && return 0
+        sleep 0.1
+    done
+    die "redis-server did not answer on 127.0.0.1:$REDIS_PORT (log: $LOGDIR/redis.log)"
+}
+
+start_service() {   # start_service NAME EXECUTABLE
+    local name=$1 exe=$VENV/bin/$2
+    if [ ! -x "$exe" ]; then log "$2 not installed yet: not started"; return 0; fi
+    if alive "$name"; then return 0; fi
+    log "starting $2"
+    setsid bash -c 'set -a; . "$1"; set +a; shift; exec "$@"' _ "$STACK/stack.env" "$exe" \
+        </dev/null >>"$LOGDIR/$name.log" 2>&1 &
+    echo $! > "$RUNDIR/$name.pid"
+}
+
+wait_fastagi() {
+    [ -f "$RUNDIR/fastagi.pid" ] || return 0
+    local i
+    for i in $(seq 100); do
+        port_listening "$FASTAGI_PORT" && return 0
+        alive fastagi || { tail -n 20 "$LOGDIR/fastagi.log" >&2; die "ics-fastagi exited (log: $LOGDIR/fastagi.log)"; }
+        sleep 0.2
+    done
+    die "ics-fastagi did not listen on 127.0.0.1:$FASTAGI_PORT in 20 s"
+}
+
+cmd_up() {
+    need_root
+    local t0=$SECONDS
+    cmd_provision
+    mkdir -p "$LOGDIR" "$RUNDIR"
+    render_configs
+    prepare_root
+    generate_prompts
+    start_redis
+    start_asterisk
+    start_service fastagi ics-fastagi
+    start_service ami ics-ami
+    wait_fastagi
+    if [ -f "$RUNDIR/ami.pid" ]; then
+        sleep 0.5
+        alive ami || { tail -n 20 "$LOGDIR/ami.log" >&2; die "ics-ami exited (log: $LOGDIR/ami.log)"; }
+    fi
+    log "up in $((SECONDS - t0)) s; env: $STACK/stack.env; logs: $LOGDIR"
+}
+
+cmd_down() {
+    need_root
+    stop_pid ami
+    stop_pid fastagi
+    if alive asterisk; then
+        ast_cli "core stop now" >/dev/null 2>&1 || true
+        local i p; p=$(pid_of asterisk)
+        for i in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    fi
+    stop_pid asterisk
+    stop_pid redis
+    log "down"
+}
+
+cmd_status() {
+    local rc=0 name exe
+    for name in asterisk redis fastagi ami; do
+        case $name in fastagi) exe=$VENV/bin/ics-fastagi ;; ami) exe=$VENV/bin/ics-ami ;; *) exe= ;; esac
+        if alive "$name"; then
+            printf '%-9s running (pid %s)\n' "$name" "$(pid_of "$name")"
+        elif [ -n "$exe" ] && [ ! -x "$exe" ]; then
+            printf '%-9s not installed\n' "$name"
+        else
+            printf '%-9s stopped\n' "$name"; rc=3
+        fi
+    done
+    if alive asterisk; then
+        ast_cli "pjsip show contacts" 2>/dev/null | grep -E '^ *Contact:' | grep -v '<Aor/ContactUri' || true
+    fi
+    return $rc
+}
+
+cmd_reload() {
+    need_root
+    alive asterisk || die "Asterisk is not running (docker/stack.sh up)"
+    render_configs
+    prepare_root
+    ast_cli "dialplan reload"
+    ast_cli "module reload res_pjsip.so"
+    ast_cli "manager reload"
+}
+
+case ${1:-} in
+    provision) cmd_provision ;;
+    up)        cmd_up ;;
+    down)      cmd_down ;;
+    status)    cmd_status ;;
+    reload)    cmd_reload ;;
+    *) echo "usage: $0 provision|up|down|status|reload" >&2; exit 2 ;;
+esac
