@@ -1,0 +1,96 @@
+"""Shared unit-test fixtures: one real redis-server per test session.
+
+`redis_url` gives every test an empty database on a private redis-server
+(loopback, no persistence) started from the Debian binary; `store` is an
+ics.store.Store on it. Tests that need Redis are skipped, with the reason, when
+redis-server is not installed.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+
+import pytest
+import redis
+
+from ics import config
+from ics.store import Store, connect
+
+START_TIMEOUT_S = 10
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start(exe: str, workdir) -> tuple[subprocess.Popen, int]:
+    """Start redis-server on a free port and wait for PING; retried if the port was taken meanwhile."""
+    last_error = ""
+    for _ in range(3):
+        port = _free_port()
+        proc = subprocess.Popen(
+            [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--daemonize", "no", "--dir", str(workdir), "--loglevel", "warning"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )
+        client = redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=0.2, socket_timeout=1)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                last_error = proc.stdout.read().decode(errors="replace").strip()
+                break
+            try:
+                if client.ping():
+                    client.close()
+                    return proc, port
+            except redis.exceptions.ConnectionError:
+                time.sleep(0.02)
+        else:
+            proc.kill()
+            proc.wait(5)
+            last_error = f"no PING reply within {START_TIMEOUT_S} s"
+        client.close()
+    raise RuntimeError(f"could not start redis-server: {last_error}")
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """URL of a private redis-server for the whole session (killed at the end)."""
+    exe = shutil.which("redis-server")
+    if exe is None:
+        pytest.skip("redis-server is not installed (apt-get install redis-server); "
+                    "tests that need a real Redis are skipped")
+    proc, port = _start(exe, tmp_path_factory.mktemp("redis"))
+    try:
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        proc.stdout.close()
+
+
+@pytest.fixture
+def redis_url(redis_server):
+    """The session's redis-server, with an empty database for this test."""
+    client = redis.Redis.from_url(redis_server)
+    client.flushdb()
+    client.close()
+    return redis_server
+
+
+@pytest.fixture
+def store(redis_url, tmp_path):
+    """A Store on the empty test database; config from defaults plus ICS_REDIS_URL / ICS_SOUNDS_DIR."""
+    cfg = config.load(environ={"ICS_REDIS_URL": redis_url, "ICS_SOUNDS_DIR": str(tmp_path / "sounds")})
+    s = Store(connect(cfg), cfg)
+    yield s
+    s.r.close()
