@@ -307,3 +307,25 @@ class Store:
 
     def ledger(self, aid: str) -> list[dict[str, str]]:
         return [dict(fields, id=eid) for eid, fields in self.r.xrange(keys.ledger(aid))]
+
+    # --- listings (read-only, for icsctl) ------------------------------------
+    def facilities(self) -> list[str]:
+        return sorted(self.r.smembers(keys.FACILITIES))
+
+    def approved_numbers(self, iid: str) -> list[str]:
+        return sorted(n for n, state in self.r.hgetall(keys.approved(iid)).items() if state == "approved")
+
+    def blocked_numbers(self, *, inmate: str | None = None, facility: str | None = None) -> list[str]:
+        if (inmate is None) == (facility is None):
+            raise StoreError("blocks are listed either for one inmate or for a whole facility")
+        return sorted(self.r.smembers(keys.block_inmate(inmate) if inmate else keys.block_facility(facility)))
+
+    def account_numbers(self, aid: str) -> list[str]:
+        return sorted(self.r.smembers(keys.account_numbers(aid)))
+
+    def account_fields(self, aid: str) -> dict[str, str] | None:
+        """The account hash as stored (owner, created_ms, ...); see account() for the money view."""
+        return self.r.hgetall(keys.account(aid)) or None
+
+    def pin_failure_count(self, iid: str) -> int:
+        return int(self.r.get(keys.pin_failures(iid)) or 0)
