@@ -329,3 +329,9 @@ class Store:
 
     def pin_failure_count(self, iid: str) -> int:
         return int(self.r.get(keys.pin_failures(iid)) or 0)
+
+    def facility_overrides(self, fid: str) -> dict[str, str]:
+        """The settings a facility stores over [facility_defaults] (without its name)."""
+        raw = self.r.hgetall(keys.facility(fid))
+        raw.pop("name", None)
+        return raw

@@ -1,0 +1,688 @@
+"""icsctl: the operators' console for facilities, inmates, numbers, blocks, accounts and calls.
+
+Results go to stdout (`--json` on every read command: one JSON document, money
+in integer `*_cents`); every change also logs one `ops.<verb>` event to stderr
+(ics.logs). Bad input, a missing thing, bad configuration or an unreachable
+Redis is one line on stderr and exit status 1; a malformed command line is
+exit status 2. Configuration comes from ics.config.load() (ICS_REDIS_URL, ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from datetime import datetime, timezone
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Callable
+
+import redis
+
+from . import audio, config, logs, prompts, reasons, records
+from .config import ConfigError, facility_settings
+from .store import INMATE_ID_RE, Store, StoreError, check_id, connect, valid_number
+
+PROG = "icsctl"
+MAX_DEPOSIT_CENTS = 100_000_00  # $100,000.00 in one deposit is a typo, not a family topping up
+MAX_CALLS_LIMIT = 10_000
+NAME_MAX_S = 10  # longest imported name recording (ics.audio.import_file truncates)
+SETTINGS = tuple(config.DEFAULTS["facility_defaults"])
+DIGIT_SETTINGS = config.FACILITY_DIGIT_KEYS
+
+log = logs.get("icsctl")
+
+
+class CliError(Exception):
+    """Bad input or a missing thing, found by icsctl: the message is for a human."""
+
+
+class UsageError(Exception):
+    """A malformed command line (exit status 2)."""
+
+
+# --- formatting ----------------------------------------------------------------
+
+def dollars(cents: int) -> str:
+    sign = "-" if cents < 0 else ""
+    return f"{sign}${abs(cents) // 100:,}.{abs(cents) % 100:02d}"
+
+
+def iso(ms: int | None) -> str | None:
+    if ms is None or ms == "":
+        return None
+    dt = datetime.fromtimestamp(int(ms) / 1000, tz=timezone.utc)
+    return dt.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def utc(ms: int | None) -> str:
+    if ms is None or ms == "":
+        return "-"
+    return datetime.fromtimestamp(int(ms) / 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def yes_no(flag: bool) -> str:
+    return "yes" if flag else "no"
+
+
+def out(text: str = "") -> None:
+    print(text, file=sys.stdout)
+
+
+def emit_json(doc: Any) -> None:
+    out(json.dumps(doc, indent=2, ensure_ascii=False))
+
+
+def table(headers: list[str], rows: list[list[Any]], empty: str) -> None:
+    if not rows:
+        out(empty)
+        return
+    cells = [[str(c) for c in headers]] + [["-" if c is None or c == "" else str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    for r in cells:
+        out("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+
+
+def fields(pairs: list[tuple[str, Any]]) -> None:
+    width = max(len(k) for k, _ in pairs)
+    for k, v in pairs:
+        out(f"{k.ljust(width)}  {'-' if v is None or v == '' else v}")
+
+
+def redacted(url: str) -> str:
+    """A Redis URL without its password, for error messages."""
+    return re.sub(r"//[^@/]*@", "//***@", url)
+
+
+# --- input checks ----------------------------------------------------------------
+
+def positive_int(text: str) -> int:
+    if not re.fullmatch(r"[0-9]+", text or "") or int(text) <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text!r}")
+    return int(text)
+
+
+def one_line(what: str, text: str) -> str:
+    if not text or not text.strip() or any(c in text for c in "\r\n\0"):
+        raise CliError(f"{what} must be non-empty, one line")
+    return text
+
+
+def cents_from_args(cents: str | None, amount: str | None) -> int:
+    """--cents N (whole cents) or --amount D.DD (dollars, exact): a positive whole number of cents."""
+    if cents is not None:
+        if re.fullmatch(r"\s*-.*", cents):
+            raise CliError(f"amount must be positive, got --cents {cents}")
+        if not re.fullmatch(r"[0-9]+", cents):
+            raise CliError(f"--cents must be a whole number of cents, got {cents!r}")
+        value = int(cents)
+    else:
+        text = amount.strip().removeprefix("$")
+        if text.startswith("-"):
+            raise CliError(f"amount must be positive, got --amount {amount}")
+        if not re.fullmatch(r"[0-9]+(\.[0-9]*)?|\.[0-9]+", text):
+            raise CliError(f"--amount must be dollars such as 12.34, got {amount!r}")
+        exact = Decimal(text) * 100
+        if exact != exact.to_integral_value():
+            raise CliError(f"--amount {amount} has a fraction of a cent")
+        value = int(exact)
+    if value <= 0:
+        raise CliError("amount must be more than zero")
+    if value > MAX_DEPOSIT_CENTS:
+        raise CliError(f"amount {dollars(value)} is over the {dollars(MAX_DEPOSIT_CENTS)} limit for one deposit")
+    return value
+
+
+# --- lookups that fail with "no such ..." ------------------------------------------
+
+def need_facility(store: Store, fid: str) -> dict:
+    fac = store.facility(fid) if fid in store.facilities() else None
+    if fac is None:
+        raise CliError(f"no such facility {fid}")
+    return fac
+
+
+def need_inmate(store: Store, iid: str) -> dict:
+    inmate = store.inmate(iid)
+    if inmate is None:
+        raise CliError(f"no such inmate {iid}")
+    return inmate
+
+
+def need_account(store: Store, aid: str):
+    acct = store.account(aid)
+    if acct is None:
+        raise CliError(f"no such account {aid}")
+    return acct
+
+
+def need_number(number: str) -> str:
+    if not valid_number(number):
+        raise CliError(f"invalid number {number!r}: 10 digits, not starting with 0 or 1")
+    return number
+
+
+# --- facilities --------------------------------------------------------------------
+
+def facility_sound_path(cfg: config.Config, fid: str) -> Path:
+    return cfg.sounds_dir / "facilities" / f"{fid}.wav"
+
+
+def facility_create(store: Store, a) -> int:
+    fid = check_id("facility id", a.fid)
+    name = one_line("facility name", a.name)
+    if fid in store.facilities():
+        raise CliError(f"facility {fid} already exists")
+    overrides = {k: getattr(a, k) for k in SETTINGS if getattr(a, k) is not None}
+    # every setting is checked before anything is rendered or written
+    facility_settings(store.cfg["facility_defaults"], {k: str(v) for k, v in overrides.items()},
+                      f"facility {fid}")
+    wav = facility_sound_path(store.cfg, fid)
+    if not a.no_audio:
+        try:
+            audio.speak(name, wav)
+        except audio.AudioError as exc:
+            raise CliError(f"cannot render the facility's spoken name ({exc}); nothing was created "
+                           "(--no-audio creates the facility without it)") from None
+    try:
+        store.create_facility(fid, name, **overrides)
+    except Exception:
+        if not a.no_audio:
+            wav.unlink(missing_ok=True)
+        raise
+    log.info("ops.facility_create", facility=fid, name=name, settings=overrides,
+             audio=None if a.no_audio else str(wav))
+    out(f"created facility {fid} ({name})")
+    if a.no_audio:
+        out(f"spoken name NOT rendered (--no-audio): announcements leave out the facility name "
+            f"until {wav} exists")
+    else:
+        out(f"spoken name: {wav}")
+    return 0
+
+
+def facility_doc(store: Store, fid: str) -> dict:
+    fac = need_facility(store, fid)
+    overrides = store.facility_overrides(fid)
+    wav = facility_sound_path(store.cfg, fid)
+    return {
+        "id": fid,
+        "name": fac["name"],
+        **{k: fac[k] for k in SETTINGS},
+        "overridden": sorted(k for k in overrides if k in SETTINGS),
+        "name_audio": str(wav) if wav.is_file() else None,
+    }
+
+
+def facility_list(store: Store, a) -> int:
+    docs = []
+    for fid in store.facilities():
+        try:
+            docs.append(facility_doc(store, fid))
+        except ConfigError as exc:  # one bad facility must not hide the others
+            docs.append({"id": fid, "error": str(exc)})
+    if a.json:
+        emit_json({"facilities": docs})
+        return 0
+    rows = [[d["id"], d.get("name") or f"INVALID: {d['error']}",
+             f"{dollars(d['rate_cents_per_min'])}/min" if "error" not in d else "",
+             f"{d['time_limit_s']} s" if "error" not in d else "",
+             yes_no(d["name_audio"] is not None) if "error" not in d else ""]
+            for d in docs]
+    table(["FACILITY", "NAME", "RATE", "TIME LIMIT", "SPOKEN NAME"], rows, "no facilities")
+    return 0
+
+
+def facility_show(store: Store, a) -> int:
+    doc = facility_doc(store, a.fid)
+    if a.json:
+        emit_json(doc)
+        return 0
+    def src(k):
+        return "facility" if k in doc["overridden"] else "default"
+    pairs: list[tuple[str, Any]] = [("facility", doc["id"]), ("name", doc["name"]),
+             ("spoken name", doc["name_audio"] or "missing: announcements leave out the facility name")]
+    for k in DIGIT_SETTINGS:
+        pairs.append((k.replace("_", " "), f"{doc[k]}  ({src(k)})"))
+    pairs += [
+        ("menu timeout", f"{doc['menu_timeout_s']} s  ({src('menu_timeout_s')})"),
+        ("time limit", f"{doc['time_limit_s']} s  ({src('time_limit_s')})"),
+        ("rate", f"{dollars(doc['rate_cents_per_min'])}/min  ({src('rate_cents_per_min')})"),
+        ("PIN tries per call", f"{doc['pin_max_tries']}  ({src('pin_max_tries')})"),
+        ("PIN locks after", f"{doc['pin_lock_after']} failures  ({src('pin_lock_after')})"),
+    ]
+    fields(pairs)
+    return 0
+
+
+# --- inmates -----------------------------------------------------------------------
+
+def inmate_create(store: Store, a) -> int:
+    check_id("inmate number", a.iid, INMATE_ID_RE)
+    name = one_line("inmate name", a.name)
+    need_facility(store, a.facility)
+    if store.inmate(a.iid) is not None:
+        raise CliError(f"inmate {a.iid} already exists")
+    store.create_inmate(a.iid, a.facility, name, a.pin)
+    log.info("ops.inmate_create", inmate=a.iid, facility=a.facility, name=name)
+    out(f"created inmate {a.iid} ({name}) at facility {a.facility}")
+    out(f"name not recorded yet: the inmate records it on the first call, "
+        f"or: {PROG} inmate import-name {a.iid} FILE.wav")
+    return 0
+
+
+def inmate_show(store: Store, a) -> int:
+    inmate = need_inmate(store, a.iid)
+    wav = store.cfg.sounds_dir / "names" / f"{a.iid}.wav"
+    doc = {  # listed field by field: the PIN hash and salt never leave the store
+        "id": a.iid,
+        "name": inmate.get("name"),
+        "facility": inmate.get("facility"),
+        "pin_locked": inmate.get("pin_locked") == "1",
+        "pin_failures": store.pin_failure_count(a.iid),
+        "name_recorded": inmate.get("name_recorded") == "1",
+        "name_audio": str(wav) if prompts.exists(store.cfg.sounds_dir, prompts.name_sound(a.iid)) else None,
+        "approved_numbers": store.approved_numbers(a.iid),
+        "blocked_numbers": store.blocked_numbers(inmate=a.iid),
+    }
+    if a.json:
+        emit_json(doc)
+        return 0
+    fields([
+        ("inmate", doc["id"]), ("name", doc["name"]), ("facility", doc["facility"]),
+        ("PIN locked", "YES: " + f"{PROG} inmate unlock {a.iid}" if doc["pin_locked"] else "no"),
+        ("wrong PINs in a row", doc["pin_failures"]),
+        ("name recorded", yes_no(doc["name_recorded"])),
+        ("name audio", doc["name_audio"] or "missing: announcements use a generic phrase"),
+        ("approved numbers", ", ".join(doc["approved_numbers"]) or "none"),
+        ("blocked numbers", ", ".join(doc["blocked_numbers"]) or "none"),
+    ])
+    return 0
+
+
+def inmate_unlock(store: Store, a) -> int:
+    inmate = need_inmate(store, a.iid)
+    failures = store.pin_failure_count(a.iid)
+    store.unlock_pin(a.iid)
+    log.info("ops.inmate_unlock", inmate=a.iid, was_locked=inmate.get("pin_locked") == "1", failures=failures)
+    state = "was locked" if inmate.get("pin_locked") == "1" else "was not locked"
+    out(f"PIN unlocked for inmate {a.iid} ({state}; {failures} wrong PINs cleared)")
+    return 0
+
+
+def inmate_import_name(store: Store, a) -> int:
+    need_inmate(store, a.iid)
+    src = Path(a.file)
+    if not src.is_file():
+        raise CliError(f"no such file {a.file}")
+    wav = store.cfg.sounds_dir / "names" / f"{a.iid}.wav"
+    audio.import_file(src, wav, max_seconds=NAME_MAX_S)
+    store.set_name_recorded(a.iid)
+    length_ms = audio.duration_ms(wav)
+    log.info("ops.inmate_import_name", inmate=a.iid, source=str(src), path=str(wav), length_ms=length_ms)
+    note = f", cut to the first {NAME_MAX_S} s" if length_ms >= NAME_MAX_S * 1000 else ""
+    out(f"imported the name of inmate {a.iid}: {wav} ({length_ms / 1000:.1f} s{note})")
+    return 0
+
+
+def inmate_approve(store: Store, a) -> int:
+    need_inmate(store, a.iid)
+    need_number(a.number)
+    if store.is_approved(a.iid, a.number):
+        out(f"{a.number} is already approved for inmate {a.iid}")
+        return 0
+    store.approve_number(a.iid, a.number)
+    log.info("ops.inmate_approve", inmate=a.iid, number=a.number)
+    out(f"approved {a.number} for inmate {a.iid}")
+    if store.account_for_number(a.number) is None:
+        out(f"note: no account pays for {a.number} yet ({PROG} account create ... --number {a.number})")
+    return 0
+
+
+def inmate_numbers(store: Store, a) -> int:
+    inmate = need_inmate(store, a.iid)
+    docs = []
+    for number in store.approved_numbers(a.iid):
+        acct = store.account_for_number(number)
+        docs.append({
+            "number": number,
+            "blocked": store.block_reason(a.iid, inmate.get("facility", ""), number),
+            "account": acct.id if acct else None,
+            "available_cents": acct.available_cents if acct else None,
+        })
+    if a.json:
+        emit_json({"inmate": a.iid, "numbers": docs})
+        return 0
+    rows = [[d["number"], d["blocked"].replace("blocked_", "blocked by ") if d["blocked"] else "callable",
+             d["account"] or "NO ACCOUNT",
+             dollars(d["available_cents"]) if d["account"] else None] for d in docs]
+    table(["NUMBER", "STATUS", "ACCOUNT", "AVAILABLE"], rows, f"inmate {a.iid} has no approved numbers")
+    return 0
+
+
+# --- blocks ------------------------------------------------------------------------
+
+def _block_target(store: Store, a) -> tuple[dict, str]:
+    if a.inmate is not None:
+        need_inmate(store, a.inmate)
+        return {"inmate": a.inmate}, f"inmate {a.inmate}"
+    need_facility(store, a.facility)
+    return {"facility": a.facility}, f"facility {a.facility}"
+
+
+def block_add(store: Store, a) -> int:
+    target, label = _block_target(store, a)
+    need_number(a.number)
+    store.block(a.number, **target)
+    log.info("ops.block_add", number=a.number, **target)
+    out(f"blocked {a.number} for {label}")
+    return 0
+
+
+def block_remove(store: Store, a) -> int:
+    target, label = _block_target(store, a)
+    need_number(a.number)
+    if not store.unblock(a.number, **target):
+        raise CliError(f"{a.number} is not blocked for {label}")
+    log.info("ops.block_remove", number=a.number, **target)
+    out(f"unblocked {a.number} for {label}")
+    return 0
+
+
+def block_list(store: Store, a) -> int:
+    target, label = _block_target(store, a)
+    numbers = store.blocked_numbers(**target)
+    if a.json:
+        emit_json({**target, "numbers": numbers})
+        return 0
+    table(["BLOCKED NUMBER"], [[n] for n in numbers], f"no numbers blocked for {label}")
+    return 0
+
+
+# --- accounts ----------------------------------------------------------------------
+
+def account_create(store: Store, a) -> int:
+    owner = one_line("account owner", a.owner)
+    numbers = list(dict.fromkeys(a.number))  # a repeated --number is one number
+    for n in numbers:
+        need_number(n)
+    store.create_account(a.aid, owner, numbers)
+    log.info("ops.account_create", account=a.aid, owner=owner, numbers=numbers)
+    out(f"created prepaid account {a.aid} ({owner}) paying for {', '.join(numbers)}; balance $0.00")
+    out(f"fund it: {PROG} account fund {a.aid} --amount 20.00")
+    return 0
+
+
+def account_fund(store: Store, a) -> int:
+    cents = cents_from_args(a.cents, a.amount)
+    need_account(store, a.aid)
+    note = one_line("note", a.note)
+    balance = store.adjust(a.aid, "deposit", cents, note)
+    acct = store.account(a.aid)
+    log.info("ops.fund", account=a.aid, amount_cents=cents, balance_cents=balance, note=note)
+    out(f"deposited {dollars(cents)} to account {a.aid}; balance {dollars(balance)}, "
+        f"available {dollars(acct.available_cents)}")
+    return 0
+
+
+def account_show(store: Store, a) -> int:
+    acct = need_account(store, a.aid)
+    raw = store.account_fields(a.aid) or {}
+    created = int(raw["created_ms"]) if raw.get("created_ms", "").isdigit() else None
+    doc = {
+        "id": acct.id, "type": acct.type, "owner": raw.get("owner", ""),
+        "balance_cents": acct.balance_cents, "held_cents": acct.held_cents,
+        "available_cents": acct.available_cents,
+        "numbers": store.account_numbers(a.aid),
+        "created_ms": created, "created_at": iso(created),
+    }
+    if a.json:
+        emit_json(doc)
+        return 0
+    fields([
+        ("account", doc["id"]), ("type", doc["type"]), ("owner", doc["owner"]),
+        ("balance", dollars(doc["balance_cents"])),
+        ("held", f"{dollars(doc['held_cents'])}" + ("  (calls in progress)" if doc["held_cents"] else "")),
+        ("available", dollars(doc["available_cents"])),
+        ("numbers", ", ".join(doc["numbers"]) or "none"),
+        ("created", f"{utc(created)} UTC" if created else None),
+    ])
+    return 0
+
+
+SIGN = {"deposit": 1, "credit": 1, "charge": -1, "refund": -1}
+
+
+def _int(value: str | None) -> int | None:
+    return int(value) if value is not None and re.fullmatch(r"-?[0-9]+", value) else None
+
+
+def account_ledger(store: Store, a) -> int:
+    need_account(store, a.aid)
+    entries = []
+    for e in store.ledger(a.aid):
+        ts = _int(e.get("ts"))
+        entry = {
+            "id": e["id"], "kind": e.get("kind"),
+            "amount_cents": _int(e.get("amount_cents")), "balance_cents": _int(e.get("balance_cents")),
+            "ts_ms": ts, "time": iso(ts), "call": e.get("call") or None, "note": e.get("note") or None,
+        }
+        if "minutes" in e:
+            entry["minutes"] = _int(e["minutes"])
+        entries.append(entry)
+    if a.json:
+        emit_json({"account": a.aid, "entries": entries})
+        return 0
+    rows = []
+    for e in entries:
+        signed = SIGN.get(e["kind"], 1) * (e["amount_cents"] or 0)
+        what = f"call {e['call']} ({e.get('minutes')} min)" if e["call"] else e["note"]
+        rows.append([utc(e["ts_ms"]), e["kind"], ("+" if signed > 0 else "") + dollars(signed),
+                     dollars(e["balance_cents"] or 0), what])
+    table(["TIME (UTC)", "KIND", "AMOUNT", "BALANCE", "CALL / NOTE"], rows,
+          f"no ledger entries for account {a.aid}")
+    return 0
+
+
+# --- calls -------------------------------------------------------------------------
+
+TIME_FIELDS = ("started_ms", "answered_ms", "bridged_ms", "ended_ms")
+
+
+def call_doc(rec: dict) -> dict:
+    doc = {k: rec[k] for k in records.FIELDS if k in rec}
+    doc.update({k: v for k, v in rec.items() if k not in doc})
+    doc["settled"] = rec.get("settled") == "1"
+    for k in TIME_FIELDS:
+        if isinstance(rec.get(k), int):
+            doc[k.removesuffix("_ms") + "_at"] = iso(rec[k])
+    if rec.get("reason"):
+        doc["reason_description"] = reasons.describe(rec["reason"])
+    if isinstance(rec.get("bridged_ms"), int) and isinstance(rec.get("ended_ms"), int):
+        doc["bridged_duration_ms"] = max(0, rec["ended_ms"] - rec["bridged_ms"])
+    return doc
+
+
+def calls_list(store: Store, a) -> int:
+    if a.limit > MAX_CALLS_LIMIT:
+        raise CliError(f"--limit is at most {MAX_CALLS_LIMIT}")
+    docs = [call_doc(rec) for rec in records.recent(store.r, a.limit)]
+    if a.json:
+        emit_json({"calls": docs})
+        return 0
+    rows = [[d["call_id"], utc(d.get("started_ms")), d.get("inmate"), d.get("number"),
+             d.get("reason") or f"({d.get('outcome') or 'in progress'})",
+             d.get("billed_minutes"),
+             dollars(d["billed_cents"]) if isinstance(d.get("billed_cents"), int) else None]
+            for d in docs]
+    table(["CALL ID", "START (UTC)", "INMATE", "NUMBER", "REASON", "MIN", "BILLED"], rows, "no calls recorded")
+    return 0
+
+
+def calls_show(store: Store, a) -> int:
+    rec = records.get(store.r, a.call_id)
+    if rec is None:
+        raise CliError(f"no such call {a.call_id}")
+    doc = call_doc(rec)
+    if a.json:
+        emit_json(doc)
+        return 0
+    pairs: list[tuple[str, Any]] = []
+    for k, v in doc.items():
+        if k.endswith("_at") or k in ("reason_description", "bridged_duration_ms"):
+            continue
+        if k in TIME_FIELDS and isinstance(v, int):
+            k, v = k.removesuffix("_ms"), iso(v)
+        elif k in ("held_cents", "billed_cents") and isinstance(v, int):
+            k, v = k.removesuffix("_cents"), dollars(v)
+        elif k == "rate_cents" and isinstance(v, int):
+            k, v = "rate", f"{dollars(v)}/min"
+        elif k == "limit_s" and isinstance(v, int):
+            k, v = "limit", f"{v} s"
+        elif k == "settled":
+            v = yes_no(v)
+        elif k == "reason" and v:
+            v = f"{v}: {doc['reason_description']}"
+        pairs.append((k, v))
+    if "bridged_duration_ms" in doc:
+        pairs.append(("bridged for", f"{doc['bridged_duration_ms'] / 1000:.1f} s"))
+    fields(pairs)
+    return 0
+
+
+# --- command line ------------------------------------------------------------------
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, not usage + message
+        raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
+def build_parser() -> Parser:
+    p = Parser(prog=PROG, description="Manage the inmate calling platform (facilities, inmates, "
+               "numbers, blocks, prepaid accounts, call records).")
+    groups = p.add_subparsers(dest="group", required=True, metavar="COMMAND")
+
+    def command(sub, name: str, fn: Callable, help: str, json_out: bool = False) -> Parser:
+        c = sub.add_parser(name, help=help, description=help)
+        c.set_defaults(fn=fn)
+        if json_out:
+            c.add_argument("--json", action="store_true", help="one JSON document on stdout (money in *_cents)")
+        return c
+
+    fac = groups.add_parser("facility", help="facilities and their call settings").add_subparsers(
+        dest="cmd", required=True, metavar="SUBCOMMAND")
+    c = command(fac, "create", facility_create, "create a facility (renders its spoken name)")
+    c.add_argument("fid", metavar="FID")
+    c.add_argument("--name", required=True, help='spoken and shown name, e.g. "Cook County Jail"')
+    for k in SETTINGS:
+        is_digit = k in DIGIT_SETTINGS
+        c.add_argument("--" + k.replace("_", "-"), dest=k, type=str if is_digit else positive_int,
+                       metavar="KEY" if is_digit else "N",
+                       help=f"default {config.DEFAULTS['facility_defaults'][k]}")
+    c.add_argument("--no-audio", action="store_true",
+                   help="do not render the spoken name (no espeak-ng); announcements then leave it out")
+    command(fac, "list", facility_list, "list facilities", json_out=True)
+    c = command(fac, "show", facility_show, "a facility's effective settings", json_out=True)
+    c.add_argument("fid", metavar="FID")
+
+    inm = groups.add_parser("inmate", help="inmates, PINs, names, approved numbers").add_subparsers(
+        dest="cmd", required=True, metavar="SUBCOMMAND")
+    c = command(inm, "create", inmate_create, "create an inmate")
+    c.add_argument("iid", metavar="IID")
+    c.add_argument("--facility", required=True, metavar="FID")
+    c.add_argument("--name", required=True)
+    c.add_argument("--pin", required=True, help="4 to 8 digits")
+    c = command(inm, "show", inmate_show, "an inmate's state (never the PIN)", json_out=True)
+    c.add_argument("iid", metavar="IID")
+    c = command(inm, "unlock", inmate_unlock, "unlock a locked PIN and clear wrong-PIN count")
+    c.add_argument("iid", metavar="IID")
+    c = command(inm, "import-name", inmate_import_name, "import a recording of the inmate's name (WAV)")
+    c.add_argument("iid", metavar="IID")
+    c.add_argument("file", metavar="FILE.wav")
+    c = command(inm, "approve", inmate_approve, "approve a number for an inmate")
+    c.add_argument("iid", metavar="IID")
+    c.add_argument("number", metavar="NUMBER")
+    c = command(inm, "numbers", inmate_numbers, "an inmate's approved numbers, blocks and accounts",
+                json_out=True)
+    c.add_argument("iid", metavar="IID")
+
+    blk = groups.add_parser("block", help="numbers blocked for an inmate or a facility").add_subparsers(
+        dest="cmd", required=True, metavar="SUBCOMMAND")
+    for name, fn, help in (("add", block_add, "block a number"), ("remove", block_remove, "unblock a number"),
+                           ("list", block_list, "list blocked numbers")):
+        c = command(blk, name, fn, help, json_out=name == "list")
+        if name != "list":
+            c.add_argument("number", metavar="NUMBER")
+        who = c.add_mutually_exclusive_group(required=True)
+        who.add_argument("--inmate", metavar="IID")
+        who.add_argument("--facility", metavar="FID")
+
+    acc = groups.add_parser("account", help="prepaid accounts").add_subparsers(
+        dest="cmd", required=True, metavar="SUBCOMMAND")
+    c = command(acc, "create", account_create, "create a prepaid account")
+    c.add_argument("aid", metavar="AID")
+    c.add_argument("--owner", required=True)
+    c.add_argument("--number", required=True, action="append", metavar="NUMBER",
+                   help="a number the account pays for (repeat for more)")
+    c = command(acc, "fund", account_fund, "deposit money")
+    c.add_argument("aid", metavar="AID")
+    how = c.add_mutually_exclusive_group(required=True)
+    how.add_argument("--cents", metavar="N", help="whole cents, e.g. 2000")
+    how.add_argument("--amount", metavar="DOLLARS", help="dollars, e.g. 20.00 (no fractions of a cent)")
+    c.add_argument("--note", default="icsctl deposit", help="ledger note")
+    c = command(acc, "show", account_show, "balance, held, available, numbers", json_out=True)
+    c.add_argument("aid", metavar="AID")
+    c = command(acc, "ledger", account_ledger, "every money movement", json_out=True)
+    c.add_argument("aid", metavar="AID")
+
+    cl = groups.add_parser("calls", help="call records").add_subparsers(
+        dest="cmd", required=True, metavar="SUBCOMMAND")
+    c = command(cl, "list", calls_list, "most recent calls first", json_out=True)
+    c.add_argument("--limit", type=positive_int, default=20, metavar="N")
+    c = command(cl, "show", calls_show, "every field of one call", json_out=True)
+    c.add_argument("call_id", metavar="CALL_ID")
+    return p
+
+
+def fail(message: str, status: int = 1) -> int:
+    """One line on stderr, whatever the message (ffmpeg and friends answer in pages)."""
+    lines = [ln.strip() for ln in str(message).splitlines() if ln.strip()] or ["failed"]
+    text = lines[0] if len(lines) == 1 else f"{lines[0]} ... {lines[-1]}"
+    print(f"{PROG}: {text}", file=sys.stderr)
+    return status
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as exc:  # already "icsctl <command>: <problem>"
+        print(exc, file=sys.stderr)
+        return 2
+    except SystemExit as exc:  # --help
+        return exc.code if isinstance(exc.code, int) else 0
+
+    url = "?"
+    try:
+        cfg = config.load()
+        url = cfg["redis"]["url"]
+        logs.setup(cfg["log"]["format"], cfg["log"]["level"])
+        try:
+            r = connect(cfg)
+        except ValueError as exc:
+            return fail(f"redis.url {redacted(url)!r} is not usable: {exc}")
+        return args.fn(Store(r, cfg), args)
+    except (CliError, StoreError, ConfigError, audio.AudioError) as exc:
+        return fail(str(exc))
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+        return fail(f"cannot reach Redis at {redacted(url)}: {exc}")
+    except redis.exceptions.RedisError as exc:
+        return fail(f"Redis error: {exc}")
+    except OSError as exc:
+        return fail(str(exc))
+    except KeyboardInterrupt:
+        return fail("interrupted", 130)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
