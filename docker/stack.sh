@@ -4,6 +4,7 @@
 #   redis-server on 127.0.0.1:6380; the Python services ics-fastagi and ics-ami.
 # Everything binds to 127.0.0.1.
 #
+#   docker/stack.sh venv        .venv with pip install -e '.[test]' only
 #   docker/stack.sh provision   host packages, .venv, the Asterisk root, secrets
 #   docker/stack.sh up          provision if needed, render configs, start all
 #   docker/stack.sh down        stop all (idempotent)
@@ -351,11 +352,17 @@ cmd_reload() {
     ast_cli "manager reload"
 }
 
+cmd_venv() {
+    have_pkg python3.11-venv || { need_root; HOST_PACKAGES=(python3.11-venv); provision_host; }
+    provision_venv
+}
+
 case ${1:-} in
+    venv)      cmd_venv ;;
     provision) cmd_provision ;;
     up)        cmd_up ;;
     down)      cmd_down ;;
     status)    cmd_status ;;
     reload)    cmd_reload ;;
-    *) echo "usage: $0 provision|up|down|status|reload" >&2; exit 2 ;;
+    *) echo "usage: $0 venv|provision|up|down|status|reload" >&2; exit 2 ;;
 esac
