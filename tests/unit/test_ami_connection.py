@@ -57,7 +57,10 @@ async def ami():
     await asyncio.wait_for(mgr.connected_event.wait(), 3)
     yield fake, mgr
     mgr.close()
+    mgr.connection_lost = lambda exc: None  # no reconnect while tearing down
+    fake.drop()
     server.close()
+    await server.wait_closed()
 
 
 async def test_callback_errors_are_logged_and_dispatch_goes_on(ami, capsys):
