@@ -266,6 +266,12 @@ class CallHandle:
     def wait_media(self, status: str = "ACTIVE", timeout: float = DEFAULT_TIMEOUT) -> "CallHandle":
         return self.wait_for(lambda h: status in h.media, timeout, what=f"media {status}")
 
+    def wait_transfer_final(self, timeout: float = DEFAULT_TIMEOUT) -> int:
+        """Status code of the final NOTIFY for this leg's REFER (200 = transferred)."""
+        self.wait_for(lambda h: any(final for _, _, final in h.transfer_status), timeout,
+                      what="final transfer NOTIFY")
+        return next(code for code, _, final in self.transfer_status if final)
+
     def wait_digits(self, digits: str, timeout: float = DEFAULT_TIMEOUT) -> "CallHandle":
         return self.wait_for(lambda h: digits in h.received_digits, timeout, what=f"digits {digits!r}")
 
