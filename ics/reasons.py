@@ -14,6 +14,7 @@ REASONS: dict[str, str] = {
     "blocked_facility": "The number is blocked for the whole facility",
     "no_account": "No account pays for calls to this number",
     "insufficient_funds": "The account cannot pay for the first minute",
+    "account_expired": "The prepaid account expired after 180 days without use; a deposit reactivates it",
     "inmate_abandoned": "The inmate hung up before the call was placed",
     # the outside phone rang
     "no_answer": "The called party did not answer",
