@@ -86,7 +86,7 @@ provision_asterisk() {
         apt-get -q -o Acquire::Check-Valid-Until=false update >/dev/null
     chroot "$tmp" env DEBIAN_FRONTEND=noninteractive \
         apt-get -q -o Acquire::Check-Valid-Until=false install -y --no-install-recommends \
-        asterisk asterisk-core-sounds-en-gsm >"$STACK/apt.log" 2>&1 \
+        asterisk asterisk-core-sounds-en-gsm tcc libc6-dev >"$STACK/apt.log" 2>&1 \
         || { tail -n 20 "$STACK/apt.log" >&2; die "apt-get install asterisk failed"; }
     chroot "$tmp" apt-get clean
     # keep the package's sample configs aside; /etc/asterisk holds only dialplan/
@@ -96,6 +96,32 @@ provision_asterisk() {
     rm -rf "$AST"
     mv "$tmp" "$AST"
     log "Asterisk $(in_root asterisk -V 2>/dev/null | sed 's/Asterisk //') in $AST"
+}
+
+# The bind-to-loopback shim (docker/bind_loopback.c), built with tcc inside
+# the root: res_pjsip's DNS resolver would otherwise bind 0.0.0.0 and [::].
+SHIM=/usr/local/lib/ics-bind-loopback.so
+
+provision_shim() {
+    local src=$REPO/docker/bind_loopback.c
+    [ -f "$src" ] || return 0
+    if [ -f "$AST$SHIM" ] && cmp -s "$src" "$AST/usr/local/src/bind_loopback.c"; then return 0; fi
+    if [ ! -x "$AST/usr/bin/tcc" ]; then
+        log "installing tcc in the root (bind-to-loopback shim)"
+        [ -s "$AST/etc/resolv.conf" ] || cp -L /etc/resolv.conf "$AST/etc/resolv.conf"
+        in_root env DEBIAN_FRONTEND=noninteractive \
+            apt-get -q -o Acquire::Check-Valid-Until=false update >/dev/null
+        in_root env DEBIAN_FRONTEND=noninteractive \
+            apt-get -q -o Acquire::Check-Valid-Until=false install -y --no-install-recommends \
+            tcc libc6-dev >>"$STACK/apt.log" 2>&1 || die "apt-get install tcc failed (log: $STACK/apt.log)"
+        in_root apt-get clean
+    fi
+    mkdir -p "$AST/usr/local/src" "$AST/usr/local/lib"
+    cp "$src" "$AST/usr/local/src/bind_loopback.c.new"
+    in_root tcc -shared -fPIC -O2 -o "$SHIM.new" /usr/local/src/bind_loopback.c.new \
+        || die "could not build the bind-to-loopback shim"
+    mv "$AST$SHIM.new" "$AST$SHIM"
+    mv "$AST/usr/local/src/bind_loopback.c.new" "$AST/usr/local/src/bind_loopback.c"
 }
 
 gen_secret() { "$PYTHON" -c 'import secrets; print(secrets.token_hex(16))'; }
@@ -138,6 +164,7 @@ cmd_provision() {
     provision_host
     provision_venv
     provision_asterisk
+    provision_shim
     provision_secrets
     write_stack_env
 }
@@ -238,9 +265,11 @@ start_asterisk() {
     rm -f "$AST/var/lib/asterisk/astdb.sqlite3" "$AST/run/asterisk/asterisk.ctl" \
           "$AST/run/asterisk/asterisk.pid"
     log "starting Asterisk (user asterisk)"
+    local preload=
+    [ -f "$AST$SHIM" ] && preload=$SHIM
     setsid chroot --userspec=asterisk:asterisk "$AST" \
         env -i HOME=/var/lib/asterisk PATH=/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 \
-        asterisk -f -n </dev/null >>"$LOGDIR/asterisk.log" 2>&1 &
+        LD_PRELOAD="$preload" asterisk -f -n </dev/null >>"$LOGDIR/asterisk.log" 2>&1 &
     echo $! > "$RUNDIR/asterisk.pid"
     local i
     for i in $(seq 60); do
