@@ -11,11 +11,17 @@ All money fields are integer cents. All times are integer epoch milliseconds.
   ics:inmates                       set    inmate ids
   ics:block:inmate:{iid}            set    numbers this inmate may not call
   ics:block:facility:{fid}          set    numbers no inmate of the facility may call
-  ics:account:{aid}                 hash   type, owner, balance_cents, held_cents, created_ms
+  ics:account:{aid}                 hash   type, owner, balance_cents, held_cents, created_ms,
+                                           expired_ms (set while expired: 180 days idle, FCC
+                                           64.6130; a deposit deletes it), last_activity_ms
   ics:accounts                      set    account ids
   ics:account:{aid}:numbers         set    phone numbers billed to the account
   ics:number:{number}               string account id that pays for calls to number
-  ics:ledger:{aid}                  stream append-only: kind, amount_cents, balance_cents, call, note
+  ics:ledger:{aid}                  stream append-only: kind, amount_cents (> 0), balance_cents
+                                           (after it), call, note, ts, minutes (charges);
+                                           kind deposit/credit add, charge/refund/expiry take;
+                                           balance_cents == deposits - charges - refunds
+                                           + credits - expiries (icsctl ledger check)
   ics:call:{cid}                    hash   the call record (see ics.records.FIELDS)
   ics:calls                         zset   call ids scored by start time
 """

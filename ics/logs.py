@@ -19,6 +19,7 @@ Event names (the `event` field):
   callee.accepted / callee.refused / callee.blocked / callee.no_response
   call.settled               billed_minutes, billed_cents, reason
   call.settle_skipped        already settled (duplicate hang-up)
+  call.auto_credited         system_error in the first minute: credited_cents (once)
   ami.connected / ami.disconnected / ami.login_failed / ami.event_error / ami.ping_timeout
   ami.action_dropped        an action left unanswered by a lost connection (never re-sent)
   ami.settle_sweep          the listener settled a hung-up call its hangup handler missed

@@ -46,10 +46,13 @@ def settle(store: Store, call_id: str, dialstatus: str = "", hangupsource: str =
         bill = rating.Price(0, 0)
     records.set_reason(r, call_id, reason)
     first, cents, minutes = store.settle(call_id, rec.get("account", ""), bill.cents, bill.minutes, rate)
+    credited = store.auto_credit(call_id)  # system_error in the first minute: credited in full, once
     rec = records.get(r, call_id)
     if first:
         log.info("call.settled", call_id=call_id, reason=rec.get("reason"), bridged_ms=duration,
                  billed_minutes=minutes, billed_cents=cents)
     else:
         log.info("call.settle_skipped", call_id=call_id, why="already settled", billed_cents=cents)
+    if credited:
+        log.info("call.auto_credited", call_id=call_id, credited_cents=credited)
     return rec

@@ -110,10 +110,98 @@ if sign < 0 then
   if bal - held < amount then return {0, bal - held} end
 end
 local bal = redis.call('HINCRBY', acct, 'balance_cents', sign * amount)
+if kind == 'deposit' then redis.call('HDEL', acct, 'expired_ms') end  -- a deposit reactivates
 redis.call('XADD', ledger, '*', 'kind', kind, 'amount_cents', amount,
            'balance_cents', bal, 'call', '', 'note', ARGV[3], 'ts', ARGV[4])
 return {1, bal}
 """
+
+# Refund everything available (balance - held), decided inside the script so no call's hold is touched.
+_REFUND_ALL = """
+local acct, ledger = KEYS[1], KEYS[2]
+if redis.call('EXISTS', acct) == 0 then return {-1, 0} end
+local bal = tonumber(redis.call('HGET', acct, 'balance_cents') or '0')
+local held = tonumber(redis.call('HGET', acct, 'held_cents') or '0')
+local amount = bal - held
+if amount <= 0 then return {0, bal} end
+bal = redis.call('HINCRBY', acct, 'balance_cents', -amount)
+redis.call('XADD', ledger, '*', 'kind', 'refund', 'amount_cents', amount,
+           'balance_cents', bal, 'call', '', 'note', ARGV[1], 'ts', ARGV[2])
+return {amount, bal}
+"""
+
+# Flag an idle account expired (FCC 64.6130): no money moves. Last activity is the newest of
+# creation, the newest deposit and the newest charge (a paid call). Returns {code, last_activity_ms}:
+# 1 flagged now, 2 already expired, 0 still active, 3 a call holds funds, -1 no account, -2 other type.
+_EXPIRE = """
+local acct, ledger = KEYS[1], KEYS[2]
+local now, idle = tonumber(ARGV[1]), tonumber(ARGV[2])
+local a = redis.call('HMGET', acct, 'type', 'created_ms', 'held_cents', 'expired_ms')
+if not a[1] then return {-1, 0} end
+if a[1] ~= ARGV[3] then return {-2, 0} end
+local last = tonumber(a[2] or '0') or 0
+local hi = '+'
+local done = false
+while not done do
+  local page = redis.call('XREVRANGE', ledger, hi, '-', 'COUNT', 100)
+  if #page == 0 then break end
+  for _, e in ipairs(page) do
+    local kind, ts
+    for i = 1, #e[2], 2 do
+      if e[2][i] == 'kind' then kind = e[2][i + 1] elseif e[2][i] == 'ts' then ts = e[2][i + 1] end
+    end
+    if kind == 'charge' or kind == 'deposit' then
+      local t = tonumber(ts or '') or tonumber(string.match(e[1], '^(%d+)'))
+      if t > last then last = t end
+      done = true
+      break
+    end
+    hi = '(' .. e[1]
+  end
+end
+if a[4] then return {2, last} end
+if tonumber(a[3] or '0') > 0 then return {3, last} end
+if now - last < idle then return {0, last} end
+redis.call('HSET', acct, 'expired_ms', now, 'last_activity_ms', last)
+return {1, last}
+"""
+
+# Dispose of an expired account's remaining funds (ledger kind expiry): only once flagged expired.
+_DISPOSE = """
+local acct, ledger = KEYS[1], KEYS[2]
+local a = redis.call('HMGET', acct, 'balance_cents', 'held_cents', 'expired_ms')
+if not a[1] then return {-1, 0} end
+if not a[3] then return {-2, 0} end
+local amount = tonumber(a[1]) - tonumber(a[2] or '0')
+if amount <= 0 then return {0, tonumber(a[1])} end
+local bal = redis.call('HINCRBY', acct, 'balance_cents', -amount)
+redis.call('XADD', ledger, '*', 'kind', 'expiry', 'amount_cents', amount,
+           'balance_cents', bal, 'call', '', 'note', ARGV[1], 'ts', ARGV[2])
+return {amount, bal}
+"""
+
+# Credit a settled call in full, once, when the system itself dropped it early (reason system_error,
+# bridged at most ARGV[1] ms). Returns {1, cents} when credited now, {0, cents already credited or 0}.
+_AUTO_CREDIT = """
+local call, acct, ledger = KEYS[1], KEYS[2], KEYS[3]
+local c = redis.call('HMGET', call, 'settled', 'reason', 'bridged_ms', 'ended_ms', 'billed_cents',
+                     'credited_cents')
+if c[6] then return {0, tonumber(c[6])} end
+if c[1] ~= '1' or c[2] ~= 'system_error' then return {0, 0} end
+local bridged, ended = tonumber(c[3] or ''), tonumber(c[4] or '')
+if not bridged or not ended or ended - bridged > tonumber(ARGV[1]) then return {0, 0} end
+local amount = tonumber(c[5] or '0') or 0
+if amount <= 0 or redis.call('EXISTS', acct) == 0 then return {0, 0} end
+local bal = redis.call('HINCRBY', acct, 'balance_cents', amount)
+redis.call('XADD', ledger, '*', 'kind', 'credit', 'amount_cents', amount, 'balance_cents', bal,
+           'call', ARGV[2], 'note', 'auto credit: system drop ' .. ARGV[2], 'ts', ARGV[3])
+redis.call('HSET', call, 'credited_cents', amount, 'credit_reason', ARGV[4])
+return {1, amount}
+"""
+
+INACTIVITY_MS = 180 * 86_400_000  # FCC 64.6130: no disposal before 180 days of inactivity
+EXPIRING_TYPES = ("prepaid",)
+AUTO_CREDIT_MS = 60_000  # a system drop within the first minute of bridged time is credited in full
 
 
 @dataclass
@@ -135,6 +223,10 @@ class Store:
         self._reserve = r.register_script(_RESERVE)
         self._settle = r.register_script(_SETTLE)
         self._adjust = r.register_script(_ADJUST)
+        self._refund_all = r.register_script(_REFUND_ALL)
+        self._expire = r.register_script(_EXPIRE)
+        self._dispose = r.register_script(_DISPOSE)
+        self._auto_credit = r.register_script(_AUTO_CREDIT)
 
     # --- facilities --------------------------------------------------------
     def create_facility(self, fid: str, name: str, **overrides: Any) -> None:
@@ -307,6 +399,93 @@ class Store:
 
     def ledger(self, aid: str) -> list[dict[str, str]]:
         return [dict(fields, id=eid) for eid, fields in self.r.xrange(keys.ledger(aid))]
+
+    # --- refunds, expiry, automatic credits ------------------------------------
+    def refund(self, aid: str, amount_cents: int | None, note: str = "") -> tuple[int, int]:
+        """Refund amount_cents, or everything available (balance - held) when None.
+
+        Returns (refunded_cents, new_balance); never takes held or missing money."""
+        if amount_cents is not None:
+            return amount_cents, self.adjust(aid, "refund", amount_cents, note)
+        refunded, bal = self._refund_all(keys=[keys.account(aid), keys.ledger(aid)], args=[note, now_ms()])
+        if refunded == -1:
+            raise StoreError(f"no account {aid!r}")
+        if refunded == 0:
+            raise StoreError(f"account {aid} has nothing available to refund")
+        return int(refunded), int(bal)
+
+    def account_usable(self, account: "Account | str") -> str | None:
+        """Why an existing account may not pay for a new call (a reason code), or None.
+
+        The call flow asks this before it holds funds: an expired account refuses calls
+        with `account_expired` until a deposit reactivates it."""
+        aid = account if isinstance(account, str) else account.id
+        if self.r.hexists(keys.account(aid), "expired_ms"):
+            return "account_expired"
+        return None
+
+    def expire_account(self, aid: str, now: int | None = None) -> tuple[str, int]:
+        """Flag one account expired if idle INACTIVITY_MS; idempotent, moves no money.
+
+        Returns (state, last_activity_ms), state one of flagged / expired (already) /
+        active / in_call / not_expiring."""
+        code, last = self._expire(keys=[keys.account(aid), keys.ledger(aid)],
+                                  args=[now_ms() if now is None else now, INACTIVITY_MS, EXPIRING_TYPES[0]])
+        if code == -1:
+            raise StoreError(f"no account {aid!r}")
+        return {1: "flagged", 2: "expired", 0: "active", 3: "in_call", -2: "not_expiring"}[code], int(last)
+
+    def expire_accounts(self, now: int | None = None) -> dict[str, list[dict]]:
+        """Run expire_account over every account; grouped by state."""
+        now = now_ms() if now is None else now
+        out: dict[str, list[dict]] = {}
+        for aid in sorted(self.r.smembers(keys.ACCOUNTS)):
+            try:
+                state, last = self.expire_account(aid, now)
+            except StoreError:
+                continue  # listed but gone: ledger check reports it
+            out.setdefault(state, []).append({"account": aid, "last_activity_ms": last})
+        return out
+
+    def refunds_due(self) -> list[dict]:
+        """Expired accounts that still hold money: the balance is owed back to the payer."""
+        aids = sorted(self.r.smembers(keys.ACCOUNTS))
+        with self.r.pipeline(transaction=False) as p:
+            for aid in aids:
+                p.hmget(keys.account(aid), "owner", "balance_cents", "held_cents", "expired_ms",
+                        "last_activity_ms")
+            rows = p.execute()
+        due = []
+        for aid, (owner, bal, held, expired, last) in zip(aids, rows):
+            if expired is None:
+                continue
+            available = int(bal or 0) - int(held or 0)
+            if available > 0:
+                due.append({"account": aid, "owner": owner or "", "refund_due_cents": available,
+                            "expired_ms": int(expired), "last_activity_ms": int(last) if last else None})
+        return due
+
+    def dispose_expired(self, aid: str, note: str) -> tuple[int, int]:
+        """Take an expired account's remaining funds out (ledger kind expiry), e.g. unclaimed
+        after the refund was offered. Returns (disposed_cents, new_balance)."""
+        amount, bal = self._dispose(keys=[keys.account(aid), keys.ledger(aid)], args=[note, now_ms()])
+        if amount == -1:
+            raise StoreError(f"no account {aid!r}")
+        if amount == -2:
+            raise StoreError(f"account {aid} is not expired; its funds cannot be disposed of")
+        return int(amount), int(bal)
+
+    def auto_credit(self, call_id: str) -> int:
+        """Credit a settled call in full if the system dropped it (system_error) within its first
+        minute of bridged time; once only. Returns the cents credited now (0 if none)."""
+        aid = self.r.hget(keys.call(call_id), "account")
+        if not aid:
+            return 0
+        done, cents = self._auto_credit(
+            keys=[keys.call(call_id), keys.account(aid), keys.ledger(aid)],
+            args=[AUTO_CREDIT_MS, call_id, now_ms(), "system_error in the first minute"],
+        )
+        return int(cents) if done == 1 else 0
 
     # --- listings (read-only, for icsctl) ------------------------------------
     def facilities(self) -> list[str]:
