@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 import redis
 
-from . import audio, config, logs, prompts, reasons, records
+from . import audio, config, logs, prompts, rating, reasons, records
 from .config import ConfigError, facility_settings
 from .store import INMATE_ID_RE, Store, StoreError, check_id, connect, valid_number
 
@@ -30,6 +30,21 @@ MAX_CALLS_LIMIT = 10_000
 NAME_MAX_S = 10  # longest imported name recording (ics.audio.import_file truncates)
 SETTINGS = tuple(config.DEFAULTS["facility_defaults"])
 DIGIT_SETTINGS = config.FACILITY_DIGIT_KEYS
+ZERO_OK = ("adp", "facility_cost_cents", "rate_local_cents", "rate_instate_cents",
+           "rate_interstate_cents", "rate_international_cents", "tax_bps")  # 0 is meaningful
+SETTING_HELP = {
+    "type": "prison or jail (sets the FCC cap); ",
+    "adp": "average daily population (a jail's FCC cap); ",
+    "facility_cost_cents": "FCC facility-cost additive, 0-2 cents/min; ",
+    "rate_cents_per_min": "cents/min for classes without their own rate; ",
+    "rate_local_cents": "cents/min, 0 = rate-cents-per-min; ",
+    "rate_instate_cents": "cents/min, 0 = rate-cents-per-min; ",
+    "rate_interstate_cents": "cents/min, 0 = rate-cents-per-min; ",
+    "rate_international_cents": "cents/min, 0 = no international calls; ",
+    "tax_bps": "taxes passed through, basis points (100 = 1%%); ",
+    "local_npas": "comma-separated local area codes; ",
+    "state_npas": "comma-separated in-state area codes; ",
+}
 
 log = logs.get("icsctl")
 
@@ -100,6 +115,12 @@ def redacted(url: str) -> str:
 def positive_int(text: str) -> int:
     if not re.fullmatch(r"[0-9]+", text or "") or int(text) <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text!r}")
+    return int(text)
+
+
+def non_negative_int(text: str) -> int:
+    if not re.fullmatch(r"[0-9]+", text or ""):
+        raise argparse.ArgumentTypeError(f"must be a whole number (0 or more), got {text!r}")
     return int(text)
 
 
@@ -234,6 +255,14 @@ def facility_list(store: Store, a) -> int:
     return 0
 
 
+def class_rate_text(doc: dict, cls: str) -> str:
+    cents = rating.class_rate(doc, cls)
+    if cents is None:
+        return "not allowed"
+    own = doc[f"rate_{cls}_cents"] > 0
+    return f"{dollars(cents)}/min  ({'own rate' if own else 'rate-cents-per-min'})"
+
+
 def facility_show(store: Store, a) -> int:
     doc = facility_doc(store, a.fid)
     if a.json:
@@ -249,6 +278,13 @@ def facility_show(store: Store, a) -> int:
         ("menu timeout", f"{doc['menu_timeout_s']} s  ({src('menu_timeout_s')})"),
         ("time limit", f"{doc['time_limit_s']} s  ({src('time_limit_s')})"),
         ("rate", f"{dollars(doc['rate_cents_per_min'])}/min  ({src('rate_cents_per_min')})"),
+        ("facility type", f"{doc['type']}, ADP {doc['adp']}  ({src('type')}, {src('adp')})"),
+        ("FCC cap", f"{dollars(rating.fcc_cap(doc['type'], doc['adp'])[0] + doc['facility_cost_cents'])}/min "
+                    f"(facility cost {doc['facility_cost_cents']} c/min)"),
+        *[(f"rate {cls}", class_rate_text(doc, cls)) for cls in rating.CLASSES],
+        ("taxes", f"{doc['tax_bps'] / 100:g} %  ({src('tax_bps')})"),
+        ("local area codes", doc["local_npas"] or "none"),
+        ("in-state area codes", doc["state_npas"] or "none"),
         ("PIN tries per call", f"{doc['pin_max_tries']}  ({src('pin_max_tries')})"),
         ("PIN locks after", f"{doc['pin_lock_after']} failures  ({src('pin_lock_after')})"),
     ]
@@ -576,10 +612,13 @@ def build_parser() -> Parser:
     c.add_argument("fid", metavar="FID")
     c.add_argument("--name", required=True, help='spoken and shown name, e.g. "Cook County Jail"')
     for k in SETTINGS:
-        is_digit = k in DIGIT_SETTINGS
-        c.add_argument("--" + k.replace("_", "-"), dest=k, type=str if is_digit else positive_int,
-                       metavar="KEY" if is_digit else "N",
-                       help=f"default {config.DEFAULTS['facility_defaults'][k]}")
+        default = config.DEFAULTS["facility_defaults"][k]
+        is_text = isinstance(default, str)
+        c.add_argument("--" + k.replace("_", "-"), dest=k,
+                       type=str if is_text else non_negative_int if k in ZERO_OK else positive_int,
+                       metavar="KEY" if k in DIGIT_SETTINGS else "TEXT" if is_text else "N",
+                       help=SETTING_HELP.get(k, "") + f"default {default!r}" if is_text
+                       else SETTING_HELP.get(k, "") + f"default {default}")
     c.add_argument("--no-audio", action="store_true",
                    help="do not render the spoken name (no espeak-ng); announcements then leave it out")
     command(fac, "list", facility_list, "list facilities", json_out=True)

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from . import rating
+
 DEFAULT_CONFIG_PATH = "/etc/ics/ics.toml"
 
 DEFAULTS: dict[str, dict[str, Any]] = {
@@ -44,7 +46,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "dir": "/var/lib/asterisk/sounds/ics",
     },
     "dial": {
-        # {number} is a whitelisted 10-digit string; production points at a trunk,
+        # {number} is a whitelisted digit string (10-digit NANP or 011...); production points at a trunk,
         # e.g. "PJSIP/{number}@carrier".
         "template": "PJSIP/{number}",
         "ring_timeout_s": 30,
@@ -61,9 +63,22 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "block_digit": "9",
         "menu_timeout_s": 6,
         "time_limit_s": 900,
-        "rate_cents_per_min": 11,
         "pin_max_tries": 3,
         "pin_lock_after": 6,
+        # Rating (ics.rating): integer cents per minute. FCC 25-75 caps every domestic
+        # rate by facility type and ADP, plus facility_cost_cents (0..2); a rate over
+        # its cap stops start-up or facility creation.
+        "type": "prison",  # prison | jail (a jail's cap depends on adp)
+        "adp": 0,  # average daily population
+        "facility_cost_cents": 0,  # FCC facility-cost additive, 0..2 cents/min
+        "rate_cents_per_min": 11,  # the rate of any domestic class without its own
+        "rate_local_cents": 0,  # 0: use rate_cents_per_min
+        "rate_instate_cents": 0,  # 0: use rate_cents_per_min
+        "rate_interstate_cents": 0,  # 0: use rate_cents_per_min
+        "rate_international_cents": 0,  # 0: international calls not allowed (not capped)
+        "tax_bps": 0,  # taxes passed through, basis points of the call total
+        "local_npas": "",  # comma-separated area codes billed as local
+        "state_npas": "",  # comma-separated area codes billed as in-state
     },
 }
 
@@ -89,6 +104,40 @@ def _check_facility(values: Mapping[str, Any], where: str) -> None:
             raise ConfigError(f"{where}: {key} must be positive, got {values[key]}")
     if values["pin_lock_after"] < values["pin_max_tries"]:
         raise ConfigError(f"{where}: pin_lock_after must be >= pin_max_tries")
+    _check_rating(values, where)
+
+
+MAX_TAX_BPS = 5000  # 50 %: anything above is a typo (bps, not percent)
+
+
+def _check_rating(values: Mapping[str, Any], where: str) -> None:
+    """Facility type, ADP, class rates, tax and area codes; then the FCC caps."""
+    if values["type"] not in rating.FACILITY_TYPES:
+        raise ConfigError(f"{where}: type must be prison or jail, got {values['type']!r}")
+    for key in ("adp", "rate_local_cents", "rate_instate_cents", "rate_interstate_cents",
+                "rate_international_cents", "tax_bps", "facility_cost_cents"):
+        if values[key] < 0:
+            raise ConfigError(f"{where}: {key} must not be negative, got {values[key]}")
+    if values["facility_cost_cents"] > rating.MAX_FACILITY_COST_CENTS:
+        raise ConfigError(f"{where}: facility_cost_cents is at most {rating.MAX_FACILITY_COST_CENTS} "
+                          f"(the FCC 25-75 facility-cost additive), got {values['facility_cost_cents']}")
+    if values["tax_bps"] > MAX_TAX_BPS:
+        raise ConfigError(f"{where}: tax_bps is basis points (100 = 1 %) and at most {MAX_TAX_BPS}, "
+                          f"got {values['tax_bps']}")
+    npas = {}
+    for key in ("local_npas", "state_npas"):
+        try:
+            npas[key] = rating.parse_npas(values[key])
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {key}: {exc}") from None
+    both = npas["local_npas"] & npas["state_npas"]
+    if both:
+        raise ConfigError(f"{where}: area codes {', '.join(sorted(both))} are in both local_npas "
+                          "and state_npas")
+    try:
+        rating.check_caps(values)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 def coerce(section: str, key: str, raw: Any, where: str) -> Any:

@@ -1,21 +1,52 @@
 """The one rating function. Money is integer cents; durations integer milliseconds.
 
-The rate quote played to the called party, the pre-connect balance check, the
-bridge's time limit and the bill all come from here, so what a family hears is
-what they pay.
+The rate quote played to the called party, the pre-connect balance (or
+direct-bill limit) check, the bridge's time limit and the bill all come from
+here, so what a family hears is what they pay. No float ever touches money.
+
+Rates are per destination class (local, in-state, interstate, international),
+chosen per facility; taxes are passed through in basis points, computed once on
+the call total (round half up). There are no ancillary fees of any kind.
+The FCC 25-75 interim caps (compliance from 2026-04-06) are enforced on every
+domestic rate when a facility or the defaults are loaded (`check_caps`).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from typing import Any, Mapping
 
 MINUTE_MS = 60_000
+BPS = 10_000  # basis points in 100 %
+
+CLASSES = ("local", "instate", "interstate", "international")
+FACILITY_TYPES = ("prison", "jail")
+MAX_FACILITY_COST_CENTS = 2  # FCC 25-75 facility-cost additive, per minute
+INTERNATIONAL_RE = re.compile(r"^011[1-9][0-9]{6,14}$")  # 011 + E.164 (country code first)
+NPA_RE = re.compile(r"^[2-9][0-9]{2}$")
+
+# FCC 25-75 interim audio caps, cents per minute, before the facility-cost additive.
+PRISON_CAP_CENTS = 11
+JAIL_CAPS_CENTS = ((1000, 10), (350, 12), (100, 13), (50, 15), (0, 19))  # (ADP at least, cap)
 
 
 @dataclass(frozen=True)
 class Price:
+    """A call's price in integer cents: subtotal = minutes x rate; tax once on the subtotal."""
     minutes: int
-    cents: int
+    rate_cents: int = 0
+    subtotal_cents: int = 0
+    tax_cents: int = 0
+
+    @property
+    def total_cents(self) -> int:
+        return self.subtotal_cents + self.tax_cents
+
+    @property
+    def cents(self) -> int:
+        """What is billed (held, charged): the total, tax included."""
+        return self.total_cents
 
 
 def billable_minutes(duration_ms: int) -> int:
@@ -25,26 +56,109 @@ def billable_minutes(duration_ms: int) -> int:
     return -(-duration_ms // MINUTE_MS)
 
 
-def price(rate_cents_per_min: int, duration_ms: int) -> Price:
+def tax_cents(subtotal_cents: int, tax_bps: int) -> int:
+    """Tax on a call total, rounded half up, integer arithmetic only."""
+    return (subtotal_cents * tax_bps + BPS // 2) // BPS
+
+
+def price(rate_cents_per_min: int, duration_ms: int, tax_bps: int = 0) -> Price:
+    """The price of duration_ms at rate_cents_per_min, plus tax_bps of taxes on the total."""
     if rate_cents_per_min < 0:
         raise ValueError(f"negative rate {rate_cents_per_min}")
+    if tax_bps < 0:
+        raise ValueError(f"negative tax {tax_bps} bps")
     minutes = billable_minutes(duration_ms)
-    return Price(minutes=minutes, cents=minutes * rate_cents_per_min)
+    subtotal = minutes * rate_cents_per_min
+    return Price(minutes=minutes, rate_cents=rate_cents_per_min, subtotal_cents=subtotal,
+                 tax_cents=tax_cents(subtotal, tax_bps))
 
 
 def quote(rate_cents_per_min: int) -> Price:
-    """What one minute costs: the figure read out at the rate-quote key."""
+    """What one minute costs before tax: the per-minute figure read out at the rate-quote key
+    (the prompt adds "plus any taxes"). It is the subtotal of a one-minute bill."""
     return price(rate_cents_per_min, MINUTE_MS)
 
 
-def affordable_minutes(available_cents: int, rate_cents_per_min: int) -> int:
-    """Whole minutes the available funds pay for in full (no partial minute, no overdraft)."""
+def affordable_minutes(available_cents: int, rate_cents_per_min: int, tax_bps: int = 0) -> int:
+    """Whole minutes whose total (tax included) the available cents pay in full (no overdraft)."""
     if rate_cents_per_min == 0:
         raise ValueError("a zero rate needs no balance check")
-    return max(0, available_cents) // quote(rate_cents_per_min).cents
+    available = max(0, available_cents)
+    # the estimate ignores rounding; tax is monotonic, so step to the exact answer
+    m = available * BPS // (rate_cents_per_min * (BPS + tax_bps))
+    while price(rate_cents_per_min, (m + 1) * MINUTE_MS, tax_bps).cents <= available:
+        m += 1
+    while m > 0 and price(rate_cents_per_min, m * MINUTE_MS, tax_bps).cents > available:
+        m -= 1
+    return m
 
 
-def time_limit_ms(facility_limit_s: int, available_cents: int, rate_cents_per_min: int) -> int:
-    """The bridge's limit: the smaller of the facility limit and what the balance buys."""
-    bought = affordable_minutes(available_cents, rate_cents_per_min) * MINUTE_MS
+def time_limit_ms(facility_limit_s: int, available_cents: int, rate_cents_per_min: int,
+                  tax_bps: int = 0) -> int:
+    """The bridge's limit: the smaller of the facility limit and what the funds buy."""
+    bought = affordable_minutes(available_cents, rate_cents_per_min, tax_bps) * MINUTE_MS
     return min(facility_limit_s * 1000, bought)
+
+
+# --- destination classes and caps ------------------------------------------------------
+
+def parse_npas(text: str) -> frozenset[str]:
+    """"312, 773" -> {"312", "773"}; raises ValueError naming a bad entry."""
+    out = set()
+    for part in (text or "").split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if not NPA_RE.match(part):
+            raise ValueError(f"{part!r} is not a 3-digit area code")
+        out.add(part)
+    return frozenset(out)
+
+
+def destination_class(facility: Mapping[str, Any], number: str) -> str:
+    """local / instate / interstate for a 10-digit number by its area code; international for 011..."""
+    if INTERNATIONAL_RE.match(number):
+        return "international"
+    npa = number[:3]
+    if npa in parse_npas(facility["local_npas"]):
+        return "local"
+    if npa in parse_npas(facility["state_npas"]):
+        return "instate"
+    return "interstate"
+
+
+def class_rate(facility: Mapping[str, Any], cls: str) -> int | None:
+    """Cents per minute for a class. A domestic class without its own rate uses
+    rate_cents_per_min; international has no default: None means not allowed."""
+    if cls not in CLASSES:
+        raise ValueError(f"unknown destination class {cls!r}")
+    own = facility[f"rate_{cls}_cents"]
+    if own > 0:
+        return own
+    return None if cls == "international" else facility["rate_cents_per_min"]
+
+
+def fcc_cap(facility_type: str, adp: int) -> tuple[int, str]:
+    """FCC 25-75 interim cap (cents/min, before the additive) and why it applies."""
+    if facility_type == "prison":
+        return PRISON_CAP_CENTS, "prison"
+    if facility_type != "jail":
+        raise ValueError(f"facility type must be prison or jail, got {facility_type!r}")
+    for floor, cap in JAIL_CAPS_CENTS:
+        if adp >= floor:
+            return cap, f"jail with average daily population {adp}"
+    raise ValueError(f"average daily population must not be negative, got {adp}")
+
+
+def check_caps(facility: Mapping[str, Any]) -> None:
+    """Every domestic rate at or under its FCC cap plus the facility-cost additive;
+    raises ValueError naming the rate, the cap and why. International calls are not
+    capped by FCC 25-75 (its caps cover domestic interstate and intrastate calls)."""
+    cost = facility["facility_cost_cents"]
+    base, why = fcc_cap(facility["type"], facility["adp"])
+    cap = base + cost
+    for key in ("rate_cents_per_min", "rate_local_cents", "rate_instate_cents", "rate_interstate_cents"):
+        if facility[key] > cap:
+            raise ValueError(
+                f"{key} {facility[key]} is above the FCC cap of {cap} cents/min "
+                f"({base} for a {why} under FCC 25-75, plus facility_cost_cents {cost})")

@@ -71,11 +71,13 @@ def world(run, store: Store):
 
 def test_facility_create_stores_overrides_and_says_audio_was_skipped(run, store, sounds):
     status, out, err = run("facility", "create", "cook", "--name", "Cook County Jail", "--no-audio",
-                           "--accept-digit", "5", "--rate-cents-per-min", "25", "--time-limit-s", "1200")
+                           "--accept-digit", "5", "--rate-cents-per-min", "15", "--time-limit-s", "1200",
+                           "--type", "jail", "--adp", "60", "--local-npas", "312,773", "--tax-bps", "0")
     assert status == 0
     assert store.r.sismember(keys.FACILITIES, "cook")
     assert store.r.hgetall(keys.facility("cook")) == {
-        "name": "Cook County Jail", "accept_digit": "5", "rate_cents_per_min": "25", "time_limit_s": "1200"}
+        "name": "Cook County Jail", "accept_digit": "5", "rate_cents_per_min": "15", "time_limit_s": "1200",
+        "type": "jail", "adp": "60", "local_npas": "312,773", "tax_bps": "0"}
     assert "created facility cook" in out and "NOT rendered (--no-audio)" in out
     assert not (sounds / "facilities" / "cook.wav").exists()
     [event] = events(err)
@@ -94,14 +96,15 @@ def test_facility_create_renders_the_spoken_name(run, sounds):
 
 
 def test_facility_show_json_is_the_effective_settings(run):
-    run("facility", "create", "main", "--name", "Main", "--no-audio", "--rate-cents-per-min", "25")
+    run("facility", "create", "main", "--name", "Main", "--no-audio", "--rate-cents-per-min", "9")
     status, out, _ = run("facility", "show", "main", "--json")
     assert status == 0
     doc = json.loads(out)
-    assert doc["rate_cents_per_min"] == 25 and doc["time_limit_s"] == 900 and doc["accept_digit"] == "1"
+    assert doc["rate_cents_per_min"] == 9 and doc["time_limit_s"] == 900 and doc["accept_digit"] == "1"
     assert doc["overridden"] == ["rate_cents_per_min"] and doc["name_audio"] is None
     status, out, _ = run("facility", "show", "main")
-    assert "$0.25/min  (facility)" in out and "900 s  (default)" in out
+    assert "$0.09/min  (facility)" in out and "900 s  (default)" in out
+    assert "rate international   not allowed" in out and "$0.11/min (facility cost 0 c/min)" in out
     status, out, _ = run("facility", "list", "--json")
     assert [f["id"] for f in json.loads(out)["facilities"]] == ["main"]
 
@@ -111,6 +114,10 @@ def test_facility_show_json_is_the_effective_settings(run):
     (["--accept-digit", "12"], "one keypad key"),
     (["--time-limit-s", "30"], "at least 60"),
     (["--pin-max-tries", "5", "--pin-lock-after", "3"], "pin_lock_after must be >= pin_max_tries"),
+    (["--rate-cents-per-min", "12"], "rate_cents_per_min 12 is above the FCC cap of 11 cents/min (11 for a prison"),
+    (["--type", "jail", "--adp", "400", "--rate-instate-cents", "13"],
+     "rate_instate_cents 13 is above the FCC cap of 12 cents/min (12 for a jail with average daily population 400"),
+    (["--facility-cost-cents", "3"], "facility_cost_cents is at most 2"),
 ])
 def test_bad_facility_settings_create_nothing(run, store, argv, message):
     status, out, err = run("facility", "create", "main", "--name", "Main", "--no-audio", *argv)

@@ -13,8 +13,8 @@ def test_whole_minutes_round_up():
     assert rating.billable_minutes(1) == 1
     assert rating.billable_minutes(60_000) == 1
     assert rating.billable_minutes(60_001) == 2
-    assert rating.price(11, 5_000) == rating.Price(1, 11)
-    assert rating.price(11, 125_000) == rating.Price(3, 33)
+    assert rating.price(11, 5_000) == rating.Price(minutes=1, rate_cents=11, subtotal_cents=11)
+    assert rating.price(11, 125_000).cents == 33 and rating.price(11, 125_000).minutes == 3
 
 
 @given(rate)

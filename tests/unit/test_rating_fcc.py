@@ -1,0 +1,135 @@
+"""Rating by destination class, tax and the FCC 25-75 caps (ics.rating, ics.config).
+
+Money is integer cents throughout; these are properties over any duration, rate
+and tax, plus each cap tier refused at load and at facility creation.
+"""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ics import config, rating
+from ics.config import ConfigError, facility_settings
+
+ms = st.integers(min_value=0, max_value=4 * 3600 * 1000)
+rate = st.integers(min_value=1, max_value=500)
+tax = st.integers(min_value=0, max_value=config.MAX_TAX_BPS)
+cents = st.integers(min_value=0, max_value=10_000_00)
+
+DEFAULTS = config.DEFAULTS["facility_defaults"]
+
+
+def settings(**stored) -> dict:
+    return facility_settings(DEFAULTS, {k: str(v) for k, v in stored.items()}, "facility t")
+
+
+# --- price, quote, tax -----------------------------------------------------------------
+
+@given(rate, tax)
+def test_the_quote_is_the_one_minute_bill_before_tax(r, t):
+    one = rating.price(r, rating.MINUTE_MS, t)
+    assert rating.quote(r).cents == one.subtotal_cents == one.rate_cents == r
+    assert one.cents == r + rating.tax_cents(r, t)
+
+
+@given(ms, rate, tax)
+def test_bill_is_minutes_times_rate_plus_tax_once(d, r, t):
+    p = rating.price(r, d, t)
+    assert p.subtotal_cents == p.minutes * rating.quote(r).cents
+    # tax once on the call total, round half up, exactly (no float)
+    assert p.tax_cents == (p.subtotal_cents * t + 5000) // 10000
+    assert 2 * abs(p.tax_cents * 10000 - p.subtotal_cents * t) <= 10000
+    assert p.total_cents == p.cents == p.subtotal_cents + p.tax_cents
+    assert all(isinstance(v, int) for v in (p.minutes, p.subtotal_cents, p.tax_cents, p.cents))
+
+
+@given(ms, ms, rate, tax)
+def test_totals_conserve_and_never_decrease_with_time(d1, d2, r, t):
+    a, b = rating.price(r, min(d1, d2), t), rating.price(r, max(d1, d2), t)
+    assert a.cents <= b.cents and a.minutes <= b.minutes
+    # splitting a call's minutes never changes the subtotal; tax is computed once on the total
+    whole = rating.price(r, (a.minutes + b.minutes) * rating.MINUTE_MS, t)
+    assert whole.subtotal_cents == a.subtotal_cents + b.subtotal_cents
+
+
+def test_tax_rounds_half_up():
+    assert rating.tax_cents(100, 50) == 1  # 0.5 cent -> 1
+    assert rating.tax_cents(100, 49) == 0  # 0.49 cent -> 0
+    assert rating.price(11, 3 * 60_000, 1000) == rating.Price(3, 11, 33, 3)  # 3.3 -> 3
+
+
+@given(cents, rate, tax, st.integers(min_value=60, max_value=7200))
+def test_time_limit_never_buys_more_than_the_funds(available, r, t, facility_s):
+    limit = rating.time_limit_ms(facility_s, available, r, t)
+    assert limit <= facility_s * 1000
+    assert rating.price(r, limit, t).cents <= available
+    m = rating.affordable_minutes(available, r, t)
+    assert rating.price(r, (m + 1) * rating.MINUTE_MS, t).cents > available  # the largest such
+
+
+# --- destination classes ------------------------------------------------------------------
+
+def test_destination_class_by_area_code():
+    fac = settings(local_npas="312,773", state_npas="217, 630", rate_local_cents=5,
+                   rate_instate_cents=8, rate_international_cents=40)
+    cases = {"3125550100": ("local", 5), "7735550100": ("local", 5), "2175550100": ("instate", 8),
+             "2125550100": ("interstate", 11), "01144207946000": ("international", 40)}
+    for number, (cls, cents) in cases.items():
+        assert rating.destination_class(fac, number) == cls
+        assert rating.class_rate(fac, cls) == cents
+
+
+def test_international_needs_its_own_rate_and_is_not_capped():
+    assert rating.class_rate(settings(), "international") is None
+    fac = settings(type="jail", adp=2000, rate_cents_per_min=10, rate_international_cents=99)
+    assert rating.class_rate(fac, "international") == 99
+
+
+def test_bad_area_codes_and_overlaps_are_refused():
+    with pytest.raises(ConfigError, match="local_npas.*'31' is not a 3-digit area code"):
+        settings(local_npas="31")
+    with pytest.raises(ConfigError, match="312 are in both"):
+        settings(local_npas="312", state_npas="312")
+
+
+# --- FCC 25-75 caps --------------------------------------------------------------------------
+
+TIERS = [("prison", 0, 11), ("prison", 5000, 11), ("jail", 1000, 10), ("jail", 5000, 10),
+         ("jail", 999, 12), ("jail", 350, 12), ("jail", 349, 13), ("jail", 100, 13),
+         ("jail", 99, 15), ("jail", 50, 15), ("jail", 49, 19), ("jail", 0, 19)]
+
+
+@pytest.mark.parametrize("kind, adp, cap", TIERS)
+@pytest.mark.parametrize("cost", [0, 1, 2])
+@pytest.mark.parametrize("key", ["rate_cents_per_min", "rate_local_cents", "rate_instate_cents",
+                                 "rate_interstate_cents"])
+def test_each_cap_tier_with_the_additive(kind, adp, cap, cost, key):
+    base = dict(type=kind, adp=adp, facility_cost_cents=cost, rate_cents_per_min=min(cap, 10))
+    assert settings(**{**base, key: cap + cost})[key] == cap + cost  # at the cap: fine
+    with pytest.raises(ConfigError) as err:
+        settings(**{**base, key: cap + cost + 1})
+    msg = str(err.value)
+    assert f"{key} {cap + cost + 1} is above the FCC cap of {cap + cost} cents/min" in msg
+    assert f"({cap} for a {kind}" in msg and f"facility_cost_cents {cost}" in msg
+
+
+def test_defaults_over_the_cap_stop_start_up():
+    with pytest.raises(ConfigError, match="facility_defaults: rate_cents_per_min 11 is above the FCC cap of 10"):
+        config.load(environ={"ICS_FACILITY_DEFAULTS_TYPE": "jail", "ICS_FACILITY_DEFAULTS_ADP": "1500"})
+    cfg = config.load(environ={"ICS_FACILITY_DEFAULTS_TYPE": "jail", "ICS_FACILITY_DEFAULTS_ADP": "1500",
+                               "ICS_FACILITY_DEFAULTS_FACILITY_COST_CENTS": "1"})
+    assert cfg["facility_defaults"]["facility_cost_cents"] == 1
+
+
+@pytest.mark.parametrize("stored, message", [
+    ({"type": "county"}, "type must be prison or jail"),
+    ({"facility_cost_cents": 3}, "facility_cost_cents is at most 2"),
+    ({"tax_bps": 5001}, "tax_bps is basis points"),
+    ({"adp": -1}, "adp must not be negative"),
+    ({"rate_instate_cents": -1}, "rate_instate_cents must not be negative"),
+])
+def test_bad_rating_settings(stored, message):
+    with pytest.raises(ConfigError, match=message):
+        settings(**stored)
