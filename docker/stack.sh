@@ -117,11 +117,11 @@ provision_shim() {
         in_root apt-get clean
     fi
     mkdir -p "$AST/usr/local/src" "$AST/usr/local/lib"
-    cp "$src" "$AST/usr/local/src/bind_loopback.c.new"
-    in_root tcc -shared -fPIC -O2 -o "$SHIM.new" /usr/local/src/bind_loopback.c.new \
+    cp "$src" "$AST/usr/local/src/bind_loopback.new.c"
+    in_root tcc -shared -fPIC -O2 -o "$SHIM.new" /usr/local/src/bind_loopback.new.c \
         || die "could not build the bind-to-loopback shim"
     mv "$AST$SHIM.new" "$AST$SHIM"
-    mv "$AST/usr/local/src/bind_loopback.c.new" "$AST/usr/local/src/bind_loopback.c"
+    mv "$AST/usr/local/src/bind_loopback.new.c" "$AST/usr/local/src/bind_loopback.c"
 }
 
 gen_secret() { "$PYTHON" -c 'import secrets; print(secrets.token_hex(16))'; }
