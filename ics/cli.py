@@ -20,9 +20,9 @@ from typing import Any, Callable
 
 import redis
 
-from . import audio, config, logs, prompts, rating, reasons, records
+from . import audio, config, ledger, logs, prompts, rating, reasons, records, statements
 from .config import ConfigError, facility_settings
-from .store import INMATE_ID_RE, Store, StoreError, check_id, connect, valid_number
+from .store import INACTIVITY_MS, INMATE_ID_RE, Store, StoreError, check_id, connect, now_ms, valid_number
 
 PROG = "icsctl"
 MAX_DEPOSIT_CENTS = 100_000_00  # $100,000.00 in one deposit is a typo, not a family topping up
@@ -130,7 +130,7 @@ def one_line(what: str, text: str) -> str:
     return text
 
 
-def cents_from_args(cents: str | None, amount: str | None) -> int:
+def cents_from_args(cents: str | None, amount: str | None, limit: int | None = MAX_DEPOSIT_CENTS) -> int:
     """--cents N (whole cents) or --amount D.DD (dollars, exact): a positive whole number of cents."""
     if cents is not None:
         if re.fullmatch(r"\s*-.*", cents):
@@ -150,7 +150,7 @@ def cents_from_args(cents: str | None, amount: str | None) -> int:
         value = int(exact)
     if value <= 0:
         raise CliError("amount must be more than zero")
-    if value > MAX_DEPOSIT_CENTS:
+    if limit is not None and value > limit:
         raise CliError(f"amount {dollars(value)} is over the {dollars(MAX_DEPOSIT_CENTS)} limit for one deposit")
     return value
 
@@ -487,7 +487,7 @@ def account_show(store: Store, a) -> int:
     return 0
 
 
-SIGN = {"deposit": 1, "credit": 1, "charge": -1, "refund": -1}
+SIGN = ledger.SIGN
 
 
 def _int(value: str | None) -> int | None:
@@ -513,11 +513,95 @@ def account_ledger(store: Store, a) -> int:
     rows = []
     for e in entries:
         signed = SIGN.get(e["kind"], 1) * (e["amount_cents"] or 0)
-        what = f"call {e['call']} ({e.get('minutes')} min)" if e["call"] else e["note"]
+        what = f"call {e['call']} ({e.get('minutes')} min)" if e["kind"] == "charge" else e["note"]
         rows.append([utc(e["ts_ms"]), e["kind"], ("+" if signed > 0 else "") + dollars(signed),
                      dollars(e["balance_cents"] or 0), what])
     table(["TIME (UTC)", "KIND", "AMOUNT", "BALANCE", "CALL / NOTE"], rows,
           f"no ledger entries for account {a.aid}")
+    return 0
+
+
+def account_refund(store: Store, a) -> int:
+    need_account(store, a.aid)
+    note = one_line("note", a.note)
+    cents = None if a.all else cents_from_args(a.cents, a.amount, limit=None)
+    refunded, balance = store.refund(a.aid, cents, note)
+    acct = store.account(a.aid)
+    log.info("ops.refund", account=a.aid, amount_cents=refunded, balance_cents=balance, note=note)
+    out(f"refunded {dollars(refunded)} from account {a.aid}; balance {dollars(balance)}, "
+        f"available {dollars(acct.available_cents)}")
+    return 0
+
+
+# --- ledger check, expiry, statements ------------------------------------------------
+
+def ledger_check(store: Store, a) -> int:
+    doc = ledger.check(store.r)
+    if a.json:
+        emit_json(doc)
+    else:
+        def cell(d, k):
+            return dollars(d[k]) if d.get(k) is not None else None
+        rows = [[d["account"], cell(d, "balance_cents"), cell(d, "ledger_cents"), cell(d, "held_cents"),
+                 cell(d, "holds_cents"), "ok" if d["ok"] else "FAIL: " + "; ".join(d["problems"])]
+                for d in doc["accounts"]]
+        table(["ACCOUNT", "BALANCE", "LEDGER", "HELD", "CALL HOLDS", "STATUS"], rows, "no accounts")
+    if not doc["ok"]:
+        return fail(f"ledger check failed for {len(doc['failed'])} account(s): {', '.join(doc['failed'])}")
+    if not a.json:
+        out(f"ledger check passed: {len(doc['accounts'])} account(s) balance")
+    return 0
+
+
+EXPIRE_STATES = ("flagged", "expired", "active", "in_call", "not_expiring")
+
+
+def accounts_expire(store: Store, a) -> int:
+    now = now_ms() if a.now_ms is None else a.now_ms
+    groups = store.expire_accounts(now)
+    flagged = groups.get("flagged", [])
+    for g in flagged:
+        log.info("ops.account_expired", account=g["account"], last_activity_ms=g["last_activity_ms"], now_ms=now)
+    if a.json:
+        emit_json({"now_ms": now, "inactivity_days": INACTIVITY_MS // 86_400_000,
+                   **{k: groups.get(k, []) for k in EXPIRE_STATES}})
+        return 0
+    rows = [[g["account"], "newly expired" if state == "flagged" else "expired", utc(g["last_activity_ms"])]
+            for state in ("flagged", "expired") for g in groups.get(state, [])]
+    table(["ACCOUNT", "STATE", "LAST ACTIVITY (UTC)"], rows, "no account is expired")
+    out(f"{len(flagged)} newly expired, {len(groups.get('expired', []))} already expired, "
+        f"{len(groups.get('active', [])) + len(groups.get('in_call', []))} active "
+        f"(expiry after {INACTIVITY_MS // 86_400_000} idle days; refunds due: {PROG} accounts refunds-due)")
+    return 0
+
+
+def accounts_refunds_due(store: Store, a) -> int:
+    due = store.refunds_due()
+    total = sum(d["refund_due_cents"] for d in due)
+    if a.json:
+        emit_json({"refunds_due": [dict(d, expired_at=iso(d["expired_ms"]),
+                                        last_activity_at=iso(d["last_activity_ms"])) for d in due],
+                   "total_cents": total})
+        return 0
+    rows = [[d["account"], d["owner"], dollars(d["refund_due_cents"]), utc(d["expired_ms"]),
+             utc(d["last_activity_ms"])] for d in due]
+    table(["ACCOUNT", "OWNER", "REFUND DUE", "EXPIRED (UTC)", "LAST ACTIVITY (UTC)"], rows, "no refunds due")
+    if due:
+        out(f"total {dollars(total)}; pay one out with: {PROG} account refund AID --all")
+    return 0
+
+
+def statement(store: Store, a) -> int:
+    need_account(store, a.aid)
+    try:
+        st = statements.build(store, a.aid, a.month)
+    except statements.StatementError as exc:
+        raise CliError(str(exc)) from None
+    path = a.csv or a.html
+    (statements.write_csv if a.csv else statements.write_html)(st, path)
+    log.info("ops.statement", account=a.aid, month=a.month, path=path, calls=len(st.calls))
+    out(f"wrote the {a.month} statement of account {a.aid} to {path}: {len(st.calls)} call(s), "
+        f"opening {dollars(st.opening_cents)}, closing {dollars(st.closing_cents)}")
     return 0
 
 
@@ -674,6 +758,35 @@ def build_parser() -> Parser:
     c.add_argument("aid", metavar="AID")
     c = command(acc, "ledger", account_ledger, "every money movement", json_out=True)
     c.add_argument("aid", metavar="AID")
+    c = command(acc, "refund", account_refund, "refund money (never more than available: balance - held)")
+    c.add_argument("aid", metavar="AID")
+    how = c.add_mutually_exclusive_group(required=True)
+    how.add_argument("--cents", metavar="N", help="whole cents, e.g. 500")
+    how.add_argument("--amount", metavar="DOLLARS", help="dollars, e.g. 5.00")
+    how.add_argument("--all", action="store_true", help="everything available")
+    c.add_argument("--note", default="icsctl refund", help="ledger note")
+
+    accs = groups.add_parser("accounts", help="all accounts: expiry after 180 idle days, refunds due"
+                             ).add_subparsers(dest="cmd", required=True, metavar="SUBCOMMAND")
+    c = command(accs, "expire", accounts_expire, "flag prepaid accounts idle 180 days as expired "
+                "(idempotent; no money moves)", json_out=True)
+    c.add_argument("--now-ms", type=positive_int, metavar="N", help="evaluate at this epoch ms (default now)")
+    command(accs, "refunds-due", accounts_refunds_due, "expired accounts whose balance is owed back",
+            json_out=True)
+
+    led = groups.add_parser("ledger", help="ledger integrity").add_subparsers(
+        dest="cmd", required=True, metavar="SUBCOMMAND")
+    command(led, "check", ledger_check, "prove every balance equals its ledger and holds match live calls "
+            "(exit 1 naming each account that does not)", json_out=True)
+
+    c = groups.add_parser("statement", help="monthly account statement (CSV or printable HTML)",
+                          description="monthly account statement (CSV or printable HTML)")
+    c.set_defaults(fn=statement)
+    c.add_argument("aid", metavar="AID")
+    c.add_argument("--month", required=True, metavar="YYYY-MM", help="UTC month, e.g. 2026-11")
+    fmt = c.add_mutually_exclusive_group(required=True)
+    fmt.add_argument("--csv", metavar="FILE")
+    fmt.add_argument("--html", metavar="FILE")
 
     cl = groups.add_parser("calls", help="call records").add_subparsers(
         dest="cmd", required=True, metavar="SUBCOMMAND")
