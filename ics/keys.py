@@ -11,12 +11,18 @@ All money fields are integer cents. All times are integer epoch milliseconds.
   ics:inmates                       set    inmate ids
   ics:block:inmate:{iid}            set    numbers this inmate may not call
   ics:block:facility:{fid}          set    numbers no inmate of the facility may call
-  ics:account:{aid}                 hash   type, owner, balance_cents, held_cents, created_ms,
+  ics:account:{aid}                 hash   type (prepaid|direct_bill|inmate_debit), owner,
+                                           balance_cents (direct_bill: minus what it owes),
+                                           held_cents, created_ms, monthly_limit_cents
+                                           (direct_bill), inmate (inmate_debit: id debit-{iid}),
                                            expired_ms (set while expired: 180 days idle, FCC
                                            64.6130; a deposit deletes it), last_activity_ms
   ics:accounts                      set    account ids
   ics:account:{aid}:numbers         set    phone numbers billed to the account
   ics:number:{number}               string account id that pays for calls to number
+  ics:account:{aid}:month:{yyyymm}  string direct_bill: cents billed in that UTC month (settle Lua)
+  ics:lidb:{number}                 hash   line_type (landline|wireless|voip), collect_block (0/1),
+                                           new_number (0/1), updated_ms; absent = landline, no blocks
   ics:ledger:{aid}                  stream append-only: kind, amount_cents (> 0), balance_cents
                                            (after it), call, note, ts, minutes (charges);
                                            kind deposit/credit add, charge/refund/expiry take;
@@ -68,6 +74,14 @@ def account_numbers(aid: str) -> str:
 
 def number_account(number: str) -> str:
     return f"{PREFIX}:number:{number}"
+
+
+def account_month(aid: str, yyyymm: str) -> str:
+    return f"{PREFIX}:account:{aid}:month:{yyyymm}"
+
+
+def lidb(number: str) -> str:
+    return f"{PREFIX}:lidb:{number}"
 
 
 def ledger(aid: str) -> str:

@@ -1,4 +1,6 @@
-"""Facilities, inmates, numbers, blocks and accounts in Redis (sync client).
+"""Facilities, inmates, numbers, blocks, accounts and the LIDB table in Redis (sync client).
+
+Money is integer cents everywhere (balances, holds, limits, charges).
 
 Used by the call flow (one short-lived thread per AGI session) and by icsctl.
 Every money change runs in one Lua script, so it is atomic and ledgered in the
@@ -19,6 +21,7 @@ import redis
 
 from . import keys
 from .config import Config, ConfigError, facility_settings
+from .rating import INTERNATIONAL_RE
 
 NUMBER_RE = re.compile(r"^[2-9][0-9]{9}$")  # NANP 10-digit, no leading 0/1
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")
@@ -36,7 +39,28 @@ def now_ms() -> int:
 
 
 def valid_number(number: str) -> bool:
+    """A 10-digit NANP number."""
     return bool(NUMBER_RE.match(number or ""))
+
+
+def valid_destination(number: str) -> bool:
+    """A number an inmate may dial: 10-digit NANP, or international 011 + country code + number."""
+    return valid_number(number) or bool(INTERNATIONAL_RE.match(number or ""))
+
+
+ACCOUNT_TYPES = ("prepaid", "direct_bill", "inmate_debit")
+LINE_TYPES = ("landline", "wireless", "voip")
+MAX_MONTHLY_LIMIT_CENTS = 100_000_00
+
+
+def month_of(ms: int) -> str:
+    """The billing month (UTC) of an epoch-ms time, as YYYYMM."""
+    return time.strftime("%Y%m", time.gmtime(ms / 1000))
+
+
+def debit_account_id(iid: str) -> str:
+    """The inmate's own (inmate_debit) account id."""
+    return f"debit-{iid}"
 
 
 def check_id(kind: str, value: str, pattern: re.Pattern = ID_RE) -> str:
@@ -60,22 +84,32 @@ def pin_hash(pin: str, salt: str) -> str:
 # --- Lua: every money movement is one atomic script -------------------------
 
 # Hold funds for a call before it rings. Fails (0) if the account cannot cover it.
+# A direct_bill account has no balance to spend: what it can cover is its monthly
+# limit minus this month's billed total (KEYS[3]) minus what its calls hold.
 _RESERVE = """
-local acct, call = KEYS[1], KEYS[2]
+local acct, call, month = KEYS[1], KEYS[2], KEYS[3]
 local amount = tonumber(ARGV[1])
 if redis.call('EXISTS', acct) == 0 then return -1 end
 if redis.call('HEXISTS', call, 'held_cents') == 1 then return -2 end
-local bal = tonumber(redis.call('HGET', acct, 'balance_cents') or '0')
-local held = tonumber(redis.call('HGET', acct, 'held_cents') or '0')
-if bal - held < amount then return 0 end
+local a = redis.call('HMGET', acct, 'type', 'balance_cents', 'held_cents', 'monthly_limit_cents')
+local held = tonumber(a[3] or '0')
+local available
+if a[1] == 'direct_bill' then
+  available = tonumber(a[4] or '0') - tonumber(redis.call('GET', month) or '0') - held
+else
+  available = tonumber(a[2] or '0') - held
+end
+if available < amount then return 0 end
 redis.call('HINCRBY', acct, 'held_cents', amount)
 redis.call('HSET', call, 'held_cents', amount, 'account', ARGV[2])
 return 1
 """
 
 # Settle a call exactly once: release the hold, charge at most the hold, ledger it.
+# A direct_bill charge also adds to the month's billed total (KEYS[4]), in the same
+# once-only step; its balance goes negative: what is owed, paid by deposits.
 _SETTLE = """
-local call, acct, ledger = KEYS[1], KEYS[2], KEYS[3]
+local call, acct, ledger, month = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 if redis.call('HGET', call, 'settled') == '1' then
   return {0, tonumber(redis.call('HGET', call, 'billed_cents') or '0'),
              tonumber(redis.call('HGET', call, 'billed_minutes') or '0')}
@@ -90,8 +124,15 @@ end
 if held > 0 then redis.call('HINCRBY', acct, 'held_cents', -held) end
 if charge > 0 then
   local bal = redis.call('HINCRBY', acct, 'balance_cents', -charge)
-  redis.call('XADD', ledger, '*', 'kind', 'charge', 'amount_cents', charge,
-             'balance_cents', bal, 'call', ARGV[4], 'minutes', minutes, 'ts', ARGV[5])
+  if redis.call('HGET', acct, 'type') == 'direct_bill' then
+    local m = redis.call('INCRBY', month, charge)
+    redis.call('XADD', ledger, '*', 'kind', 'charge', 'amount_cents', charge,
+               'balance_cents', bal, 'call', ARGV[4], 'minutes', minutes, 'ts', ARGV[5],
+               'month_billed_cents', m)
+  else
+    redis.call('XADD', ledger, '*', 'kind', 'charge', 'amount_cents', charge,
+               'balance_cents', bal, 'call', ARGV[4], 'minutes', minutes, 'ts', ARGV[5])
+  end
 end
 redis.call('HSET', call, 'settled', '1', 'billed_cents', charge, 'billed_minutes', minutes)
 return {1, charge, minutes}
@@ -206,13 +247,20 @@ AUTO_CREDIT_MS = 60_000  # a system drop within the first minute of bridged time
 
 @dataclass
 class Account:
+    """Integer cents. prepaid / inmate_debit spend their balance; direct_bill spends
+    its monthly limit (its balance is what it owes, never used to authorise a call)."""
     id: str
     type: str
     balance_cents: int
     held_cents: int
+    monthly_limit_cents: int = 0
+    month_billed_cents: int = 0
+    inmate: str = ""
 
     @property
     def available_cents(self) -> int:
+        if self.type == "direct_bill":
+            return self.monthly_limit_cents - self.month_billed_cents - self.held_cents
         return self.balance_cents - self.held_cents
 
 
@@ -300,8 +348,9 @@ class Store:
 
     # --- numbers and blocks -------------------------------------------------
     def approve_number(self, iid: str, number: str) -> None:
-        if not valid_number(number):
-            raise StoreError(f"invalid number {number!r}: 10 digits, not starting with 0 or 1")
+        if not valid_destination(number):
+            raise StoreError(f"invalid number {number!r}: 10 digits not starting with 0 or 1, "
+                             "or 011 and an international number")
         if not self.r.exists(keys.inmate(iid)):
             raise StoreError(f"no inmate {iid!r}")
         self.r.hset(keys.approved(iid), number, "approved")
@@ -310,7 +359,7 @@ class Store:
         return self.r.hget(keys.approved(iid), number) == "approved"
 
     def block(self, number: str, *, inmate: str | None = None, facility: str | None = None) -> None:
-        if not valid_number(number):
+        if not valid_destination(number):
             raise StoreError(f"invalid number {number!r}")
         if (inmate is None) == (facility is None):
             raise StoreError("block either for one inmate or for a whole facility")
@@ -333,23 +382,84 @@ class Store:
             return "blocked_inmate"
         return None
 
+    # --- LIDB (line information, a local table standing in for a LIDB query) ----
+    def set_lidb(self, number: str, line_type: str, collect_block: bool = False,
+                 new_number: bool = False) -> None:
+        if not valid_number(number):
+            raise StoreError(f"invalid number {number!r}: 10 digits, not starting with 0 or 1")
+        if line_type not in LINE_TYPES:
+            raise StoreError(f"line type must be one of {', '.join(LINE_TYPES)}, got {line_type!r}")
+        self.r.hset(keys.lidb(number), mapping={
+            "line_type": line_type, "collect_block": int(bool(collect_block)),
+            "new_number": int(bool(new_number)), "updated_ms": now_ms()})
+
+    def lidb(self, number: str) -> dict[str, Any]:
+        """A number's line record. A number not in the table is treated as a landline
+        with no collect block and no new-number restriction (known=False)."""
+        raw = self.r.hgetall(keys.lidb(number))
+        return {"number": number, "known": bool(raw), "line_type": raw.get("line_type", "landline"),
+                "collect_block": raw.get("collect_block") == "1", "new_number": raw.get("new_number") == "1"}
+
+    def collect_problem(self, number: str) -> str | None:
+        """Why a number cannot be billed collect / direct (None if it can): only a
+        landline without a collect block or a new-number restriction can."""
+        line = self.lidb(number)
+        if line["line_type"] != "landline":
+            return f"{number} is a {line['line_type']} line"
+        if line["collect_block"]:
+            return f"{number} has a collect-call block"
+        if line["new_number"]:
+            return f"{number} has a new-number restriction"
+        return None
+
     # --- accounts ------------------------------------------------------------
-    def create_account(self, aid: str, owner: str, numbers: list[str], kind: str = "prepaid") -> None:
+    def create_account(self, aid: str, owner: str, numbers: list[str], kind: str = "prepaid", *,
+                       monthly_limit_cents: int | None = None, inmate: str | None = None) -> None:
+        """prepaid: numbers it pays for, funded by deposits. direct_bill: landline numbers
+        only (LIDB), billed up to monthly_limit_cents a month. inmate_debit: the inmate's
+        own account, id debit-<inmate>, no numbers. All money integer cents."""
         check_id("account id", aid)
-        if kind != "prepaid":
-            raise StoreError(f"unsupported account type {kind!r} (prepaid)")
+        if kind not in ACCOUNT_TYPES:
+            raise StoreError(f"unsupported account type {kind!r} ({', '.join(ACCOUNT_TYPES)})")
+        extra: dict[str, Any] = {}
+        if kind == "direct_bill":
+            if (not isinstance(monthly_limit_cents, int) or isinstance(monthly_limit_cents, bool)
+                    or not 0 < monthly_limit_cents <= MAX_MONTHLY_LIMIT_CENTS):
+                raise StoreError("a direct_bill account needs a monthly limit: a whole number of cents, "
+                                 f"1 to {MAX_MONTHLY_LIMIT_CENTS}, got {monthly_limit_cents!r}")
+            if not numbers:
+                raise StoreError("a direct_bill account needs at least one number")
+            extra["monthly_limit_cents"] = monthly_limit_cents
+        elif monthly_limit_cents is not None:
+            raise StoreError("only a direct_bill account has a monthly limit")
+        if kind == "inmate_debit":
+            if not inmate or not self.r.exists(keys.inmate(inmate)):
+                raise StoreError(f"an inmate_debit account needs an existing inmate, got {inmate!r}")
+            if aid != debit_account_id(inmate):
+                raise StoreError(f"the debit account of inmate {inmate} is {debit_account_id(inmate)!r}, "
+                                 f"not {aid!r}")
+            if numbers:
+                raise StoreError("an inmate_debit account pays for the inmate's calls, not for numbers")
+            extra["inmate"] = inmate
+        elif inmate is not None:
+            raise StoreError("only an inmate_debit account belongs to an inmate")
         if self.r.exists(keys.account(aid)):
             raise StoreError(f"account {aid!r} already exists")
         for n in numbers:
-            if not valid_number(n):
+            if not (valid_number(n) if kind == "direct_bill" else valid_destination(n)):
                 raise StoreError(f"invalid number {n!r}")
             other = self.r.get(keys.number_account(n))
             if other:
                 raise StoreError(f"number {n} already belongs to account {other}")
+            if kind == "direct_bill":
+                problem = self.collect_problem(n)
+                if problem:
+                    raise StoreError(f"direct bill needs a landline that accepts collect calls: {problem} "
+                                     "(a prepaid account can pay for it)")
         with self.r.pipeline() as p:
             p.hset(keys.account(aid), mapping={
                 "type": kind, "owner": owner, "balance_cents": 0, "held_cents": 0,
-                "created_ms": now_ms(),
+                "created_ms": now_ms(), **extra,
             })
             p.sadd(keys.ACCOUNTS, aid)
             for n in numbers:
@@ -358,10 +468,19 @@ class Store:
             p.execute()
 
     def account(self, aid: str) -> Account | None:
-        raw = self.r.hgetall(keys.account(aid))
+        with self.r.pipeline(transaction=True) as p:
+            p.hgetall(keys.account(aid))
+            p.get(keys.account_month(aid, month_of(now_ms())))
+            raw, month = p.execute()
         if not raw:
             return None
-        return Account(aid, raw["type"], int(raw["balance_cents"]), int(raw["held_cents"]))
+        return Account(aid, raw["type"], int(raw["balance_cents"]), int(raw["held_cents"]),
+                       int(raw.get("monthly_limit_cents") or 0), int(month or 0), raw.get("inmate", ""))
+
+    def debit_account(self, iid: str) -> Account | None:
+        """The inmate's own account, if one was opened."""
+        acct = self.account(debit_account_id(iid))
+        return acct if acct is not None and acct.type == "inmate_debit" else None
 
     def account_for_number(self, number: str) -> Account | None:
         aid = self.r.get(keys.number_account(number))
@@ -382,7 +501,8 @@ class Store:
         return int(bal)
 
     def reserve(self, aid: str, call_id: str, amount_cents: int) -> bool:
-        res = self._reserve(keys=[keys.account(aid), keys.call(call_id)], args=[amount_cents, aid])
+        month = keys.account_month(aid, month_of(now_ms()))
+        res = self._reserve(keys=[keys.account(aid), keys.call(call_id), month], args=[amount_cents, aid])
         if res == -1:
             raise StoreError(f"no account {aid!r}")
         if res == -2:
@@ -390,10 +510,13 @@ class Store:
         return res == 1
 
     def settle(self, call_id: str, aid: str, charge_cents: int, minutes: int, rate: int) -> tuple[bool, int, int]:
-        """Returns (settled_now, billed_cents, billed_minutes); a second call is a no-op."""
+        """Returns (settled_now, billed_cents, billed_minutes); a second call is a no-op.
+        A direct_bill charge counts towards the month (UTC) in which the call settles."""
+        now = now_ms()
         first, cents, mins = self._settle(
-            keys=[keys.call(call_id), keys.account(aid), keys.ledger(aid)],
-            args=[charge_cents, minutes, rate, call_id, now_ms()],
+            keys=[keys.call(call_id), keys.account(aid), keys.ledger(aid),
+                  keys.account_month(aid, month_of(now))],
+            args=[charge_cents, minutes, rate, call_id, now],
         )
         return bool(first), int(cents), int(mins)
 
