@@ -243,8 +243,8 @@ prepare_root() {
 
 generate_prompts() {
     [ -f "$REPO/prompts/generate.py" ] || return 0
-    [ -n "$(ls -A "$SOUNDS/prompts" 2>/dev/null)" ] && return 0
-    log "generating prompts into $SOUNDS/prompts"
+    # every up: the generator renders only prompts that are missing, so a
+    # manifest that grew is caught up (about a second when nothing is new)
     if ! stack_env "$VENV/bin/python" "$REPO/prompts/generate.py" --out "$SOUNDS/prompts" \
             >>"$LOGDIR/prompts.log" 2>&1; then
         log "warning: prompts/generate.py failed (log: $LOGDIR/prompts.log)"
