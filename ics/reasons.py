@@ -8,11 +8,17 @@ REASONS: dict[str, str] = {
     # refused before the called party's phone rings
     "pin_invalid": "Three wrong inmate number / PIN entries in one call",
     "pin_locked": "The inmate's PIN is locked after repeated failures; staff must unlock it",
-    "invalid_number": "The dialed number is not a 10-digit number",
+    "invalid_number": "The dialed number is neither a 10-digit number nor 011 and an international number",
     "not_approved": "The number is not on the inmate's approved list",
     "blocked_inmate": "The called party blocked calls from this inmate",
     "blocked_facility": "The number is blocked for the whole facility",
+    # no longer produced: a number without an account is needs_prepaid (kept for old records)
     "no_account": "No account pays for calls to this number",
+    "needs_prepaid": "The number cannot be billed (no account; a wireless or VoIP line, a collect block "
+                     "or a new-number restriction without a prepaid account); the called party must "
+                     "open a prepaid account",
+    "direct_bill_limit": "The direct-bill account reached its monthly spending limit",
+    "international_not_allowed": "The facility has no rate for international calls",
     "insufficient_funds": "The account cannot pay for the first minute",
     "account_expired": "The prepaid account expired after 180 days without use; a deposit reactivates it",
     "inmate_abandoned": "The inmate hung up before the call was placed",

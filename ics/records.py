@@ -4,6 +4,8 @@ Fields (times are epoch ms, money integer cents):
   call_id facility inmate number account channel uniqueid station (handset caller ID)
   started_ms answered_ms bridged_ms ended_ms
   rate_cents limit_s held_cents
+  dest_class   local / instate / interstate / international (ics.rating)
+  tax_bps      taxes passed through on this call (basis points of the total)
   outcome      dialing / refused / accepted / ...   (where the flow got to)
   reason       one code from ics.reasons (set once, first writer wins)
   billed_minutes billed_cents settled
@@ -24,12 +26,12 @@ from .store import now_ms
 FIELDS = (
     "call_id", "facility", "inmate", "number", "account", "channel", "uniqueid", "station",
     "started_ms", "answered_ms", "bridged_ms", "ended_ms",
-    "rate_cents", "limit_s", "held_cents", "outcome", "reason", "detail",
+    "rate_cents", "dest_class", "tax_bps", "limit_s", "held_cents", "outcome", "reason", "detail",
     "billed_minutes", "billed_cents", "settled", "credited_cents", "credit_reason",
 )
 
 INT_FIELDS = {
-    "started_ms", "answered_ms", "bridged_ms", "ended_ms", "rate_cents", "limit_s",
+    "started_ms", "answered_ms", "bridged_ms", "ended_ms", "rate_cents", "tax_bps", "limit_s",
     "held_cents", "billed_minutes", "billed_cents", "credited_cents",
 }
 

@@ -3,14 +3,17 @@
 Runs on the inmate's channel from [ics-inmate]. Every refusal plays its own
 prompt and records one reason code; only when every check passes does it set
 ICS_RESULT=dial for the dialplan, with funds for the whole time limit held.
+Money is integer cents; the rate, tax, hold and limit all come from ics.rating.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import structlog
 
 from ics import prompts, rating, records
-from ics.store import valid_number
+from ics.store import Account, valid_destination
 
 from .. import channelvars as V
 from ..session import Session
@@ -18,6 +21,8 @@ from ..session import Session
 log = structlog.get_logger("agi")
 
 DIGIT_TIMEOUT_MS = 6000
+PAY_CHOICE_TIMEOUT_MS = 3000  # no key: the called party's account pays (collect / prepaid)
+PAY_FROM_DEBIT = "1"
 NAME_MAX_MS = 4000
 
 
@@ -38,7 +43,7 @@ def run(s: Session) -> None:
     number = s.env.get("agi_extension", "")
     call_id = records.new_call_id()
     structlog.contextvars.bind_contextvars(call_id=call_id)
-    records.create(s.r, call_id, facility=fid, number=number if valid_number(number) else "invalid",
+    records.create(s.r, call_id, facility=fid, number=number if valid_destination(number) else "invalid",
                    channel=s.env.get("agi_channel", ""), uniqueid=s.env.get("agi_uniqueid", ""),
                    outcome="pin")
     # The handset's caller ID is untrusted text: it is stored and echoed to the
@@ -57,7 +62,7 @@ def run(s: Session) -> None:
         inmate = s.store.inmate(inmate_id)
         if inmate.get("name_recorded") != "1":
             record_name(s, inmate_id)
-        account, held, limit_ms = check_call(s, facility, inmate_id, number, call_id)
+        go = check_call(s, facility, inmate_id, number, call_id)
     except Refused as refusal:
         records.set_reason(s.r, call_id, refusal.reason)
         records.update(s.r, call_id, outcome="refused")
@@ -65,12 +70,14 @@ def run(s: Session) -> None:
         s.play(refusal.prompt)
         return
 
-    records.update(s.r, call_id, account=account, rate_cents=facility["rate_cents_per_min"],
-                   limit_s=limit_ms // 1000, held_cents=held, outcome="dialing")
+    limit_ms, held = go.limit_ms, go.held_cents
+    records.update(s.r, call_id, account=go.account, rate_cents=go.rate_cents, tax_bps=go.tax_bps,
+                   dest_class=go.dest_class, limit_s=limit_ms // 1000, held_cents=held, outcome="dialing")
     s.agi.set_variable(V.DIAL, s.cfg["dial"]["template"].format(number=number))
     s.agi.set_variable(V.RING_S, s.cfg["dial"]["ring_timeout_s"])
     s.agi.set_variable(V.LIMIT_MS, limit_ms)
-    log.info("call.dialing", limit_s=limit_ms // 1000, held_cents=held)
+    log.info("call.dialing", limit_s=limit_ms // 1000, held_cents=held, account=go.account,
+             dest_class=go.dest_class, rate_cents=go.rate_cents)
     s.play("please-hold")
     s.agi.set_variable(V.RESULT, "dial")
 
@@ -106,24 +113,78 @@ def record_name(s: Session, inmate_id: str) -> None:
     log.info("call.name_recorded")
 
 
-def check_call(s: Session, facility: dict, inmate_id: str, number: str, call_id: str):
-    """Approved list, blocks, account; holds funds for the time limit. Returns (account, held, limit_ms)."""
-    if not valid_number(number):
+@dataclass(frozen=True)
+class Go:
+    """Everything a call that may dial carries: who pays, at what rate, what is held (cents)."""
+    account: str
+    held_cents: int
+    limit_ms: int
+    rate_cents: int
+    tax_bps: int
+    dest_class: str
+
+
+def check_call(s: Session, facility: dict, inmate_id: str, number: str, call_id: str) -> Go:
+    """Number, approved list, blocks, destination class and rate, who pays; holds the
+    funds (tax included) for the whole time limit. Any Redis error raises: no call."""
+    if not valid_destination(number):
         raise Refused("invalid_number", "invalid-number")
     if not s.store.is_approved(inmate_id, number):
         raise Refused("not_approved", "not-approved")
     blocked = s.store.block_reason(inmate_id, facility["id"], number)
     if blocked:
         raise Refused(blocked, blocked.replace("_", "-"))
-    rate = facility["rate_cents_per_min"]
+    dest_class = rating.destination_class(facility, number)
+    rate = rating.class_rate(facility, dest_class)
+    if rate is None:
+        raise Refused("international_not_allowed", "international-not-allowed")
+    tax = facility["tax_bps"]
+    one_minute = rating.price(rate, rating.MINUTE_MS, tax).cents
+
+    account = None
+    debit = s.store.debit_account(inmate_id)
+    if debit is not None and debit.available_cents >= one_minute and choose_debit(s):
+        account = debit
+    if account is None:
+        account = payer_for(s, number)
     for _ in range(2):  # a concurrent call on the same account may take funds in between
-        account = s.store.account_for_number(number)
-        if account is None:
-            raise Refused("no_account", "no-account")
-        limit_ms = rating.time_limit_ms(facility["time_limit_s"], account.available_cents, rate)
+        limit_ms = rating.time_limit_ms(facility["time_limit_s"], account.available_cents, rate, tax)
         if limit_ms < rating.MINUTE_MS:
-            raise Refused("insufficient_funds", "insufficient-funds")
-        held = rating.price(rate, limit_ms).cents
+            break
+        held = rating.price(rate, limit_ms, tax).cents
         if s.store.reserve(account.id, call_id, held):
-            return account.id, held, limit_ms
+            return Go(account.id, held, limit_ms, rate, tax, dest_class)
+        account = s.store.account(account.id)
+        if account is None:
+            raise LookupError("the paying account vanished while the call was checked")
+    if account.type == "direct_bill":
+        raise Refused("direct_bill_limit", "direct-bill-limit")
     raise Refused("insufficient_funds", "insufficient-funds")
+
+
+def choose_debit(s: Session) -> bool:
+    """The inmate has funds of their own: one short read, 1 = pay from them, else collect."""
+    digit, _ = s.agi.read_digits(prompts.sound("pay-choice"), PAY_CHOICE_TIMEOUT_MS, 1)
+    chosen = digit == PAY_FROM_DEBIT
+    log.info("call.pay_choice", digit=digit or None, payer="inmate_debit" if chosen else "called_party")
+    return chosen
+
+
+def payer_for(s: Session, number: str) -> Account:
+    """The called party's account, if the number can be billed; else needs_prepaid.
+
+    A prepaid account pays for any line. Direct bill (collect to a landline) needs the
+    LIDB record to allow it at call time too: a landline with no collect block and no
+    new-number restriction (a number not in the table counts as such a landline). No
+    account at all is needs_prepaid too (it replaced no_account)."""
+    account = s.store.account_for_number(number)
+    if account is None:
+        raise Refused("needs_prepaid", "needs-prepaid")
+    if account.type == "direct_bill":
+        problem = s.store.collect_problem(number)
+        if problem:
+            log.info("call.not_billable", why=problem)
+            raise Refused("needs_prepaid", "needs-prepaid")
+    elif account.type != "prepaid":
+        raise LookupError(f"number {number} maps to a {account.type} account")
+    return account

@@ -1,0 +1,164 @@
+"""Who pays and at what rate, through the FastAGI server against a scripted Asterisk.
+
+The inmate flow (agi/flows/inmate.py) on a real Redis: destination class and tax
+decide the rate and the hold, a number that cannot be billed hears how to set up
+prepaid, a direct-bill account stops at its monthly limit, and an inmate with
+funds of their own may pay from them. Money is integer cents.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from agi.server import FastAGIServer
+from ics import config, keys, rating, records
+from ics.store import Store, connect, month_of, now_ms
+
+from .test_flows_scripted import INMATE, NUMBER, PIN, ScriptedAsterisk, env_block, fastagi
+
+CELL = "3125550199"
+INTL = "01144207946000"
+DEBIT = f"debit-{INMATE}"
+
+
+@pytest.fixture
+def world(redis_url, tmp_path):
+    cfg = config.load(environ={"ICS_REDIS_URL": redis_url, "ICS_SOUNDS_DIR": str(tmp_path)})
+    store = Store(connect(cfg), cfg)
+    store.create_facility("main", "Test Jail", type="jail", adp=200, local_npas="312", state_npas="217",
+                          rate_local_cents=5, rate_instate_cents=9, rate_cents_per_min=13, tax_bps=750)
+    store.create_inmate(INMATE, "main", "Alex", PIN)
+    store.set_name_recorded(INMATE)
+    for n in (NUMBER, CELL, "2175550100", "2125550100", INTL):
+        store.approve_number(INMATE, n)
+    return cfg, store
+
+
+@pytest.fixture
+def port(world):
+    cfg, store = world
+    cfg.values["fastagi"]["port"] = 0
+    srv = FastAGIServer(cfg, store)
+    t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    t.start()
+    yield srv.server_address[1]
+    srv.shutdown()
+    srv.server_close()
+
+
+def run_call(port, store, number, digits=(INMATE, PIN)):
+    cmds = fastagi(port, ScriptedAsterisk(digits=digits), env_block("inmate", extension=number))
+    call_id = [c for c in cmds if '"ICS_CALL_ID"' in c][0].split('"')[3]
+    return cmds, records.get(store.r, call_id)
+
+
+def dialed(cmds) -> bool:
+    return [c for c in cmds if c.startswith('SET VARIABLE "ICS_RESULT"')][-1] == 'SET VARIABLE "ICS_RESULT" "dial"'
+
+
+def played(cmds, key) -> bool:
+    return any(c.startswith(f'STREAM FILE "ics/prompts/{key}"') for c in cmds)
+
+
+def prepaid(store, aid, numbers, cents=10_000):
+    store.create_account(aid, "Sam", numbers)
+    store.adjust(aid, "deposit", cents)
+
+
+@pytest.mark.parametrize("number, cls, rate", [
+    (NUMBER, "local", 5), ("2175550100", "instate", 9), ("2125550100", "interstate", 13)])
+def test_class_and_tax_set_the_rate_and_the_hold(port, world, number, cls, rate):
+    cfg, store = world
+    prepaid(store, "fam1", [number])
+    cmds, rec = run_call(port, store, number)
+    assert dialed(cmds)
+    expected = rating.price(rate, 900_000, 750)  # 15 minutes, 7.5 % tax once on the total
+    assert (rec["dest_class"], rec["rate_cents"], rec["tax_bps"]) == (cls, rate, 750)
+    assert rec["held_cents"] == expected.cents == 15 * rate + (15 * rate * 750 + 5000) // 10000
+    assert store.account("fam1").held_cents == expected.cents
+
+
+def test_international_needs_a_facility_rate(port, world):
+    cfg, store = world
+    prepaid(store, "fam1", [INTL])
+    cmds, rec = run_call(port, store, INTL)
+    assert not dialed(cmds) and rec["reason"] == "international_not_allowed"
+    assert played(cmds, "international-not-allowed")
+    store.r.hset(keys.facility("main"), "rate_international_cents", 45)  # not capped by FCC 25-75
+    cmds, rec = run_call(port, store, INTL)
+    assert dialed(cmds) and (rec["dest_class"], rec["rate_cents"]) == ("international", 45)
+    assert 'SET VARIABLE "ICS_DIAL" "PJSIP/01144207946000"' in cmds
+
+
+def test_wireless_without_prepaid_needs_prepaid(port, world):
+    cfg, store = world
+    store.set_lidb(CELL, "wireless")
+    cmds, rec = run_call(port, store, CELL)  # no account at all
+    assert not dialed(cmds) and rec["reason"] == "needs_prepaid" and played(cmds, "needs-prepaid")
+    prepaid(store, "fam1", [CELL])  # a prepaid account pays for a wireless line
+    cmds, rec = run_call(port, store, CELL)
+    assert dialed(cmds) and rec["account"] == "fam1"
+
+
+@pytest.mark.parametrize("lidb", [dict(line_type="wireless"), dict(line_type="voip"),
+                                  dict(line_type="landline", collect_block=True),
+                                  dict(line_type="landline", new_number=True)])
+def test_direct_bill_to_a_number_that_became_unbillable_needs_prepaid(port, world, lidb):
+    cfg, store = world
+    store.create_account("db1", "Sam", [NUMBER], "direct_bill", monthly_limit_cents=5000)
+    store.set_lidb(NUMBER, **lidb)  # changed after the account was opened
+    cmds, rec = run_call(port, store, NUMBER)
+    assert not dialed(cmds) and rec["reason"] == "needs_prepaid"
+    assert store.account("db1").held_cents == 0
+
+
+def test_direct_bill_stops_at_the_monthly_limit(port, world):
+    cfg, store = world
+    store.create_account("db1", "Sam", [NUMBER], "direct_bill", monthly_limit_cents=1000)
+    month = keys.account_month("db1", month_of(now_ms()))
+    one_minute = rating.price(5, 60_000, 750).cents  # 5 + 0.375 -> 5 cents
+    store.r.set(month, 1000 - one_minute + 1)  # the month's total + one minute > limit
+    cmds, rec = run_call(port, store, NUMBER)
+    assert not dialed(cmds) and rec["reason"] == "direct_bill_limit" and played(cmds, "direct-bill-limit")
+    three = rating.price(5, 180_000, 750).cents  # 15 + 1.125 -> 16 (tax once on the total)
+    store.r.set(month, 1000 - three)  # three minutes left: the limit and hold come from what remains
+    cmds, rec = run_call(port, store, NUMBER)
+    assert dialed(cmds) and rec["limit_s"] == 180 and rec["held_cents"] == three == 16
+
+
+@pytest.mark.parametrize("key, payer", [("1", DEBIT), ("2", "fam1"), ("", "fam1")])
+def test_inmate_chooses_to_pay_from_their_own_account(port, world, key, payer):
+    cfg, store = world
+    prepaid(store, "fam1", [NUMBER])
+    store.create_account(DEBIT, "Alex", [], "inmate_debit", inmate=INMATE)
+    store.adjust(DEBIT, "deposit", 300)
+    cmds, rec = run_call(port, store, NUMBER, digits=(INMATE, PIN, key))
+    assert played_choice(cmds) and dialed(cmds)
+    assert rec["account"] == payer and store.account(payer).held_cents == rec["held_cents"] > 0
+    other = "fam1" if payer == DEBIT else DEBIT
+    assert store.account(other).held_cents == 0
+
+
+def test_debit_choice_lets_the_inmate_call_a_number_that_cannot_be_billed(port, world):
+    cfg, store = world
+    store.set_lidb(CELL, "voip")
+    store.create_account(DEBIT, "Alex", [], "inmate_debit", inmate=INMATE)
+    store.adjust(DEBIT, "deposit", 21)  # 3 minutes: 15 + 1 tax = 16; 4 would be 20 + 2 = 22
+    cmds, rec = run_call(port, store, CELL, digits=(INMATE, PIN, "1"))
+    assert dialed(cmds) and rec["account"] == DEBIT
+    assert rec["limit_s"] == 180 and rec["held_cents"] == rating.price(5, 180_000, 750).cents == 16
+
+
+def test_no_choice_without_funds_for_a_minute(port, world):
+    cfg, store = world
+    prepaid(store, "fam1", [NUMBER])
+    store.create_account(DEBIT, "Alex", [], "inmate_debit", inmate=INMATE)
+    store.adjust(DEBIT, "deposit", 4)  # under one minute at 5 cents
+    cmds, rec = run_call(port, store, NUMBER)
+    assert not played_choice(cmds) and dialed(cmds) and rec["account"] == "fam1"
+
+
+def played_choice(cmds) -> bool:
+    return any(c.startswith('GET DATA "ics/prompts/pay-choice"') for c in cmds)
