@@ -22,7 +22,8 @@ import redis
 
 from . import audio, config, ledger, logs, prompts, rating, reasons, records, statements
 from .config import ConfigError, facility_settings
-from .store import INACTIVITY_MS, INMATE_ID_RE, Store, StoreError, check_id, connect, now_ms, valid_number
+from .store import (ACCOUNT_TYPES, INACTIVITY_MS, INMATE_ID_RE, LINE_TYPES, Store, StoreError, check_id,
+                    connect, now_ms, valid_destination, valid_number)
 
 PROG = "icsctl"
 MAX_DEPOSIT_CENTS = 100_000_00  # $100,000.00 in one deposit is a typo, not a family topping up
@@ -179,8 +180,9 @@ def need_account(store: Store, aid: str):
 
 
 def need_number(number: str) -> str:
-    if not valid_number(number):
-        raise CliError(f"invalid number {number!r}: 10 digits, not starting with 0 or 1")
+    if not valid_destination(number):
+        raise CliError(f"invalid number {number!r}: 10 digits not starting with 0 or 1, "
+                       "or 011 and an international number")
     return number
 
 
@@ -439,14 +441,32 @@ def block_list(store: Store, a) -> int:
 # --- accounts ----------------------------------------------------------------------
 
 def account_create(store: Store, a) -> int:
-    owner = one_line("account owner", a.owner)
-    numbers = list(dict.fromkeys(a.number))  # a repeated --number is one number
+    numbers = list(dict.fromkeys(a.number or []))  # a repeated --number is one number
     for n in numbers:
         need_number(n)
-    store.create_account(a.aid, owner, numbers)
-    log.info("ops.account_create", account=a.aid, owner=owner, numbers=numbers)
-    out(f"created prepaid account {a.aid} ({owner}) paying for {', '.join(numbers)}; balance $0.00")
-    out(f"fund it: {PROG} account fund {a.aid} --amount 20.00")
+    if a.type == "inmate_debit":
+        if not a.inmate:
+            raise CliError("an inmate_debit account needs --inmate IID (its id is debit-IID)")
+        owner = one_line("account owner", a.owner) if a.owner else need_inmate(store, a.inmate).get("name", a.inmate)
+    else:
+        if a.owner is None:
+            raise CliError(f"a {a.type} account needs --owner")
+        owner = one_line("account owner", a.owner)
+        if not numbers:
+            raise CliError(f"a {a.type} account needs at least one --number")
+    store.create_account(a.aid, owner, numbers, a.type, monthly_limit_cents=a.monthly_limit_cents,
+                         inmate=a.inmate)
+    log.info("ops.account_create", account=a.aid, type=a.type, owner=owner, numbers=numbers,
+             monthly_limit_cents=a.monthly_limit_cents, inmate=a.inmate)
+    if a.type == "prepaid":
+        out(f"created prepaid account {a.aid} ({owner}) paying for {', '.join(numbers)}; balance $0.00")
+        out(f"fund it: {PROG} account fund {a.aid} --amount 20.00")
+    elif a.type == "direct_bill":
+        out(f"created direct_bill account {a.aid} ({owner}) billing {', '.join(numbers)}; "
+            f"monthly limit {dollars(a.monthly_limit_cents)}")
+    else:
+        out(f"created inmate_debit account {a.aid} for inmate {a.inmate}; balance $0.00")
+        out(f"families fund it: {PROG} account fund {a.aid} --amount 20.00")
     return 0
 
 
@@ -473,16 +493,62 @@ def account_show(store: Store, a) -> int:
         "numbers": store.account_numbers(a.aid),
         "created_ms": created, "created_at": iso(created),
     }
+    if acct.type == "direct_bill":  # available = monthly limit - this month's bills - held
+        doc.update(monthly_limit_cents=acct.monthly_limit_cents, month_billed_cents=acct.month_billed_cents)
+    if acct.type == "inmate_debit":
+        doc["inmate"] = acct.inmate
     if a.json:
         emit_json(doc)
         return 0
+    extra: list[tuple[str, Any]] = []
+    if acct.type == "direct_bill":
+        extra = [("monthly limit", dollars(acct.monthly_limit_cents)),
+                 ("billed this month", f"{dollars(acct.month_billed_cents)}  (UTC month)")]
+    elif acct.type == "inmate_debit":
+        extra = [("inmate", acct.inmate)]
     fields([
         ("account", doc["id"]), ("type", doc["type"]), ("owner", doc["owner"]),
-        ("balance", dollars(doc["balance_cents"])),
+        ("balance", dollars(doc["balance_cents"]) + ("  (negative: owed)" if acct.type == "direct_bill"
+                                                     and doc["balance_cents"] < 0 else "")),
+        *extra,
         ("held", f"{dollars(doc['held_cents'])}" + ("  (calls in progress)" if doc["held_cents"] else "")),
         ("available", dollars(doc["available_cents"])),
         ("numbers", ", ".join(doc["numbers"]) or "none"),
         ("created", f"{utc(created)} UTC" if created else None),
+    ])
+    return 0
+
+
+# --- LIDB (line information) ---------------------------------------------------------
+
+def lidb_set(store: Store, a) -> int:
+    if not valid_number(a.number):
+        raise CliError(f"invalid number {a.number!r}: 10 digits, not starting with 0 or 1")
+    store.set_lidb(a.number, a.line_type, a.collect_block, a.new_number)
+    log.info("ops.lidb_set", number=a.number, line_type=a.line_type, collect_block=a.collect_block,
+             new_number=a.new_number)
+    problem = store.collect_problem(a.number)
+    out(f"{a.number}: {a.line_type}, collect block {yes_no(a.collect_block)}, "
+        f"new-number restriction {yes_no(a.new_number)}; "
+        + (f"not billable collect or direct ({problem}): prepaid only" if problem else "billable collect or direct"))
+    return 0
+
+
+def lidb_show(store: Store, a) -> int:
+    if not valid_number(a.number):
+        raise CliError(f"invalid number {a.number!r}: 10 digits, not starting with 0 or 1")
+    doc = store.lidb(a.number)
+    problem = store.collect_problem(a.number)
+    doc["collect_billable"] = problem is None
+    if a.json:
+        emit_json(doc)
+        return 0
+    fields([
+        ("number", doc["number"]),
+        ("line type", doc["line_type"] + ("" if doc["known"] else "  (not in the table: treated as a landline)")),
+        ("collect block", yes_no(doc["collect_block"])),
+        ("new-number restriction", yes_no(doc["new_number"])),
+        ("collect / direct bill", "yes" if problem is None else f"no: {problem}; prepaid only"),
     ])
     return 0
 
@@ -743,11 +809,17 @@ def build_parser() -> Parser:
 
     acc = groups.add_parser("account", help="prepaid accounts").add_subparsers(
         dest="cmd", required=True, metavar="SUBCOMMAND")
-    c = command(acc, "create", account_create, "create a prepaid account")
+    c = command(acc, "create", account_create, "create a prepaid, direct_bill or inmate_debit account")
     c.add_argument("aid", metavar="AID")
-    c.add_argument("--owner", required=True)
-    c.add_argument("--number", required=True, action="append", metavar="NUMBER",
-                   help="a number the account pays for (repeat for more)")
+    c.add_argument("--type", choices=ACCOUNT_TYPES, default="prepaid",
+                   help="prepaid (deposits pay for calls to its numbers), direct_bill (landline numbers "
+                        "billed monthly up to --monthly-limit-cents), inmate_debit (the inmate's own "
+                        "account, AID debit-IID); default prepaid")
+    c.add_argument("--owner", help="who holds it (inmate_debit: defaults to the inmate's name)")
+    c.add_argument("--number", action="append", metavar="NUMBER",
+                   help="a number the account pays for (repeat for more; not for inmate_debit)")
+    c.add_argument("--monthly-limit-cents", type=positive_int, metavar="N", help="direct_bill only")
+    c.add_argument("--inmate", metavar="IID", help="inmate_debit only")
     c = command(acc, "fund", account_fund, "deposit money")
     c.add_argument("aid", metavar="AID")
     how = c.add_mutually_exclusive_group(required=True)
@@ -787,6 +859,17 @@ def build_parser() -> Parser:
     fmt = c.add_mutually_exclusive_group(required=True)
     fmt.add_argument("--csv", metavar="FILE")
     fmt.add_argument("--html", metavar="FILE")
+
+    lid = groups.add_parser("lidb", help="line information: line type, collect block, new-number "
+                            "restriction").add_subparsers(dest="cmd", required=True, metavar="SUBCOMMAND")
+    c = command(lid, "set", lidb_set, "record a number's line information")
+    c.add_argument("number", metavar="NUMBER")
+    c.add_argument("--line-type", required=True, choices=LINE_TYPES)
+    c.add_argument("--collect-block", action="store_true", help="the carrier blocks collect calls")
+    c.add_argument("--new-number", action="store_true", help="a new-number restriction applies")
+    c = command(lid, "show", lidb_show, "a number's line information (unknown: a landline, no blocks)",
+                json_out=True)
+    c.add_argument("number", metavar="NUMBER")
 
     cl = groups.add_parser("calls", help="call records").add_subparsers(
         dest="cmd", required=True, metavar="SUBCOMMAND")
