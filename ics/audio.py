@@ -11,9 +11,14 @@ import os
 import shutil
 import subprocess
 import tempfile
+import warnings
 from pathlib import Path
 
-from pydub import AudioSegment
+# pydub warns on import when ffmpeg is absent; WAV needs no ffmpeg, and the
+# warning would land in icsctl's JSON log stream on stderr.
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message="Couldn't find ffmpeg", category=RuntimeWarning)
+    from pydub import AudioSegment
 
 RATE_HZ = 8000
 ESPEAK_WPM = "185"
