@@ -8,8 +8,9 @@ Set by the call flow for the dialplan (dialplan/extensions.conf):
   ICS_RESULT      "dial" when every check passed; anything else means do not dial
   ICS_DIAL        the Dial() target, built from a whitelisted 10-digit number
   ICS_RING_S      seconds to let the called phone ring
-  ICS_LIMIT_MS    bridge time limit (Dial L()), the smaller of the facility limit
-                  and what the reserved balance buys
+  ICS_LIMIT_MS    Dial L() backstop: the call's limit (the smaller of the facility
+                  limit and what the reserved balance buys) plus a few seconds; the
+                  AMI listener ends the call at the limit itself, with a prompt
 Set on the called channel by the called-party menu:
   GOSUB_RESULT    "ABORT" unless the call was accepted (Asterisk's Dial U() contract)
 Read by settlement (passed as AGI arguments by the hangup handler):

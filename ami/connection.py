@@ -41,6 +41,7 @@ class GuardedManager(Manager):
         self._watchdog: asyncio.Task | None = None
         self._tasks: set[asyncio.Task] = set()
         self.connected_event = asyncio.Event()
+        self.login_hooks: list = []  # coroutine functions run after every successful login
 
     # --- dispatch ----------------------------------------------------------
     def dispatch(self, event):
@@ -96,6 +97,10 @@ class GuardedManager(Manager):
         if ok:
             self.connected_event.set()
             log.info("ami.connected", host=self.config["host"], port=self.config["port"])
+            for hook in self.login_hooks:
+                task = self.loop.create_task(hook())
+                self._tasks.add(task)
+                task.add_done_callback(self._task_done)
         else:
             log.error("ami.login_failed", host=self.config["host"])
         return ok

@@ -1,23 +1,33 @@
-"""The AMI listener process: watches every inmate call from AMI.
+"""The AMI listener process: watches every live inmate call and enforces the rules.
 
     ics-ami
 
-This issue's part is the plumbing: a guarded connection (ami.connection),
-live-call state keyed by Linkedid, and the settlement safety net: when an
-inmate channel hangs up and its hangup handler did not settle the call (the
-FastAGI server was down or died mid-call), the listener settles it with the
-same code. Disconnect rules come on top of this state (a later issue).
+Live-call state is keyed by Linkedid (the inmate channel's Uniqueid: the called
+leg Dial creates inherits it). Events are dispatched by name to small handlers
+that update that state; the decisions themselves are in ami.rules. When a rule
+fires, the listener writes the reason, rule, threshold and evidence to the call
+record, then redirects both legs to [ics-cut], where each hears why the call is
+ending and is hung up (plain Hangup if a leg cannot be redirected). Time-limit
+notices are played into the live call by a ChanSpy barge on a Local channel
+([ics-notice]), so the bridge is never broken for them.
 
-Needs `channelvars = ICS_CALL_ID` in manager.conf so events carry the call id.
-Blocking work (Redis) runs in a thread, never in the event loop.
+On every (re)connect the state of live calls is rebuilt from CoreShowChannels
+and the call records, and enforcement goes on. Redis work runs in threads,
+never in the event loop. The listener also settles a hung-up call whose hangup
+handler did not (the FastAGI server was down), with the same code.
+
+Its AMI user (ami.listener_user, dialplan/manager.conf.in) reads only the call
+and dtmf classes, with an eventfilter for the events handled here.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import sys
-from dataclasses import dataclass, field
+import time
+from collections import deque
 
 import structlog
 
@@ -26,18 +36,18 @@ from ics import logs, records, settlement
 from ics.store import Store, connect
 
 from .connection import GuardedManager
+from .rules import Cut, LiveCall, Policy, evidence
 
 log = structlog.get_logger("ami")
 
-SETTLE_GRACE_S = 5.0  # the hangup handler normally settles within milliseconds
-
-
-@dataclass
-class LiveCall:
-    linkedid: str
-    call_id: str = ""
-    channels: set[str] = field(default_factory=set)
-    bridge: str = ""
+SETTLE_GRACE_S = 5.0   # the hangup handler normally settles within milliseconds
+TICK_S = 0.2           # clock rules (hold grace, silence, time limit) are checked this often
+CUT_PROMPT_MAX_S = 12  # a leg still up this long after the redirect is hung up outright
+CUT_CONTEXT = "ics-cut"
+NOTICE_CONTEXT = "ics-notice"
+CALL_EVENTS = ("Newchannel", "Hangup", "BridgeEnter", "BridgeLeave", "Hold", "Unhold", "Flash",
+               "BlindTransfer", "AttendedTransfer", "ConfbridgeJoin", "DTMFEnd",
+               "ChannelTalkingStart", "ChannelTalkingStop")
 
 
 def chan_var(event, name: str) -> str:
@@ -57,36 +67,203 @@ class Listener:
         self.store = store
         self.manager = manager
         self.calls: dict[str, LiveCall] = {}
-        for name in ("Newchannel", "BridgeEnter", "BridgeLeave", "Hangup"):
-            manager.register_event(name, getattr(self, f"on_{name.lower()}"))
+        self.bridges: dict[str, set[str]] = {}       # bridge id -> channels in it
+        self.default_policy = Policy.from_facility(cfg["facility_defaults"])
+        self.latencies_ms: deque[float] = deque(maxlen=10000)  # event received -> action sent
+        self._tasks: set[asyncio.Task] = set()
+        for name in CALL_EVENTS:
+            manager.register_event(name, self.on_event)
+        manager.login_hooks.append(self.rebuild)
 
-    def _call(self, event) -> LiveCall:
-        linkedid = event.get("Linkedid") or event.get("Uniqueid", "")
-        call = self.calls.setdefault(linkedid, LiveCall(linkedid))
+    # --- dispatch ----------------------------------------------------------------
+    def on_event(self, manager, event):
+        received = time.perf_counter()
+        name = event.get("Event", "")
+        handler = getattr(self, f"on_{name.lower()}", None)
+        cut_call = handler(event) if handler else None
+        if cut_call is not None:
+            self.spawn(self.enforce(cut_call, received))
+
+    def spawn(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            log.error("ami.event_error", error=repr(exc), exc_info=(type(exc), exc, exc.__traceback__))
+
+    def _call(self, event) -> LiveCall | None:
+        linkedid = str(event.get("Linkedid") or event.get("Uniqueid") or "")
+        if not linkedid:
+            return None
+        call = self.calls.get(linkedid)
+        if call is None:
+            call = self.calls[linkedid] = LiveCall(linkedid, policy=self.default_policy)
         cid = chan_var(event, "ICS_CALL_ID")
         if cid and not call.call_id:
             call.call_id = cid
         return call
 
-    def on_newchannel(self, manager, event):
-        self._call(event).channels.add(event.get("Channel", ""))
+    @staticmethod
+    def _observe(call: LiveCall | None, event) -> LiveCall | None:
+        if call is not None and call.call_id and call.observe(event) is not None:
+            return call
+        return None
 
-    def on_bridgeenter(self, manager, event):
+    # --- handlers (each returns the call to cut, if any) -------------------------
+    def on_newchannel(self, event):
+        chan = str(event.get("Channel", ""))
+        known = str(event.get("Linkedid", "")) in self.calls
         call = self._call(event)
-        call.channels.add(event.get("Channel", ""))
-        call.bridge = event.get("BridgeUniqueid", "")
+        if call is None:
+            return None
+        cut = self._observe(call, event) if known else None
+        call.channels[chan] = str(event.get("Uniqueid", ""))
+        if event.get("Uniqueid") == call.linkedid:
+            call.inmate = chan
+        return cut
 
-    def on_bridgeleave(self, manager, event):
-        self._call(event)
-
-    def on_hangup(self, manager, event):
+    def on_bridgeenter(self, event):
+        chan, bridge = str(event.get("Channel", "")), str(event.get("BridgeUniqueid", ""))
+        members = self.bridges.setdefault(bridge, set())
+        members.add(chan)
+        # a channel of another call entering an inmate call's bridge is that call's business too
+        for other in self.calls.values():
+            if other.bridged and other.bridge == bridge and chan not in other.channels:
+                return self._observe(other, event)
         call = self._call(event)
-        call.channels.discard(event.get("Channel", ""))
-        if event.get("Uniqueid") == call.linkedid and call.call_id:
-            # the inmate channel (the call's first channel) is gone
-            asyncio.get_running_loop().create_task(self.sweep(call.call_id))
+        if call is None:
+            return None
+        call.channels.setdefault(chan, str(event.get("Uniqueid", "")))
+        if call.bridged:
+            return self._observe(call, event)
+        if call.call_id and call.inmate in members and len(members & set(call.channels)) >= 2:
+            call.bridge = bridge
+            call.start(event=event)
+            log.info("enforce.watching", call_id=call.call_id, bridge=bridge,
+                     technology=event.get("BridgeTechnology"))
+            self.spawn(self.load(call))
+        return None
+
+    def on_bridgeleave(self, event):
+        self.bridges.get(str(event.get("BridgeUniqueid", "")), set()).discard(str(event.get("Channel", "")))
+        return None
+
+    def on_blindtransfer(self, event):
+        return self._transfer(event)
+
+    def on_attendedtransfer(self, event):
+        return self._transfer(event)
+
+    def _transfer(self, event):
+        # transfer events carry several channels of possibly different calls
+        for call in list(self.calls.values()):
+            if self._observe(call, event) is not None:
+                return call
+        return None
+
+    def on_hangup(self, event):
+        call = self.calls.get(str(event.get("Linkedid") or event.get("Uniqueid") or ""))
+        if call is None:
+            return None
+        chan = str(event.get("Channel", ""))
+        call.channels.pop(chan, None)
+        call.talking.discard(chan)
+        call.holds.pop(chan, None)
+        for members in self.bridges.values():
+            members.discard(chan)
+        if chan == call.inmate and call.call_id:
+            self.spawn(self.sweep(call.call_id))
         if not call.channels:
             self.calls.pop(call.linkedid, None)
+            if call.bridge and not self.bridges.get(call.bridge):
+                self.bridges.pop(call.bridge, None)
+        return None
+
+    def _leg_event(self, event):
+        return self._observe(self._call(event), event)
+
+    on_hold = on_unhold = on_flash = on_confbridgejoin = on_dtmfend = _leg_event
+    on_channeltalkingstart = on_channeltalkingstop = _leg_event
+
+    # --- clock -------------------------------------------------------------------
+    async def ticker(self) -> None:
+        while True:
+            await asyncio.sleep(TICK_S)
+            for call in list(self.calls.values()):
+                if not (call.call_id and call.bridged):
+                    continue
+                try:
+                    cut, warnings = call.tick()
+                except Exception:  # one call's bad state must not stop the clock for the others
+                    log.exception("ami.event_error", call_id=call.call_id, where="tick")
+                    continue
+                if cut is not None:
+                    self.spawn(self.enforce(call, time.perf_counter()))
+                for seconds in warnings:
+                    self.spawn(self.notice(call, seconds))
+
+    # --- actions -----------------------------------------------------------------
+    async def load(self, call: LiveCall) -> None:
+        """The call record and facility settings: bridge time, limit, rules."""
+        try:
+            rec = await asyncio.to_thread(records.get, self.store.r, call.call_id)
+            facility = await asyncio.to_thread(self.store.facility, rec["facility"]) if rec else None
+        except Exception as exc:  # Redis away: the defaults (every rule on) keep applying
+            log.error("enforce.load_failed", call_id=call.call_id, error=repr(exc))
+            return
+        if rec is None:
+            log.error("enforce.load_failed", call_id=call.call_id, error="no call record")
+            return
+        call.bridged_ms = int(rec.get("bridged_ms") or 0) or int(time.time() * 1000)
+        call.limit_ms = int(rec.get("limit_s") or 0) * 1000
+        if facility is not None:
+            call.policy = Policy.from_facility(facility)
+
+    async def enforce(self, call: LiveCall, received: float) -> None:
+        cut = call.cut
+        assert cut is not None
+        legs = [c for c in [call.inmate, *call.other_legs()] if c]
+        written = asyncio.get_running_loop().create_task(
+            asyncio.to_thread(record_cut, self.store.r, call.call_id, cut))
+        action = {"Action": "Redirect", "Channel": legs[0], "Context": CUT_CONTEXT,
+                  "Exten": cut.reason, "Priority": 1}
+        if len(legs) > 1:
+            action.update(ExtraChannel=legs[1], ExtraContext=CUT_CONTEXT, ExtraExten=cut.reason,
+                          ExtraPriority=1)
+        sent = self.manager.send_action(action)
+        latency = (time.perf_counter() - received) * 1000
+        self.latencies_ms.append(latency)
+        log.warning("enforce.disconnect", call_id=call.call_id, reason=cut.reason, threshold=cut.threshold,
+                    evidence=list(cut.events), latency_ms=round(latency, 3), legs=legs)
+        try:
+            await written
+        except Exception as exc:
+            log.error("enforce.record_failed", call_id=call.call_id, error=repr(exc))
+        ok = await _succeeded(sent)
+        if not ok:
+            await self.hangup(call, legs)
+            return
+        await asyncio.sleep(CUT_PROMPT_MAX_S)
+        await self.hangup(call, [c for c in legs if c in call.channels])
+
+    async def hangup(self, call: LiveCall, legs: list[str]) -> None:
+        for leg in legs:
+            if await _succeeded(self.manager.send_action({"Action": "Hangup", "Channel": leg, "Cause": 16})):
+                log.info("enforce.hangup", call_id=call.call_id, channel=leg)
+
+    async def notice(self, call: LiveCall, seconds: int) -> None:
+        """'This call will end in N seconds', barged into both legs of the live call."""
+        log.info("enforce.warning", call_id=call.call_id, seconds_left=seconds)
+        ok = await _succeeded(self.manager.send_action({
+            "Action": "Originate", "Channel": f"Local/{seconds}@{NOTICE_CONTEXT}/n",
+            "Application": "ChanSpy", "Data": f"{call.inmate},qBES", "CallerID": "ICS notice",
+            "Timeout": 5000, "Async": "true"}))
+        if not ok:
+            log.error("enforce.warning_failed", call_id=call.call_id, seconds_left=seconds)
 
     async def sweep(self, call_id: str) -> None:
         await asyncio.sleep(SETTLE_GRACE_S)
@@ -96,10 +273,70 @@ class Listener:
         log.warning("ami.settle_sweep", call_id=call_id, why="hangup handler did not settle")
         await asyncio.to_thread(settlement.settle, self.store, call_id)
 
+    # --- (re)connect -----------------------------------------------------------------
+    async def rebuild(self) -> None:
+        """Live calls as Asterisk has them now, merged with what we knew before the gap."""
+        try:
+            listing = await self.manager.send_action({"Action": "CoreShowChannels"})
+        except ConnectionError as exc:
+            log.error("ami.rebuild_failed", error=repr(exc))
+            return
+        rows = [m for m in (listing if isinstance(listing, list) else [listing])
+                if m.get("Event") == "CoreShowChannel"]
+        seen: dict[str, LiveCall] = {}
+        bridges: dict[str, set[str]] = {}
+        for row in rows:
+            call = seen.setdefault(str(row.get("Linkedid", "")), LiveCall(str(row.get("Linkedid", "")),
+                                                                         policy=self.default_policy))
+            chan = str(row.get("Channel", ""))
+            call.channels[chan] = str(row.get("Uniqueid", ""))
+            if row.get("Uniqueid") == call.linkedid:
+                call.inmate = chan
+                call.call_id = chan_var(row, "ICS_CALL_ID") or call.call_id
+            if row.get("BridgeId"):
+                bridges.setdefault(str(row["BridgeId"]), set()).add(chan)
+                call.bridge = str(row["BridgeId"])
+        gone = [c for k, c in self.calls.items() if k not in seen]
+        for linkedid, fresh in seen.items():
+            old = self.calls.get(linkedid)
+            if old is not None and old.bridged:
+                old.channels = fresh.channels
+                continue
+            self.calls[linkedid] = fresh
+            both = fresh.inmate and len(bridges.get(fresh.bridge, set()) & set(fresh.channels)) >= 2
+            if fresh.call_id and both:
+                fresh.start()
+                await self.load(fresh)
+                fresh.skip_past_warnings(int(time.time() * 1000))
+                log.info("enforce.watching", call_id=fresh.call_id, bridge=fresh.bridge, rebuilt=True)
+        for call in gone:
+            self.calls.pop(call.linkedid, None)
+            if call.call_id:
+                self.spawn(self.sweep(call.call_id))
+        self.bridges = bridges
+        log.info("ami.rebuilt", channels=len(rows), calls=len(seen),
+                 watching=sum(1 for c in self.calls.values() if c.bridged and c.call_id))
+
+
+def record_cut(r, call_id: str, cut: Cut) -> None:
+    """Why the call was ended, on its record, before the legs hear it: first reason wins."""
+    records.set_reason(r, call_id, cut.reason)
+    records.update(r, call_id, rule=cut.reason, rule_threshold=cut.threshold, cut_ms=cut.at_ms,
+                   evidence=json.dumps(list(cut.events), separators=(",", ":")))
+
+
+async def _succeeded(pending) -> bool:
+    try:
+        reply = await pending
+    except Exception as exc:  # connection lost: never re-sent (ami.connection)
+        log.error("ami.action_failed", error=repr(exc))
+        return False
+    return str(getattr(reply, "get", lambda *_: "")("Response", "")).lower() == "success"
+
 
 def build(cfg: config_mod.Config, loop: asyncio.AbstractEventLoop) -> tuple[GuardedManager, Listener]:
     a = cfg["ami"]
-    manager = GuardedManager(host=a["host"], port=a["port"], username=a["user"], secret=a["secret"],
+    manager = GuardedManager(host=a["host"], port=a["port"], username=a["listener_user"], secret=a["secret"],
                              ping_interval_s=a["ping_interval_s"], ping_timeout_s=a["ping_timeout_s"],
                              loop=loop, reconnect_timeout=1)
     return manager, Listener(cfg, Store(connect(cfg), cfg), manager)
@@ -118,13 +355,15 @@ def main() -> int:
         return 2
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    manager, _ = build(cfg, loop)
+    manager, listener = build(cfg, loop)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     log.info("service.start", service="ami", host=cfg["ami"]["host"], port=cfg["ami"]["port"])
     manager.connect()
+    ticker = loop.create_task(listener.ticker())
     loop.run_until_complete(stop.wait())
+    ticker.cancel()
     manager.close()
     log.info("service.stop", service="ami")
     return 0

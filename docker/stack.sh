@@ -172,7 +172,11 @@ cmd_provision() {
 # ---------------------------------------------------------------- processes
 
 pid_of() { cat "$RUNDIR/$1.pid" 2>/dev/null || true; }
-alive() { local p; p=$(pid_of "$1"); [ -n "$p" ] && kill -0 "$p" 2>/dev/null; }
+# a killed service whose parent is gone can linger as a zombie: that is not alive
+alive() {
+    local p; p=$(pid_of "$1")
+    [ -n "$p" ] && kill -0 "$p" 2>/dev/null && [ "$(awk '{print $3}' "/proc/$p/stat" 2>/dev/null)" != Z ]
+}
 
 # stop NAME: TERM the process group started by us, then KILL after 10 s
 stop_pid() {

@@ -39,6 +39,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "secret": "",
         "ping_interval_s": 5,
         "ping_timeout_s": 3,
+        # the listener's own AMI user: reads only the events its rules need (manager.conf eventfilter)
+        "listener_user": "ics-listener",
     },
     "sounds": {
         # Host path of the directory Asterisk knows as "<sounds>/ics": it holds
@@ -79,6 +81,17 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "tax_bps": 0,  # taxes passed through, basis points of the call total
         "local_npas": "",  # comma-separated area codes billed as local
         "state_npas": "",  # comma-separated area codes billed as in-state
+        # Disconnect rules of the AMI listener (ami/rules.py), each on/off with its threshold
+        "rule_hold": True,  # Hold on either leg (call waiting, hold) ...
+        "hold_grace_s": 3,  # ... not undone within this many seconds (0: at once)
+        "rule_hook_flash": True,  # hook flash on either leg (three-way attempt)
+        "rule_transfer": True,  # transfers, conferences, a third channel in the bridge
+        "rule_silence": True,
+        "silence_s": 30,  # no talking on either leg this long
+        "rule_extra_digits": True,
+        "digits_max": 3,  # more keypad digits than this from the called side ...
+        "digits_window_s": 10,  # ... within this many seconds
+        "warn_before_s": "60,30",  # notices to both parties this many seconds before the time limit
     },
 }
 
@@ -87,6 +100,18 @@ FACILITY_DIGIT_KEYS = ("accept_digit", "refuse_digit", "quote_digit", "block_dig
 
 class ConfigError(ValueError):
     """A configuration value is missing, misspelt or of the wrong type."""
+
+
+def parse_warnings(text: str) -> tuple[int, ...]:
+    """warn_before_s '60,30' -> (60, 30): seconds before the time limit, nearest last."""
+    out = set()
+    for part in str(text).split(","):
+        part = part.strip()
+        if part:
+            if not part.isdigit() or int(part) <= 0:
+                raise ValueError(f"warn_before_s takes positive whole seconds separated by commas, got {text!r}")
+            out.add(int(part))
+    return tuple(sorted(out, reverse=True))
 
 
 def _check_facility(values: Mapping[str, Any], where: str) -> None:
@@ -99,11 +124,18 @@ def _check_facility(values: Mapping[str, Any], where: str) -> None:
         raise ConfigError(f"{where}: accept/refuse/quote/block digits must differ, got {digits}")
     if values["time_limit_s"] < 60:
         raise ConfigError(f"{where}: time_limit_s must be at least 60 (calls are sold by the minute)")
-    for key in ("menu_timeout_s", "time_limit_s", "rate_cents_per_min", "pin_max_tries", "pin_lock_after"):
+    for key in ("menu_timeout_s", "time_limit_s", "rate_cents_per_min", "pin_max_tries", "pin_lock_after",
+                "silence_s", "digits_max", "digits_window_s"):
         if values[key] <= 0:
             raise ConfigError(f"{where}: {key} must be positive, got {values[key]}")
     if values["pin_lock_after"] < values["pin_max_tries"]:
         raise ConfigError(f"{where}: pin_lock_after must be >= pin_max_tries")
+    if values["hold_grace_s"] < 0:
+        raise ConfigError(f"{where}: hold_grace_s must not be negative, got {values['hold_grace_s']}")
+    try:
+        parse_warnings(values["warn_before_s"])
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
     _check_rating(values, where)
 
 

@@ -23,6 +23,14 @@ Event names (the `event` field):
   ami.connected / ami.disconnected / ami.login_failed / ami.event_error / ami.ping_timeout
   ami.action_dropped        an action left unanswered by a lost connection (never re-sent)
   ami.settle_sweep          the listener settled a hung-up call its hangup handler missed
+  ami.rebuilt / ami.rebuild_failed   live-call state rebuilt from CoreShowChannels after (re)connect
+  ami.action_failed         an action the listener sent was refused or lost
+  enforce.watching          an inmate call is bridged: the rules apply (bridge, technology)
+  enforce.load_failed       the call record or facility could not be read: default rules apply
+  enforce.disconnect        a rule ended the call: reason, threshold, evidence, latency_ms, legs
+  enforce.record_failed     the reason/evidence could not be written to the call record
+  enforce.hangup            a leg was hung up outright (redirect failed or the prompt overran)
+  enforce.warning / enforce.warning_failed   a time-limit notice to both parties (seconds_left)
   ops.*                      icsctl changes (ops.fund, ops.inmate_create, ...)
 """
 

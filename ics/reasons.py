@@ -34,6 +34,14 @@ REASONS: dict[str, str] = {
     "inmate_hangup": "The inmate hung up",
     "called_hangup": "The called party hung up",
     "time_limit": "The facility time limit or the prepaid balance ran out",
+    # ended by the AMI listener's rules (ami/rules.py); the record names the rule,
+    # its threshold and the AMI events that triggered it
+    "hold": "A party put the call on hold (or answered call waiting) longer than the facility allows",
+    "hook_flash": "A hook flash (three-way calling attempt) on either phone",
+    "transfer": "A party tried to transfer the call",
+    "conference": "A third party was added to the call (conference or a new linked channel)",
+    "silence": "No one spoke on the call for longer than the facility allows",
+    "extra_digits": "The called party pressed more keypad digits than the facility allows during the call",
     # faults
     "system_error": "A fault in the calling system ended the call",
 }

@@ -11,6 +11,9 @@ Fields (times are epoch ms, money integer cents):
   billed_minutes billed_cents settled
   credited_cents credit_reason   automatic credit (ics.store.Store.auto_credit), once
   detail       free text for ops (e.g. which key was pressed)
+  rule rule_threshold cut_ms evidence   set when a rule of the AMI listener ended the call:
+               the rule, the setting crossed, when it fired (billing stops there) and the
+               AMI events that triggered it (JSON list of {event, time, channel, headers})
 """
 
 from __future__ import annotations
@@ -28,11 +31,12 @@ FIELDS = (
     "started_ms", "answered_ms", "bridged_ms", "ended_ms",
     "rate_cents", "dest_class", "tax_bps", "limit_s", "held_cents", "outcome", "reason", "detail",
     "billed_minutes", "billed_cents", "settled", "credited_cents", "credit_reason",
+    "rule", "rule_threshold", "cut_ms", "evidence",
 )
 
 INT_FIELDS = {
     "started_ms", "answered_ms", "bridged_ms", "ended_ms", "rate_cents", "tax_bps", "limit_s",
-    "held_cents", "billed_minutes", "billed_cents", "credited_cents",
+    "held_cents", "billed_minutes", "billed_cents", "credited_cents", "cut_ms",
 }
 
 

@@ -29,12 +29,16 @@ def settle(store: Store, call_id: str, dialstatus: str = "", hangupsource: str =
     inmate_hung_up = bool(hangupsource) and hangupsource == inmate_channel
 
     if bridged:
-        duration = max(0, rec["ended_ms"] - bridged)
-        if duration >= rec.get("limit_s", 0) * 1000 - 1000:
+        # Billing stops when a rule fired (the parties then hear why, free), and never
+        # runs past the limit the call was sold (Dial's L() backstop runs a little longer).
+        end = min(rec["ended_ms"], rec.get("cut_ms") or rec["ended_ms"])
+        limit_ms = rec.get("limit_s", 0) * 1000
+        duration = min(max(0, end - bridged), limit_ms) if limit_ms else max(0, end - bridged)
+        if duration >= limit_ms - 1000:
             reason = "time_limit"
         else:
             reason = "inmate_hangup" if inmate_hung_up else "called_hangup"
-        bill = rating.price(rate, duration)
+        bill = rating.price(rate, duration, rec.get("tax_bps", 0))  # the same function that quoted and held
     else:
         duration = 0
         if rec.get("outcome") == "announcing":

@@ -24,6 +24,7 @@ DIGIT_TIMEOUT_MS = 6000
 PAY_CHOICE_TIMEOUT_MS = 3000  # no key: the called party's account pays (collect / prepaid)
 PAY_FROM_DEBIT = "1"
 NAME_MAX_MS = 4000
+LIMIT_BACKSTOP_MS = 8000
 
 
 class Refused(Exception):
@@ -75,7 +76,9 @@ def run(s: Session) -> None:
                    dest_class=go.dest_class, limit_s=limit_ms // 1000, held_cents=held, outcome="dialing")
     s.agi.set_variable(V.DIAL, s.cfg["dial"]["template"].format(number=number))
     s.agi.set_variable(V.RING_S, s.cfg["dial"]["ring_timeout_s"])
-    s.agi.set_variable(V.LIMIT_MS, limit_ms)
+    # The AMI listener ends the call at limit_ms with a prompt; Dial's L() is the
+    # backstop should the listener be down, and settlement never bills past limit_ms.
+    s.agi.set_variable(V.LIMIT_MS, limit_ms + LIMIT_BACKSTOP_MS)
     log.info("call.dialing", limit_s=limit_ms // 1000, held_cents=held, account=go.account,
              dest_class=go.dest_class, rate_cents=go.rate_cents)
     s.play("please-hold")

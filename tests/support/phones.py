@@ -348,6 +348,28 @@ class CallHandle:
         self._op(lambda: self._call.xfer(uri, pj.CallOpParam(True)))
         return self
 
+    def talk(self, wav: str) -> "CallHandle":
+        """Send a WAV (8 kHz mono 16-bit) into the call on a loop, as a speaking person
+        would; quiet() stops it. The null sound device otherwise sends pure silence."""
+        def do():
+            player = pj.AudioMediaPlayer()
+            player.createPlayer(str(wav), 0)
+            player.startTransmit(self._call.getAudioMedia(-1))
+            self._player = player  # pjsua2 needs the Python reference kept
+        self._op(do)
+        return self
+
+    def quiet(self) -> "CallHandle":
+        def do():
+            player, self._player = getattr(self, "_player", None), None
+            if player is not None:
+                try:
+                    player.stopTransmit(self._call.getAudioMedia(-1))
+                except pj.Error:
+                    pass  # the call's media is already gone
+        self._op(do)
+        return self
+
     def attended_transfer(self, other: "CallHandle") -> "CallHandle":
         """REFER with Replaces: connect this call's peer to other's peer."""
         self._op(lambda: self._call.xferReplaces(other._call, pj.CallOpParam(True)))
@@ -625,6 +647,7 @@ class Harness:
         for c in self._calls:
             if c.handle is not None:
                 c.handle._call = None
+                c.handle._player = None  # players too must go before libDestroy
             c.handle = None
         self._calls.clear()
 

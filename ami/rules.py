@@ -1,0 +1,203 @@
+"""The disconnect rules: pure decisions over one live call's AMI events and clock.
+
+No I/O here. ami/listener.py feeds events (`observe`) and clock ticks (`tick`)
+into a LiveCall; each returns a Cut (why the call must end, with the rule, its
+threshold and the events that triggered it) or a notice to play. Rules apply
+only once both legs of an inmate call share a bridge (the called party
+accepted); before that, keypad digits are the menu and holds are harmless.
+
+Rules (per-facility settings in ics.config [facility_defaults]):
+  hold        Hold on either leg, not undone within hold_grace_s
+  hook_flash  Flash on either leg (SIP INFO or RFC 2833 event 16)
+  transfer    BlindTransfer / AttendedTransfer touching a leg of the call
+  conference  the call's bridge gains a third channel, a leg joins a
+              ConfBridge, or a new channel is linked to the bridged call
+  silence     no ChannelTalkingStart/Stop on either leg for silence_s
+  extra_digits  more than digits_max DTMF digits from the called side in
+              digits_window_s
+  time_limit  the call's limit (facility limit or what the balance bought),
+              after the warn_before_s notices
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from ics.config import parse_warnings
+
+# AMI headers worth keeping as evidence, per event
+EVIDENCE_HEADERS = {
+    "Hold": ("MusicClass",),
+    "BlindTransfer": ("TransfererChannel", "TransfereeChannel", "Extension", "Context", "Result"),
+    "AttendedTransfer": ("OrigTransfererChannel", "SecondTransfererChannel", "TransfereeChannel",
+                         "TransferTargetChannel", "Result", "DestType"),
+    "BridgeEnter": ("BridgeUniqueid", "BridgeNumChannels", "BridgeTechnology"),
+    "ConfbridgeJoin": ("Conference",),
+    "DTMFEnd": ("Digit", "Direction", "DurationMs"),
+    "ChannelTalkingStop": ("Duration",),
+    "Newchannel": ("Exten", "Context", "CallerIDNum"),
+}
+MAX_EVIDENCE = 12
+
+
+def evidence(event: Mapping[str, Any]) -> dict[str, str]:
+    """What the call record keeps of one AMI event: name, time, channel, headers that matter."""
+    name = str(event.get("Event", ""))
+    out = {"event": name, "time": str(event.get("Timestamp", "")), "channel": str(event.get("Channel", ""))}
+    for h in EVIDENCE_HEADERS.get(name, ()):
+        if event.get(h) not in (None, ""):
+            out[h] = str(event.get(h))
+    return out
+
+
+@dataclass(frozen=True)
+class Policy:
+    """One facility's rule settings (read from its ics.config facility settings)."""
+    hold: bool = True
+    hold_grace_s: int = 3
+    hook_flash: bool = True
+    transfer: bool = True
+    silence: bool = True
+    silence_s: int = 30
+    extra_digits: bool = True
+    digits_max: int = 3
+    digits_window_s: int = 10
+    warn_before_s: tuple[int, ...] = (60, 30)
+
+    @classmethod
+    def from_facility(cls, f: Mapping[str, Any]) -> "Policy":
+        return cls(hold=f["rule_hold"], hold_grace_s=f["hold_grace_s"], hook_flash=f["rule_hook_flash"],
+                   transfer=f["rule_transfer"], silence=f["rule_silence"], silence_s=f["silence_s"],
+                   extra_digits=f["rule_extra_digits"], digits_max=f["digits_max"],
+                   digits_window_s=f["digits_window_s"], warn_before_s=parse_warnings(f["warn_before_s"]))
+
+
+@dataclass(frozen=True)
+class Cut:
+    reason: str            # a code from ics.reasons
+    threshold: str         # the setting that was crossed, e.g. "hold_grace_s=3"
+    events: tuple[dict, ...]
+    at_ms: int             # when the rule fired (epoch ms): billing stops here
+
+
+@dataclass
+class LiveCall:
+    linkedid: str
+    call_id: str = ""
+    inmate: str = ""                       # the inmate's channel (its Uniqueid is the Linkedid)
+    channels: dict[str, str] = field(default_factory=dict)   # channel name -> uniqueid
+    bridge: str = ""
+    bridged: bool = False
+    policy: Policy = field(default_factory=Policy)
+    bridged_ms: int = 0                    # epoch ms the call was bridged (from the call record)
+    limit_ms: int = 0                      # 0 until the call record is read
+    talking: set[str] = field(default_factory=set)
+    quiet_since: float = 0.0               # monotonic: last talking change (or the bridge)
+    quiet_event: dict | None = None
+    holds: dict[str, tuple[float, dict]] = field(default_factory=dict)
+    digits: deque = field(default_factory=deque)      # (monotonic, evidence) from the called side
+    warned: set[int] = field(default_factory=set)
+    cut: Cut | None = None
+
+    def other_legs(self) -> list[str]:
+        return [c for c in self.channels if c != self.inmate]
+
+    # --- events ---------------------------------------------------------------
+    def observe(self, event: Mapping[str, Any], now: float | None = None) -> Cut | None:
+        """One AMI event of this call. Returns a Cut when a rule says the call must end."""
+        now = time.monotonic() if now is None else now
+        if self.cut is not None or not self.bridged:
+            return None
+        name = event.get("Event")
+        chan = str(event.get("Channel", ""))
+        p = self.policy
+        if name == "Hold" and p.hold and chan in self.channels:
+            self.holds[chan] = (now, evidence(event))
+            if p.hold_grace_s == 0:
+                return self._cut("hold", f"hold_grace_s={p.hold_grace_s}", [evidence(event)])
+        elif name == "Unhold":
+            self.holds.pop(chan, None)
+        elif name == "Flash" and p.hook_flash and chan in self.channels:
+            return self._cut("hook_flash", "rule_hook_flash=on", [evidence(event)])
+        elif name in ("BlindTransfer", "AttendedTransfer") and p.transfer:
+            involved = {str(v) for k, v in event.items() if k.endswith("Channel")}
+            if involved & set(self.channels):
+                return self._cut("transfer", "rule_transfer=on", [evidence(event)])
+        elif name == "BridgeEnter" and event.get("BridgeUniqueid") == self.bridge and p.transfer:
+            if _int(event.get("BridgeNumChannels")) > 2 or chan not in self.channels:
+                return self._cut("conference", "bridge_channels_max=2", [evidence(event)])
+        elif name == "ConfbridgeJoin" and p.transfer and chan in self.channels:
+            return self._cut("conference", "rule_transfer=on", [evidence(event)])
+        elif name == "Newchannel" and p.transfer and chan not in self.channels:
+            # a new channel linked to a bridged inmate call: someone is dialing out of it
+            return self._cut("conference", "linked_channels_max=2", [evidence(event)])
+        elif name == "ChannelTalkingStart":
+            self.talking.add(chan)
+            self.quiet_since, self.quiet_event = now, evidence(event)
+        elif name == "ChannelTalkingStop":
+            self.talking.discard(chan)
+            self.quiet_since, self.quiet_event = now, evidence(event)
+        elif (name == "DTMFEnd" and p.extra_digits and chan in self.channels and chan != self.inmate
+              and event.get("Direction") == "Received"):
+            self.digits.append((now, evidence(event)))
+            while self.digits and now - self.digits[0][0] > p.digits_window_s:
+                self.digits.popleft()
+            if len(self.digits) > p.digits_max:
+                return self._cut("extra_digits", f"digits_max={p.digits_max} in digits_window_s={p.digits_window_s}",
+                                 [e for _, e in self.digits])
+        return None
+
+    def start(self, now: float | None = None, event: Mapping[str, Any] | None = None) -> None:
+        """Both legs are in one bridge: the rules apply from now."""
+        self.bridged = True
+        self.quiet_since = time.monotonic() if now is None else now
+        self.quiet_event = evidence(event) if event else None
+
+    # --- clock ------------------------------------------------------------------
+    def tick(self, now: float | None = None, wall_ms: int | None = None) -> tuple[Cut | None, list[int]]:
+        """Deadlines: hold grace, silence, time-limit notices and the limit itself.
+
+        Returns (a Cut or None, the warnings (seconds left) to announce now)."""
+        now = time.monotonic() if now is None else now
+        wall_ms = int(time.time() * 1000) if wall_ms is None else wall_ms
+        if self.cut is not None or not self.bridged:
+            return None, []
+        p = self.policy
+        for since, ev in self.holds.values():
+            if p.hold and now - since >= p.hold_grace_s:
+                return self._cut("hold", f"hold_grace_s={p.hold_grace_s}", [ev]), []
+        if p.silence and not self.talking and now - self.quiet_since >= p.silence_s:
+            evs = [self.quiet_event] if self.quiet_event else []
+            return self._cut("silence", f"silence_s={p.silence_s}", evs), []
+        if not (self.limit_ms and self.bridged_ms):
+            return None, []
+        deadline = self.bridged_ms + self.limit_ms
+        if wall_ms >= deadline:
+            return self._cut("time_limit", f"limit_s={self.limit_ms // 1000}",
+                             [{"event": "TimeLimit", "bridged_ms": str(self.bridged_ms),
+                               "limit_ms": str(self.limit_ms)}], at_ms=deadline), []
+        due = [w for w in p.warn_before_s
+               if w not in self.warned and w * 1000 < self.limit_ms and wall_ms >= deadline - w * 1000]
+        self.warned.update(due)
+        return None, due[-1:]  # if several fell due at once, only the nearest is worth saying
+
+    def skip_past_warnings(self, wall_ms: int) -> None:
+        """After a restart: notices whose moment passed are not replayed late."""
+        if self.limit_ms and self.bridged_ms:
+            deadline = self.bridged_ms + self.limit_ms
+            self.warned.update(w for w in self.policy.warn_before_s if wall_ms > deadline - w * 1000)
+
+    def _cut(self, reason: str, threshold: str, events: list[dict], at_ms: int | None = None) -> Cut:
+        self.cut = Cut(reason, threshold, tuple(events[-MAX_EVIDENCE:]),
+                       int(time.time() * 1000) if at_ms is None else at_ms)
+        return self.cut
+
+
+def _int(v: Any) -> int:
+    try:
+        return int(str(v))
+    except ValueError:
+        return 0
