@@ -95,12 +95,14 @@ class Listener:
             exc = task.exception()
             log.error("ami.event_error", error=repr(exc), exc_info=(type(exc), exc, exc.__traceback__))
 
-    def _call(self, event) -> LiveCall | None:
+    def _call(self, event, create: bool = False) -> LiveCall | None:
+        """The live call an event belongs to; only a Newchannel starts one (stray
+        events of unknown calls must not leave state behind)."""
         linkedid = str(event.get("Linkedid") or event.get("Uniqueid") or "")
-        if not linkedid:
-            return None
         call = self.calls.get(linkedid)
         if call is None:
+            if not (create and linkedid):
+                return None
             call = self.calls[linkedid] = LiveCall(linkedid, policy=self.default_policy)
         cid = chan_var(event, "ICS_CALL_ID")
         if cid and not call.call_id:
@@ -117,7 +119,7 @@ class Listener:
     def on_newchannel(self, event):
         chan = str(event.get("Channel", ""))
         known = str(event.get("Linkedid", "")) in self.calls
-        call = self._call(event)
+        call = self._call(event, create=True)
         if call is None:
             return None
         cut = self._observe(call, event) if known else None

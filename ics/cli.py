@@ -673,7 +673,7 @@ def statement(store: Store, a) -> int:
 
 # --- calls -------------------------------------------------------------------------
 
-TIME_FIELDS = ("started_ms", "answered_ms", "bridged_ms", "ended_ms")
+TIME_FIELDS = ("started_ms", "answered_ms", "bridged_ms", "ended_ms", "cut_ms")
 
 
 def call_doc(rec: dict) -> dict:
@@ -685,6 +685,11 @@ def call_doc(rec: dict) -> dict:
             doc[k.removesuffix("_ms") + "_at"] = iso(rec[k])
     if rec.get("reason"):
         doc["reason_description"] = reasons.describe(rec["reason"])
+    if rec.get("evidence"):
+        try:
+            doc["evidence"] = json.loads(rec["evidence"])
+        except ValueError:  # shown as stored rather than hidden
+            doc["evidence"] = rec["evidence"]
     if isinstance(rec.get("bridged_ms"), int) and isinstance(rec.get("ended_ms"), int):
         doc["bridged_duration_ms"] = max(0, rec["ended_ms"] - rec["bridged_ms"])
     return doc
@@ -716,7 +721,7 @@ def calls_show(store: Store, a) -> int:
         return 0
     pairs: list[tuple[str, Any]] = []
     for k, v in doc.items():
-        if k.endswith("_at") or k in ("reason_description", "bridged_duration_ms"):
+        if k.endswith("_at") or k in ("reason_description", "bridged_duration_ms", "evidence"):
             continue
         if k in TIME_FIELDS and isinstance(v, int):
             k, v = k.removesuffix("_ms"), iso(v)
@@ -734,7 +739,23 @@ def calls_show(store: Store, a) -> int:
     if "bridged_duration_ms" in doc:
         pairs.append(("bridged for", f"{doc['bridged_duration_ms'] / 1000:.1f} s"))
     fields(pairs)
+    if "evidence" in doc:
+        out("evidence (AMI events that triggered the rule):")
+        for ev in doc["evidence"] if isinstance(doc["evidence"], list) else [doc["evidence"]]:
+            out("  " + evidence_line(ev))
     return 0
+
+
+def evidence_line(ev: Any) -> str:
+    if not isinstance(ev, dict):
+        return str(ev)
+    when = ev.get("time", "")
+    try:
+        when = datetime.fromtimestamp(float(when), timezone.utc).isoformat(timespec="milliseconds")
+    except ValueError:
+        pass
+    extra = ", ".join(f"{k}={v}" for k, v in ev.items() if k not in ("event", "time", "channel"))
+    return f"{when}  {ev.get('event', '?')}  {ev.get('channel', '')}" + (f"  ({extra})" if extra else "")
 
 
 # --- command line ------------------------------------------------------------------

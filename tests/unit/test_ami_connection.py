@@ -16,6 +16,7 @@ class FakeAMI:
         self.actions: list[dict] = []
         self.writers: list[asyncio.StreamWriter] = []
         self.answer_pings = True
+        self.answer_all = False  # every other action answered with a plain Success too
 
     async def handle(self, reader, writer):
         self.writers.append(writer)
@@ -32,7 +33,7 @@ class FakeAMI:
                 self.actions.append(action)
                 name = action.get("Action", "").lower()
                 aid = action.get("ActionID", "")
-                if name == "login" or (name == "ping" and self.answer_pings):
+                if name == "login" or (name == "ping" and self.answer_pings) or (self.answer_all and name != "ping"):
                     writer.write(f"Response: Success\r\nActionID: {aid}\r\n\r\n".encode())
 
     def send(self, text: str):

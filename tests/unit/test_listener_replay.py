@@ -1,0 +1,144 @@
+"""The listener against a replayed AMI transcript (scripted AMI socket, real Redis).
+
+A malformed and out-of-order stream must not crash or confuse it; the call it
+carries is still enforced afterwards, with the evidence on its record.
+"""
+
+import asyncio
+import json
+
+import pytest
+
+from ami.connection import GuardedManager
+from ami.listener import Listener
+from ics import records
+from tests.unit.test_ami_connection import FakeAMI
+
+INMATE, CALLED = "PJSIP/inmate1-00000001", "PJSIP/3125550100-00000002"
+CALL_ID = "20261122000000-0000abcd"
+
+NOISE = """Event: Hangup
+this line has no colon
+
+Event: Hangup
+Uniqueid: 99.9
+Linkedid: 99.9
+Channel: PJSIP/ghost-00000009
+
+Event: BridgeEnter
+BridgeUniqueid: b-unknown
+
+Event: DTMFEnd
+Digit: 5
+
+Event: AttendedTransfer
+Result: Fail
+
+Event: ChannelTalkingStop
+Channel: PJSIP/ghost-00000009
+Linkedid: 77.7
+Duration: not-a-number
+
+"""
+
+CALL = f"""Event: Newchannel
+Channel: {INMATE}
+Uniqueid: 10.1
+Linkedid: 10.1
+ChanVariable: ICS_CALL_ID={CALL_ID}
+
+Event: Newchannel
+Channel: {CALLED}
+Uniqueid: 10.2
+Linkedid: 10.1
+
+Event: BridgeEnter
+Channel: {INMATE}
+Uniqueid: 10.1
+Linkedid: 10.1
+BridgeUniqueid: b1
+BridgeNumChannels: many
+ChanVariable: ICS_CALL_ID={CALL_ID}
+
+Event: Unhold
+Channel: {CALLED}
+Linkedid: 10.1
+
+Event: BridgeEnter
+Channel: {CALLED}
+Uniqueid: 10.2
+Linkedid: 10.1
+BridgeUniqueid: b1
+BridgeNumChannels: 2
+BridgeTechnology: simple_bridge
+
+"""
+
+FLASH = f"""Event: Flash
+Channel: {CALLED}
+Uniqueid: 10.2
+Linkedid: 10.1
+Timestamp: 1795378273.310983
+
+"""
+
+
+@pytest.fixture
+async def wired(store):
+    fake = FakeAMI()
+    fake.answer_all = True
+    server = await asyncio.start_server(fake.handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    mgr = GuardedManager(host="127.0.0.1", port=port, username="u", secret="s",
+                         loop=asyncio.get_running_loop(), reconnect_timeout=0.1,
+                         ping_interval_s=5, ping_timeout_s=3)
+    listener = Listener(store.cfg, store, mgr)
+    mgr.connect()
+    await asyncio.wait_for(mgr.connected_event.wait(), 3)
+    yield fake, listener
+    mgr.close()
+    mgr.connection_lost = lambda exc: None
+    fake.drop()
+    server.close()
+    await server.wait_closed()
+
+
+async def until(pred, timeout=3.0):
+    for _ in range(int(timeout / 0.02)):
+        if pred():
+            return True
+        await asyncio.sleep(0.02)
+    return pred()
+
+
+async def test_malformed_and_out_of_order_events_then_a_flash_is_still_enforced(wired, store, capsys):
+    fake, listener = wired
+    store.create_facility("main", "Main")
+    records.create(store.r, CALL_ID, facility="main", number="3125550100", bridged_ms=1, limit_s=900)
+    fake.send(NOISE)
+    fake.send(CALL)
+    assert await until(lambda: listener.calls.get("10.1") and listener.calls["10.1"].bridged)
+    fake.send(FLASH)
+    assert await until(lambda: any(a.get("Action") == "Redirect" for a in fake.actions))
+    redirect = next(a for a in fake.actions if a.get("Action") == "Redirect")
+    assert (redirect["Channel"], redirect["ExtraChannel"]) == (INMATE, CALLED)
+    assert redirect["Context"] == "ics-cut" and redirect["Exten"] == "hook_flash"
+    assert await until(lambda: (records.get(store.r, CALL_ID) or {}).get("rule") == "hook_flash")
+    rec = records.get(store.r, CALL_ID)
+    assert rec["reason"] == "hook_flash" and rec["rule_threshold"] == "rule_hook_flash=on"
+    assert json.loads(rec["evidence"]) == [{"event": "Flash", "time": "1795378273.310983", "channel": CALLED}]
+    assert "Traceback" not in capsys.readouterr().err
+
+
+async def test_the_ghost_and_the_hung_up_are_forgotten(wired, store):
+    fake, listener = wired
+    store.create_facility("main", "Main")
+    records.create(store.r, CALL_ID, facility="main", number="3125550100")
+    fake.send(NOISE)
+    fake.send(CALL)
+    assert await until(lambda: "10.1" in listener.calls)
+    fake.send(f"Event: Hangup\nChannel: {CALLED}\nUniqueid: 10.2\nLinkedid: 10.1\n\n"
+              f"Event: Hangup\nChannel: {INMATE}\nUniqueid: 10.1\nLinkedid: 10.1\n\n"
+              f"Event: Hangup\nChannel: {INMATE}\nUniqueid: 10.1\nLinkedid: 10.1\n\n")
+    assert await until(lambda: not listener.calls)
+    assert listener.bridges.get("b1", set()) == set()
