@@ -228,7 +228,8 @@ class Listener:
     async def enforce(self, call: LiveCall, received: float) -> None:
         cut = call.cut
         assert cut is not None
-        legs = [c for c in [call.inmate, *call.other_legs()] if c]
+        peers = [c for c in self.bridges.get(call.bridge, ()) if c != call.inmate and c in call.channels]
+        legs = [c for c in [call.inmate, *(peers or call.other_legs())] if c]
         written = asyncio.get_running_loop().create_task(
             asyncio.to_thread(record_cut, self.store.r, call.call_id, cut))
         action = {"Action": "Redirect", "Channel": legs[0], "Context": CUT_CONTEXT,
@@ -250,7 +251,7 @@ class Listener:
             await self.hangup(call, legs)
             return
         await asyncio.sleep(CUT_PROMPT_MAX_S)
-        await self.hangup(call, [c for c in legs if c in call.channels])
+        await self.hangup(call, list(call.channels))
 
     async def hangup(self, call: LiveCall, legs: list[str]) -> None:
         for leg in legs:
