@@ -32,7 +32,7 @@ NAME_MAX_S = 10  # longest imported name recording (ics.audio.import_file trunca
 SETTINGS = tuple(config.DEFAULTS["facility_defaults"])
 DIGIT_SETTINGS = config.FACILITY_DIGIT_KEYS
 ZERO_OK = ("adp", "facility_cost_cents", "rate_local_cents", "rate_instate_cents",
-           "rate_interstate_cents", "rate_international_cents", "tax_bps")  # 0 is meaningful
+           "rate_interstate_cents", "rate_international_cents", "tax_bps", "hold_grace_s")  # 0 is meaningful
 SETTING_HELP = {
     "type": "prison or jail (sets the FCC cap); ",
     "adp": "average daily population (a jail's FCC cap); ",
@@ -43,6 +43,8 @@ SETTING_HELP = {
     "rate_interstate_cents": "cents/min, 0 = rate-cents-per-min; ",
     "rate_international_cents": "cents/min, 0 = no international calls; ",
     "tax_bps": "taxes passed through, basis points (100 = 1%%); ",
+    "warn_before_s": "notices before the time limit, seconds, comma-separated; ",
+    "hold_grace_s": "a hold undone within this is forgiven, 0 = none; ",
     "local_npas": "comma-separated local area codes; ",
     "state_npas": "comma-separated in-state area codes; ",
 }
@@ -117,6 +119,15 @@ def positive_int(text: str) -> int:
     if not re.fullmatch(r"[0-9]+", text or "") or int(text) <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text!r}")
     return int(text)
+
+
+def on_off(text: str) -> bool:
+    word = (text or "").strip().lower()
+    if word in ("on", "yes", "true", "1"):
+        return True
+    if word in ("off", "no", "false", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"must be on or off, got {text!r}")
 
 
 def non_negative_int(text: str) -> int:
@@ -265,6 +276,10 @@ def class_rate_text(doc: dict, cls: str) -> str:
     return f"{dollars(cents)}/min  ({'own rate' if own else 'rate-cents-per-min'})"
 
 
+def rule_text(doc: dict, key: str, detail: str, src) -> str:
+    return (f"on, {detail}" if doc[key] else "off") + f"  ({src(key)})"
+
+
 def facility_show(store: Store, a) -> int:
     doc = facility_doc(store, a.fid)
     if a.json:
@@ -289,6 +304,13 @@ def facility_show(store: Store, a) -> int:
         ("in-state area codes", doc["state_npas"] or "none"),
         ("PIN tries per call", f"{doc['pin_max_tries']}  ({src('pin_max_tries')})"),
         ("PIN locks after", f"{doc['pin_lock_after']} failures  ({src('pin_lock_after')})"),
+        ("rule hold", rule_text(doc, "rule_hold", f"after {doc['hold_grace_s']} s grace", src)),
+        ("rule hook flash", rule_text(doc, "rule_hook_flash", "at once", src)),
+        ("rule transfer", rule_text(doc, "rule_transfer", "transfers, conferences, third parties", src)),
+        ("rule silence", rule_text(doc, "rule_silence", f"after {doc['silence_s']} s", src)),
+        ("rule extra digits", rule_text(doc, "rule_extra_digits",
+                                        f"more than {doc['digits_max']} in {doc['digits_window_s']} s", src)),
+        ("time-limit notices", f"{doc['warn_before_s']} s before  ({src('warn_before_s')})"),
     ]
     fields(pairs)
     return 0
@@ -785,6 +807,10 @@ def build_parser() -> Parser:
     for k in SETTINGS:
         default = config.DEFAULTS["facility_defaults"][k]
         is_text = isinstance(default, str)
+        if isinstance(default, bool):
+            c.add_argument("--" + k.replace("_", "-"), dest=k, type=on_off, metavar="on|off",
+                           help=SETTING_HELP.get(k, "") + f"default {'on' if default else 'off'}")
+            continue
         c.add_argument("--" + k.replace("_", "-"), dest=k,
                        type=str if is_text else non_negative_int if k in ZERO_OK else positive_int,
                        metavar="KEY" if k in DIGIT_SETTINGS else "TEXT" if is_text else "N",

@@ -358,3 +358,31 @@ def test_the_console_script_runs(redis_url, tmp_path, store):
     missing = subprocess.run([str(ICSCTL), "inmate", "show", "1234"], env=env, capture_output=True,
                              text=True, timeout=30)
     assert missing.returncode == 1 and missing.stderr == "icsctl: no such inmate 1234\n"
+
+
+def test_facility_rules_are_switched_on_and_off_and_shown(run, store):
+    status, _, _ = run("facility", "create", "main", "--name", "Main", "--no-audio", "--rule-silence", "off",
+                       "--hold-grace-s", "0", "--digits-max", "5", "--warn-before-s", "120,60")
+    assert status == 0
+    fac = store.facility("main")
+    assert (fac["rule_silence"], fac["rule_hold"], fac["hold_grace_s"], fac["digits_max"], fac["warn_before_s"]) \
+        == (False, True, 0, 5, "120,60")
+    status, out, _ = run("facility", "show", "main")
+    assert "rule silence         off  (facility)" in out and "more than 5 in 10 s" in out
+    status, _, err = run("facility", "create", "x", "--name", "X", "--no-audio", "--rule-hold", "maybe")
+    assert status == 2 and "must be on or off" in err and "x" not in store.facilities()
+    status, _, err = run("facility", "create", "y", "--name", "Y", "--no-audio", "--warn-before-s", "60,soon")
+    assert status == 1 and "warn_before_s" in err and "y" not in store.facilities()
+
+
+def test_calls_show_prints_the_rule_and_its_evidence(run, store):
+    records.create(store.r, "20261122000000-0000abcd", facility="main", number="3125550100", reason="hold",
+                   rule="hold", rule_threshold="hold_grace_s=3", cut_ms=1795378276000,
+                   evidence=json.dumps([{"event": "Hold", "time": "1795378273.310983",
+                                         "channel": "PJSIP/3125550100-00000001", "MusicClass": "default"}]))
+    status, out, _ = run("calls", "show", "20261122000000-0000abcd")
+    assert status == 0 and "hold_grace_s=3" in out
+    assert "2026-11-22T20:11:13.310+00:00  Hold" in out
+    assert "Hold  PJSIP/3125550100-00000001  (MusicClass=default)" in out
+    status, out, _ = run("calls", "show", "20261122000000-0000abcd", "--json")
+    assert json.loads(out)["evidence"][0]["event"] == "Hold"
