@@ -70,6 +70,14 @@ def fastagi_once(port: int) -> float:
     return (time.perf_counter() - t0) * 1000
 
 
+def count_one_call(port: int, r) -> tuple[int, float]:
+    """AGI commands and Redis commands (INFO delta, less the INFO itself) of one inmate flow."""
+    before = r.info("stats")["total_commands_processed"]
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        agi = converse(s.makefile("rb"), s.makefile("wb"), env_block("inmate", []))
+    return agi, r.info("stats")["total_commands_processed"] - before - 1
+
+
 def process_once() -> float:
     t0 = time.perf_counter()
     p = subprocess.Popen([str(ROOT / ".venv/bin/ics-agi")], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -120,7 +128,8 @@ def main() -> int:
     try:
         _wait_port(port)
         for _ in range(10):
-            fastagi_once(port)  # warm up
+            fastagi_once(port)  # warm up (the first call also records the inmate's name)
+        agi_cmds, redis_cmds = count_one_call(port, store.r)
         fast_idle = [fastagi_once(port) for _ in range(args.runs)]
         proc_idle = [process_once() for _ in range(args.runs)]
         stop = threading.Event()
@@ -133,7 +142,8 @@ def main() -> int:
     finally:
         srv.terminate()
         srv.wait(5)
-    print(f"inmate flow to the dial decision: 8 AGI commands, 6 Redis round trips + 1 Lua hold; runs={args.runs}")
+    print(f"inmate flow to the dial decision: {agi_cmds} AGI commands, {redis_cmds} Redis commands "
+          f"(those the Lua hold runs included); runs={args.runs}")
     print(stats("FastAGI, idle", fast_idle))
     print(stats(f"FastAGI, {args.live} live sessions", fast_live))
     print(stats("process AGI, idle", proc_idle))

@@ -9,6 +9,7 @@ Fields (times are epoch ms, money integer cents):
   outcome      dialing / refused / accepted / ...   (where the flow got to)
   reason       one code from ics.reasons (set once, first writer wins)
   billed_minutes billed_cents settled
+  tax_cents    the tax part of billed_cents (set with it, once, by the settle script)
   credited_cents credit_reason   automatic credit (ics.store.Store.auto_credit), once
   detail       free text for ops (e.g. which key was pressed)
   rule rule_threshold cut_ms evidence   set when a rule of the AMI listener ended the call:
@@ -30,13 +31,13 @@ FIELDS = (
     "call_id", "facility", "inmate", "number", "account", "channel", "uniqueid", "station",
     "started_ms", "answered_ms", "bridged_ms", "ended_ms",
     "rate_cents", "dest_class", "tax_bps", "limit_s", "held_cents", "outcome", "reason", "detail",
-    "billed_minutes", "billed_cents", "settled", "credited_cents", "credit_reason",
+    "billed_minutes", "billed_cents", "tax_cents", "settled", "credited_cents", "credit_reason",
     "rule", "rule_threshold", "cut_ms", "evidence",
 )
 
 INT_FIELDS = {
     "started_ms", "answered_ms", "bridged_ms", "ended_ms", "rate_cents", "tax_bps", "limit_s",
-    "held_cents", "billed_minutes", "billed_cents", "credited_cents", "cut_ms",
+    "held_cents", "billed_minutes", "billed_cents", "tax_cents", "credited_cents", "cut_ms",
 }
 
 

@@ -38,7 +38,7 @@ def settle(store: Store, call_id: str, dialstatus: str = "", hangupsource: str =
             reason = "time_limit"
         else:
             reason = "inmate_hangup" if inmate_hung_up else "called_hangup"
-        bill = rating.price(rate, duration, rec.get("tax_bps", 0))  # the same function that quoted and held
+        bill = rating.price(rate, duration, rec.get("tax_bps", 0))  # the same price the hold was
     else:
         duration = 0
         if rec.get("outcome") == "announcing":
@@ -49,7 +49,8 @@ def settle(store: Store, call_id: str, dialstatus: str = "", hangupsource: str =
             reason = "inmate_abandoned"
         bill = rating.Price(0, 0)
     records.set_reason(r, call_id, reason)
-    first, cents, minutes = store.settle(call_id, rec.get("account", ""), bill.cents, bill.minutes, rate)
+    first, cents, minutes = store.settle(call_id, rec.get("account", ""), bill.cents, bill.minutes, rate,
+                                         bill.tax_cents)
     credited = store.auto_credit(call_id)  # system_error in the first minute: credited in full, once
     rec = records.get(r, call_id)
     if first:

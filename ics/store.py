@@ -116,8 +116,9 @@ if redis.call('HGET', call, 'settled') == '1' then
 end
 local charge, minutes, rate = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local held = tonumber(redis.call('HGET', call, 'held_cents') or '0')
-if charge > held then
-  -- the bridge ran a few ms past the limit the hold paid for: bill the hold
+local clamped = charge > held
+if clamped then
+  -- the bridge ran past the limit the hold paid for: bill the hold (its tax split is unknown)
   charge = held
   if rate > 0 then minutes = math.floor(held / rate) else minutes = 0 end
 end
@@ -135,6 +136,7 @@ if charge > 0 then
   end
 end
 redis.call('HSET', call, 'settled', '1', 'billed_cents', charge, 'billed_minutes', minutes)
+if not clamped then redis.call('HSET', call, 'tax_cents', tonumber(ARGV[6] or '0')) end
 return {1, charge, minutes}
 """
 
@@ -509,14 +511,16 @@ class Store:
             raise StoreError(f"call {call_id} already holds funds")
         return res == 1
 
-    def settle(self, call_id: str, aid: str, charge_cents: int, minutes: int, rate: int) -> tuple[bool, int, int]:
+    def settle(self, call_id: str, aid: str, charge_cents: int, minutes: int, rate: int,
+               tax_cents: int = 0) -> tuple[bool, int, int]:
         """Returns (settled_now, billed_cents, billed_minutes); a second call is a no-op.
+        charge_cents includes tax_cents (recorded on the call for statements).
         A direct_bill charge counts towards the month (UTC) in which the call settles."""
         now = now_ms()
         first, cents, mins = self._settle(
             keys=[keys.call(call_id), keys.account(aid), keys.ledger(aid),
                   keys.account_month(aid, month_of(now))],
-            args=[charge_cents, minutes, rate, call_id, now],
+            args=[charge_cents, minutes, rate, call_id, now, tax_cents],
         )
         return bool(first), int(cents), int(mins)
 

@@ -97,7 +97,7 @@ def menu(s: Session, facility: dict, rec: dict) -> str:
         digit = ""
         if choice == "quote" and quotes < MAX_QUOTES:
             quotes += 1
-            digit = say_rate(s, facility["rate_cents_per_min"], escape)
+            digit = say_rate(s, rec, escape)
             continue
         if choice in ("accept", "refuse", "block"):
             return choice
@@ -117,10 +117,16 @@ def offer(s: Session, facility: dict, escape: str) -> str:
     return s.agi.wait_digit(facility["menu_timeout_s"] * 1000)
 
 
-def say_rate(s: Session, rate_cents_per_min: int, escape: str) -> str:
-    """Read out the per-minute price from the same function that bills."""
-    cents = rating.quote(rate_cents_per_min).cents
-    log.info("callee.quote", cents_per_min=cents)
+def say_rate(s: Session, rec: dict, escape: str) -> str:
+    """Read out this call's per-minute price: the rate the inmate flow chose for its
+    destination class (the one that was held and will be billed), through ics.rating.
+    Taxes are added to the bill, so they are mentioned only when the call has some."""
+    rate, tax_bps = rec.get("rate_cents"), rec.get("tax_bps", 0)
+    if not isinstance(rate, int) or not isinstance(tax_bps, int):
+        # no rate on the record: nothing truthful can be quoted, so the call must not go on
+        raise LookupError(f"call {rec.get('call_id')} has no rate to quote (rate_cents={rate!r})")
+    cents = rating.quote(rate).cents
+    log.info("callee.quote", cents_per_min=cents, tax_bps=tax_bps, dest_class=rec.get("dest_class"))
     digit = s.play("rate-is", escape)
     dollars, rest = divmod(cents, 100)
     if not digit and dollars:
@@ -128,8 +134,10 @@ def say_rate(s: Session, rate_cents_per_min: int, escape: str) -> str:
         digit = s.play("rate-dollars", escape) or s.play("rate-and", escape)
     if not digit:
         s.agi.say_number(rest)
-        digit = s.play("rate-cents", escape)
-    return digit
+        digit = s.play("rate-per-minute", escape)
+    if not digit and tax_bps > 0:
+        digit = s.play("rate-taxes", escape)
+    return digit or s.play("rate-whole-minutes", escape)
 
 
 def _digit_sound(d: str) -> str:

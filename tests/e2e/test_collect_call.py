@@ -93,14 +93,17 @@ def test_no_key_gets_exactly_one_reprompt_then_hangs_up(ami, lines):
     assert ami.events(agi_command("prompts/goodbye", f"PJSIP/{NUMBER}"), since=mark)
 
 
-def test_rate_quote_plays_the_configured_rate_then_accept_works(ami, lines):
+def test_rate_quote_plays_the_calls_rate_then_accept_works(ami, lines):
     inmate, family, _ = lines
-    world = make_world(balance_cents=500, rate_cents_per_min=13)
+    # the number is local (area code 312): its class rate, not the facility default, is quoted
+    world = make_world(balance_cents=500, rate_cents_per_min=11, local_npas="312", rate_local_cents=13,
+                       tax_bps=750)
     call, mark = start_call(ami, inmate, family)
     callee = answer(ami, family, mark)
     press_when(ami, callee, "menu-accept", "3", mark, channel_prefix=f"PJSIP/{NUMBER}")
     said = ami.wait_for(agi_command("SAY NUMBER", f"PJSIP/{NUMBER}"), 10, since=mark)
     assert said["Command"].startswith('SAY NUMBER "13"')
+    ami.wait_for(agi_command("prompts/rate-taxes", f"PJSIP/{NUMBER}"), 10, since=mark)
     m2 = ami.mark()
     press_when(ami, callee, "menu-accept", "1", m2, channel_prefix=f"PJSIP/{NUMBER}")  # the menu replays
     ami.wait_for(lambda e: e.get("Event") == "BridgeEnter" and e.get("Channel", "").startswith(f"PJSIP/{NUMBER}"),
@@ -109,7 +112,8 @@ def test_rate_quote_plays_the_configured_rate_then_accept_works(ami, lines):
     call.hangup()
     rec = wait_settled(world)
     assert rec["reason"] == "inmate_hangup"
-    assert rec["billed_cents"] == 13 and balance(world) == 500 - 13
+    # one minute at the quoted 13 cents plus 7.5 % tax (0.975, rounded half up): 14
+    assert (rec["billed_cents"], rec["tax_cents"]) == (14, 1) and balance(world) == 500 - 14
 
 
 def test_block_refuses_the_next_call_before_it_rings(ami, lines):

@@ -162,3 +162,94 @@ def test_no_choice_without_funds_for_a_minute(port, world):
 
 def played_choice(cmds) -> bool:
     return any(c.startswith('GET DATA "ics/prompts/pay-choice"') for c in cmds)
+
+
+class CalledParty(ScriptedAsterisk):
+    """The called phone: presses a digit while the first prompt naming each fragment plays."""
+
+    def __init__(self, presses):
+        super().__init__()
+        self.presses = list(presses)  # (prompt fragment, digit), in order
+
+    def reply(self, cmd: str) -> bytes:
+        if cmd.startswith("STREAM FILE") and self.presses and self.presses[0][0] in cmd:
+            return f"200 result={ord(self.presses.pop(0)[1])} endpos=800\n".encode()
+        return super().reply(cmd)
+
+
+def quote_then_accept(port, call_id):
+    script = CalledParty([("announce-from", "3"), ("menu-accept", "1")])
+    return fastagi(port, script, env_block("callee", [call_id]))
+
+
+def said_rate(cmds) -> int:
+    said = [c for c in cmds if c.startswith("SAY NUMBER")]
+    assert len(said) == 1, said  # under a dollar: one number, the cents
+    return int(said[0].split('"')[1])
+
+
+@pytest.mark.parametrize("number, rate", [(NUMBER, 5), ("2175550100", 9), ("2125550100", 13)])
+def test_quote_is_the_calls_class_rate_and_the_bill_matches_it(port, world, number, rate):
+    cfg, store = world  # rate_cents_per_min is 13: a local or in-state call must not be quoted that
+    prepaid(store, "fam1", [number])
+    _, rec = run_call(port, store, number)
+    cmds = quote_then_accept(port, rec["call_id"])
+    assert said_rate(cmds) == rating.quote(rate).cents == rate
+    assert played(cmds, "rate-per-minute") and played(cmds, "rate-taxes")  # tax_bps 750
+    assert 'SET VARIABLE "GOSUB_RESULT" ""' in cmds  # accepted after the quote
+    # one bridged minute: the bill is the quoted per-minute rate plus 7.5 % tax, nothing else
+    records.update(store.r, rec["call_id"], bridged_ms=now_ms() - 30_000)
+    fastagi(port, ScriptedAsterisk(), env_block("settle", [rec["call_id"], "ANSWER", ""]))
+    billed = records.get(store.r, rec["call_id"])
+    expected = rating.price(rate, 60_000, 750)
+    assert (billed["billed_minutes"], billed["billed_cents"], billed["tax_cents"]) == \
+        (1, expected.cents, expected.tax_cents)
+    assert billed["billed_cents"] == said_rate(cmds) + rating.tax_cents(said_rate(cmds), 750)
+    assert store.account("fam1").balance_cents == 10_000 - expected.cents
+    assert store.account("fam1").held_cents == 0
+
+
+def test_quote_without_tax_does_not_mention_taxes(port, world):
+    cfg, store = world
+    store.r.hset(keys.facility("main"), "tax_bps", 0)
+    prepaid(store, "fam1", [NUMBER])
+    _, rec = run_call(port, store, NUMBER)
+    cmds = quote_then_accept(port, rec["call_id"])
+    assert said_rate(cmds) == 5 and played(cmds, "rate-per-minute") and played(cmds, "rate-whole-minutes")
+    assert not played(cmds, "rate-taxes")
+
+
+def test_quote_over_a_dollar_says_dollars_and_cents(port, world):
+    cfg, store = world
+    store.r.hset(keys.facility("main"), "rate_international_cents", 125)  # international is not capped
+    prepaid(store, "fam1", [INTL])
+    _, rec = run_call(port, store, INTL)
+    cmds = quote_then_accept(port, rec["call_id"])
+    assert [c.split('"')[1] for c in cmds if c.startswith("SAY NUMBER")] == ["1", "25"]
+    assert played(cmds, "rate-dollars")
+
+
+def test_a_call_without_a_rate_is_not_quoted_and_not_connected(port, world):
+    cfg, store = world
+    prepaid(store, "fam1", [NUMBER])
+    _, rec = run_call(port, store, NUMBER)
+    store.r.hdel(keys.call(rec["call_id"]), "rate_cents")  # a damaged record: fail closed
+    cmds = quote_then_accept(port, rec["call_id"])
+    assert not any(c.startswith("SAY NUMBER") for c in cmds)
+    assert 'SET VARIABLE "GOSUB_RESULT" ""' not in cmds
+    assert cmds[-3:] == ['SET CONTEXT "ics-fail"', 'SET EXTENSION "s"', 'SET PRIORITY "1"']
+
+
+def test_a_call_cut_at_its_limit_bills_exactly_the_held_minutes_with_tax(port, world):
+    cfg, store = world
+    prepaid(store, "fam1", [NUMBER], cents=21)  # 3 minutes at 5 c + 7.5 %: 15 + 1 = 16; 4 would be 22
+    _, rec = run_call(port, store, NUMBER)
+    assert (rec["limit_s"], rec["held_cents"]) == (180, 16)
+    # the hangup handler runs a little after L() cut the bridge at 180 s
+    records.update(store.r, rec["call_id"], bridged_ms=now_ms() - 180_700)
+    fastagi(port, ScriptedAsterisk(), env_block("settle", [rec["call_id"], "ANSWER", ""]))
+    billed = records.get(store.r, rec["call_id"])
+    assert billed["reason"] == "time_limit"
+    assert (billed["billed_minutes"], billed["billed_cents"], billed["tax_cents"]) == (3, 16, 1)
+    acct = store.account("fam1")
+    assert (acct.balance_cents, acct.held_cents) == (5, 0)

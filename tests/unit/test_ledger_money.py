@@ -268,7 +268,7 @@ def test_statement_csv_and_html_reconcile_and_list_the_calls(store, run, tmp_pat
     assert round(float(rows[0]["balance"]) * 100) + moved == round(float(rows[-1]["balance"]) * 100) == 2337
     calls = [r for r in rows if r["kind"] == "charge"]
     assert [(r["call_id"], r["number"], r["minutes"], r["rate_per_min"], r["charge"], r["tax"]) for r in calls] == [
-        (c1, "3125550100", "3", "0.21", "0.63", "0.04"), (c2, "3125550101", "1", "0.21", "0.21", "")]
+        (c1, "3125550100", "3", "0.21", "0.63", "0.04"), (c2, "3125550101", "1", "0.21", "0.21", "0.00")]  # settle records the tax, 0 here
     assert calls[1]["credited"] == "0.21"
 
     assert run("statement", aid, "--month", month, "--html", str(html_path))[0] == 0

@@ -1,0 +1,100 @@
+"""Kill and restart one of the lab stack's Python services (ics-fastagi, ics-ami) from a test.
+
+    pid = services.kill("fastagi")     # SIGKILL the pid in .stack/run/fastagi.pid, wait until gone
+    services.restart("fastagi")        # docker/stack.sh up: starts only what is not running
+
+`restart` goes through docker/stack.sh (the one place that knows how a service
+is started) and waits until the service is ready: the FastAGI port listening
+(stack.sh does that), the listener logged in to AMI (a new ami.connected line).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+from tests.support import REPO, stack_dir
+
+NAMES = {"fastagi", "ami"}
+
+
+def pid(name: str) -> int | None:
+    try:
+        return int((stack_dir() / "run" / f"{name}.pid").read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def alive(p: int | None) -> bool:
+    if not p:
+        return False
+    try:
+        os.kill(p, 0)
+    except ProcessLookupError:
+        return False
+    # a killed child of ours stays a zombie until reaped; it is gone for our purposes
+    try:
+        with open(f"/proc/{p}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def kill(name: str, timeout: float = 5) -> int:
+    """SIGKILL the service (no clean shutdown: what a crash or OOM kill does)."""
+    if name not in NAMES:
+        raise ValueError(f"not a restartable service: {name!r}")
+    p = pid(name)
+    if not alive(p):
+        raise RuntimeError(f"{name} is not running (pidfile {stack_dir() / 'run' / f'{name}.pid'})")
+    os.kill(p, signal.SIGKILL)
+    deadline = time.monotonic() + timeout
+    while alive(p):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{name} (pid {p}) still alive {timeout}s after SIGKILL")
+        time.sleep(0.05)
+    return p
+
+
+def _events(name: str, event: str) -> int:
+    path = stack_dir() / "log" / f"{name}.log"
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except FileNotFoundError:
+        return 0
+    return sum(1 for line in lines if f'"event": "{event}"' in line)
+
+
+def log_events(name: str, event: str, call_id: str) -> list[dict]:
+    """The JSON log lines of one service naming event and call_id."""
+    out = []
+    path = stack_dir() / "log" / f"{name}.log"
+    for line in path.read_text(errors="replace").splitlines():
+        if f'"event": "{event}"' in line and call_id in line:
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue
+    return out
+
+
+def restart(name: str, timeout: float = 30) -> int:
+    """Start the service again with docker/stack.sh up; returns its new pid once it is ready."""
+    if name not in NAMES:
+        raise ValueError(f"not a restartable service: {name!r}")
+    logins = _events("ami", "ami.connected")
+    subprocess.run(["bash", str(REPO / "docker" / "stack.sh"), "up"], check=True, timeout=timeout,
+                   capture_output=True)
+    p = pid(name)
+    if not alive(p):
+        raise RuntimeError(f"{name} did not start (log: {stack_dir() / 'log' / f'{name}.log'})")
+    if name == "ami":
+        deadline = time.monotonic() + timeout
+        while _events("ami", "ami.connected") <= logins:
+            if time.monotonic() > deadline:
+                raise RuntimeError("ics-ami started but did not log in to AMI")
+            time.sleep(0.1)
+    return p
