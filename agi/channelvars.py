@@ -13,6 +13,8 @@ Set by the call flow for the dialplan (dialplan/extensions.conf):
                   AMI listener ends the call at the limit itself, with a prompt
 Set on the called channel by the called-party menu:
   GOSUB_RESULT    "ABORT" unless the call was accepted (Asterisk's Dial U() contract)
+  TIMEOUT(absolute)  on accept: the paid minute plus rating.BACKSTOP_MS; the AMI
+                  listener pushes it back each time it holds the next minute
 Read by settlement (passed as AGI arguments by the hangup handler):
   DIALSTATUS, CHANNEL(hangupsource)
 """
@@ -25,3 +27,4 @@ DIAL = "ICS_DIAL"
 RING_S = "ICS_RING_S"
 LIMIT_MS = "ICS_LIMIT_MS"
 GOSUB_RESULT = "GOSUB_RESULT"
+TIMEOUT = "TIMEOUT(absolute)"

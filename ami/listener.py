@@ -32,7 +32,8 @@ from collections import deque
 import structlog
 
 from ics import config as config_mod
-from ics import logs, records, settlement
+from ics import logs, rating, records, settlement
+from ics.rating import MINUTE_MS
 from ics.store import Store, connect
 
 from .connection import GuardedManager
@@ -43,6 +44,7 @@ log = structlog.get_logger("ami")
 SETTLE_GRACE_S = 5.0   # the hangup handler normally settles within milliseconds
 TICK_S = 0.2           # clock rules (hold grace, silence, time limit) are checked this often
 CUT_PROMPT_MAX_S = 12  # a leg still up this long after the redirect is hung up outright
+RESERVE_AHEAD_MS = 10_000  # the next minute is held this long before the paid ones run out
 CUT_CONTEXT = "ics-cut"
 NOTICE_CONTEXT = "ics-notice"
 CALL_EVENTS = ("Newchannel", "Hangup", "BridgeEnter", "BridgeLeave", "Hold", "Unhold", "Flash",
@@ -178,7 +180,7 @@ class Listener:
         for members in self.bridges.values():
             members.discard(chan)
         if chan == call.inmate and call.call_id:
-            self.spawn(self.sweep(call.call_id))
+            self.spawn(self.sweep(call.call_id, _event_ms(event)))
         if not call.channels:
             self.calls.pop(call.linkedid, None)
             if call.bridge and not self.bridges.get(call.bridge):
@@ -205,8 +207,12 @@ class Listener:
                     continue
                 if cut is not None:
                     self.spawn(self.enforce(call, time.perf_counter()))
+                    continue
                 for seconds in warnings:
                     self.spawn(self.notice(call, seconds))
+                if call.extension_due(int(time.time() * 1000), RESERVE_AHEAD_MS):
+                    call.extending = True
+                    self.spawn(self.extend(call))
 
     # --- actions -----------------------------------------------------------------
     async def load(self, call: LiveCall) -> None:
@@ -222,6 +228,9 @@ class Listener:
             return
         call.bridged_ms = int(rec.get("bridged_ms") or 0) or int(time.time() * 1000)
         call.limit_ms = int(rec.get("limit_s") or 0) * 1000
+        call.account, call.rate_cents, call.tax_bps = rec.get("account", ""), rec.get("rate_cents", 0), \
+            rec.get("tax_bps", 0)
+        call.paid_ms = rec.get("paid_minutes", 0) * MINUTE_MS
         if facility is not None:
             call.policy = Policy.from_facility(facility)
 
@@ -253,6 +262,38 @@ class Listener:
         await asyncio.sleep(CUT_PROMPT_MAX_S)
         await self.hangup(call, list(call.channels))
 
+    async def extend(self, call: LiveCall) -> None:
+        """Hold the next minute before it starts; if the account cannot, the call
+        ends with its paid minutes (warned first), never overdrawn."""
+        paid = call.paid_ms // MINUTE_MS
+        amount = (rating.price(call.rate_cents, (paid + 1) * MINUTE_MS, call.tax_bps).cents
+                  - rating.price(call.rate_cents, paid * MINUTE_MS, call.tax_bps).cents)
+        try:
+            outcome = await asyncio.to_thread(self.store.extend_hold, call.account, call.call_id, amount, paid)
+            if outcome == "stale":  # another listener (before a restart) already held it
+                rec = await asyncio.to_thread(records.get, self.store.r, call.call_id) or {}
+                call.paid_ms = rec.get("paid_minutes", 0) * MINUTE_MS
+        except Exception as exc:  # Redis away: fail closed, the call ends with what it paid
+            log.error("enforce.hold_failed", call_id=call.call_id, error=repr(exc))
+            outcome = "short"
+        if outcome == "held":
+            call.paid_ms = (paid + 1) * MINUTE_MS
+            log.info("enforce.minute_held", call_id=call.call_id, paid_minutes=paid + 1, cents=amount)
+            await self.push_timeout(call)
+        elif outcome == "short":
+            call.funds_ran_short()
+            log.warning("enforce.funds_short", call_id=call.call_id, paid_minutes=paid,
+                        ends_in_s=round((call.bridged_ms + call.paid_ms - time.time() * 1000) / 1000))
+        call.extending = False
+
+    async def push_timeout(self, call: LiveCall) -> None:
+        """Move the called leg's TIMEOUT(absolute) backstop past the minute just held."""
+        left_s = -(-(call.bridged_ms + call.paid_ms + rating.BACKSTOP_MS - int(time.time() * 1000)) // 1000)
+        for leg in self.bridges.get(call.bridge, ()):
+            if leg != call.inmate and leg in call.channels:
+                await _succeeded(self.manager.send_action({"Action": "Setvar", "Channel": leg,
+                                                           "Variable": "TIMEOUT(absolute)", "Value": left_s}))
+
     async def hangup(self, call: LiveCall, legs: list[str]) -> None:
         for leg in legs:
             if await _succeeded(self.manager.send_action({"Action": "Hangup", "Channel": leg, "Cause": 16})):
@@ -268,7 +309,9 @@ class Listener:
         if not ok:
             log.error("enforce.warning_failed", call_id=call.call_id, seconds_left=seconds)
 
-    async def sweep(self, call_id: str) -> None:
+    async def sweep(self, call_id: str, ended_ms: int | None = None) -> None:
+        if ended_ms:  # the hang-up's own time: waiting below must not be billed (first writer wins)
+            await asyncio.to_thread(records.mark_ended, self.store.r, call_id, ended_ms)
         await asyncio.sleep(SETTLE_GRACE_S)
         rec = await asyncio.to_thread(records.get, self.store.r, call_id)
         if rec is None or rec.get("settled") == "1":
@@ -317,8 +360,30 @@ class Listener:
             if call.call_id:
                 self.spawn(self.sweep(call.call_id))
         self.bridges = bridges
+        # calls that ended while nobody settled them (FastAGI and listener both down)
+        for call_id in await asyncio.to_thread(orphans, self.store.r, set(seen)):
+            self.spawn(self.sweep(call_id))
         log.info("ami.rebuilt", channels=len(rows), calls=len(seen),
                  watching=sum(1 for c in self.calls.values() if c.bridged and c.call_id))
+
+
+ORPHAN_SCAN = 500       # most recent call records looked at after a (re)connect
+ORPHAN_MIN_AGE_MS = 10_000
+
+
+def orphans(r, live_linkedids: set[str]) -> list[str]:
+    """Recent unsettled calls whose inmate channel is no longer on Asterisk."""
+    now = int(time.time() * 1000)
+    return [rec["call_id"] for rec in records.recent(r, ORPHAN_SCAN)
+            if rec.get("settled") != "1" and rec.get("uniqueid") not in live_linkedids
+            and now - rec.get("started_ms", now) > ORPHAN_MIN_AGE_MS]
+
+
+def _event_ms(event) -> int | None:
+    try:
+        return int(float(event.get("Timestamp")) * 1000)
+    except (TypeError, ValueError):
+        return None
 
 
 def record_cut(r, call_id: str, cut: Cut) -> None:

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from ics.config import parse_warnings
+from ics.rating import MINUTE_MS
 
 # AMI headers worth keeping as evidence, per event
 EVIDENCE_HEADERS = {
@@ -101,6 +102,13 @@ class LiveCall:
     digits: deque = field(default_factory=deque)      # (monotonic, evidence) from the called side
     warned: set[int] = field(default_factory=set)
     cut: Cut | None = None
+    # money: minutes are held one at a time (ics.store extend_hold) before they start
+    account: str = ""
+    rate_cents: int = 0
+    tax_bps: int = 0
+    paid_ms: int = 0                       # 0: the call holds no per-minute funds
+    extending: bool = False
+    funds_short: bool = False              # the next minute could not be held: limit_ms = paid_ms
 
     def other_legs(self) -> list[str]:
         return [c for c in self.channels if c != self.inmate]
@@ -176,13 +184,27 @@ class LiveCall:
             return None, []
         deadline = self.bridged_ms + self.limit_ms
         if wall_ms >= deadline:
-            return self._cut("time_limit", f"limit_s={self.limit_ms // 1000}",
+            threshold = (f"paid_minutes={self.paid_ms // MINUTE_MS}: the account could not hold the next"
+                         if self.funds_short else f"limit_s={self.limit_ms // 1000}")
+            return self._cut("time_limit", threshold,
                              [{"event": "TimeLimit", "bridged_ms": str(self.bridged_ms),
                                "limit_ms": str(self.limit_ms)}], at_ms=deadline), []
         due = [w for w in p.warn_before_s
                if w not in self.warned and w * 1000 < self.limit_ms and wall_ms >= deadline - w * 1000]
         self.warned.update(due)
-        return None, due[-1:]  # if several fell due at once, only the nearest is worth saying
+        # if several fell due at once (the funds ran short), say only what is really left
+        return None, [round((deadline - wall_ms) / 1000)] if due else []
+
+    def extension_due(self, wall_ms: int, ahead_ms: int) -> bool:
+        """Time to hold the next minute: ahead_ms before the paid ones run out."""
+        return (self.bridged and self.cut is None and self.paid_ms > 0 and not self.funds_short
+                and not self.extending and self.paid_ms < self.limit_ms
+                and wall_ms >= self.bridged_ms + self.paid_ms - ahead_ms)
+
+    def funds_ran_short(self) -> None:
+        """The next minute cannot be held: the call ends when the paid ones do."""
+        self.funds_short = True
+        self.limit_ms = min(self.limit_ms, self.paid_ms)
 
     def skip_past_warnings(self, wall_ms: int) -> None:
         """After a restart: notices whose moment passed are not replayed late."""

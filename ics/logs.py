@@ -31,6 +31,9 @@ Event names (the `event` field):
   enforce.record_failed     the reason/evidence could not be written to the call record
   enforce.hangup            a leg was hung up outright (redirect failed or the prompt overran)
   enforce.warning / enforce.warning_failed   a time-limit notice to both parties (seconds_left)
+  enforce.minute_held       the next minute of a live call held before it starts (paid_minutes, cents)
+  enforce.funds_short       the next minute could not be held: the call ends with its paid ones
+  enforce.hold_failed       Redis error while holding a minute (treated as funds_short: fail closed)
   ops.*                      icsctl changes (ops.fund, ops.inmate_create, ...)
 """
 

@@ -49,6 +49,12 @@ class Price:
         return self.total_cents
 
 
+# Asterisk's own backstops (Dial's L() past the limit, TIMEOUT(absolute) on the called
+# leg past the paid minutes) end a call the AMI listener failed to end this long
+# after its time; settlement never bills that overrun.
+BACKSTOP_MS = 8000
+
+
 def billable_minutes(duration_ms: int) -> int:
     """Whole minutes, rounded up: 1 ms of bridged time is one minute."""
     if duration_ms < 0:

@@ -4,6 +4,8 @@ Fields (times are epoch ms, money integer cents):
   call_id facility inmate number account channel uniqueid station (handset caller ID)
   started_ms answered_ms bridged_ms ended_ms
   rate_cents limit_s held_cents
+  paid_minutes whole minutes held so far: the first by the inmate flow, each next one by
+               the AMI listener before it starts (ics.store extend_hold)
   dest_class   local / instate / interstate / international (ics.rating)
   tax_bps      taxes passed through on this call (basis points of the total)
   outcome      dialing / refused / accepted / ...   (where the flow got to)
@@ -32,12 +34,12 @@ FIELDS = (
     "started_ms", "answered_ms", "bridged_ms", "ended_ms",
     "rate_cents", "dest_class", "tax_bps", "limit_s", "held_cents", "outcome", "reason", "detail",
     "billed_minutes", "billed_cents", "tax_cents", "settled", "credited_cents", "credit_reason",
-    "rule", "rule_threshold", "cut_ms", "evidence",
+    "rule", "rule_threshold", "cut_ms", "evidence", "paid_minutes",
 )
 
 INT_FIELDS = {
     "started_ms", "answered_ms", "bridged_ms", "ended_ms", "rate_cents", "tax_bps", "limit_s",
-    "held_cents", "billed_minutes", "billed_cents", "tax_cents", "credited_cents", "cut_ms",
+    "held_cents", "billed_minutes", "billed_cents", "tax_cents", "credited_cents", "cut_ms", "paid_minutes",
 }
 
 

@@ -30,11 +30,12 @@ def settle(store: Store, call_id: str, dialstatus: str = "", hangupsource: str =
 
     if bridged:
         # Billing stops when a rule fired (the parties then hear why, free), and never
-        # runs past the limit the call was sold (Dial's L() backstop runs a little longer).
+        # runs past the limit the call was sold nor the minutes held for it (Asterisk's
+        # backstops end an unwatched call a little later: that overrun is not billed).
         end = min(rec["ended_ms"], rec.get("cut_ms") or rec["ended_ms"])
-        limit_ms = rec.get("limit_s", 0) * 1000
-        duration = min(max(0, end - bridged), limit_ms) if limit_ms else max(0, end - bridged)
-        if duration >= limit_ms - 1000:
+        caps = [ms for ms in (rec.get("limit_s", 0) * 1000, rec.get("paid_minutes", 0) * rating.MINUTE_MS) if ms]
+        duration = min([max(0, end - bridged), *caps])
+        if caps and duration >= min(caps) - 1000:
             reason = "time_limit"
         else:
             reason = "inmate_hangup" if inmate_hung_up else "called_hangup"

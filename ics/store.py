@@ -83,25 +83,46 @@ def pin_hash(pin: str, salt: str) -> str:
 
 # --- Lua: every money movement is one atomic script -------------------------
 
-# Hold funds for a call before it rings. Fails (0) if the account cannot cover it.
+# What an account can still spend (a Lua function shared by the hold scripts).
 # A direct_bill account has no balance to spend: what it can cover is its monthly
-# limit minus this month's billed total (KEYS[3]) minus what its calls hold.
-_RESERVE = """
+# limit minus this month's billed total (month key) minus what its calls hold.
+_AVAILABLE = """
+local function available(acct, month)
+  local a = redis.call('HMGET', acct, 'type', 'balance_cents', 'held_cents', 'monthly_limit_cents')
+  if a[1] == 'direct_bill' then
+    return tonumber(a[4] or '0') - tonumber(redis.call('GET', month) or '0') - tonumber(a[3] or '0')
+  end
+  return tonumber(a[2] or '0') - tonumber(a[3] or '0')
+end
+"""
+
+# Hold funds for a call before it rings. Fails (0) if the account cannot cover it.
+# ARGV[3], when not empty, is how many whole minutes the hold pays for.
+_RESERVE = _AVAILABLE + """
 local acct, call, month = KEYS[1], KEYS[2], KEYS[3]
 local amount = tonumber(ARGV[1])
 if redis.call('EXISTS', acct) == 0 then return -1 end
 if redis.call('HEXISTS', call, 'held_cents') == 1 then return -2 end
-local a = redis.call('HMGET', acct, 'type', 'balance_cents', 'held_cents', 'monthly_limit_cents')
-local held = tonumber(a[3] or '0')
-local available
-if a[1] == 'direct_bill' then
-  available = tonumber(a[4] or '0') - tonumber(redis.call('GET', month) or '0') - held
-else
-  available = tonumber(a[2] or '0') - held
-end
-if available < amount then return 0 end
+if available(acct, month) < amount then return 0 end
 redis.call('HINCRBY', acct, 'held_cents', amount)
 redis.call('HSET', call, 'held_cents', amount, 'account', ARGV[2])
+if ARGV[3] ~= '' then redis.call('HSET', call, 'paid_minutes', ARGV[3]) end
+return 1
+"""
+
+# Hold one more minute for a live call, before that minute starts. ARGV[2] is the
+# number of paid minutes the caller saw: a second listener (or a retry after a
+# restart) that saw the same number finds it changed (-2) and holds nothing twice.
+_EXTEND = _AVAILABLE + """
+local acct, call, month = KEYS[1], KEYS[2], KEYS[3]
+local amount = tonumber(ARGV[1])
+if redis.call('EXISTS', acct) == 0 then return -1 end
+if redis.call('HGET', call, 'settled') == '1' then return -3 end
+if redis.call('HGET', call, 'paid_minutes') ~= ARGV[2] then return -2 end
+if available(acct, month) < amount then return 0 end
+redis.call('HINCRBY', acct, 'held_cents', amount)
+redis.call('HINCRBY', call, 'held_cents', amount)
+redis.call('HINCRBY', call, 'paid_minutes', 1)
 return 1
 """
 
@@ -271,6 +292,7 @@ class Store:
         self.r = r
         self.cfg = cfg
         self._reserve = r.register_script(_RESERVE)
+        self._extend = r.register_script(_EXTEND)
         self._settle = r.register_script(_SETTLE)
         self._adjust = r.register_script(_ADJUST)
         self._refund_all = r.register_script(_REFUND_ALL)
@@ -502,14 +524,27 @@ class Store:
             raise StoreError(f"refund of {amount_cents} cents exceeds the {bal} cents available")
         return int(bal)
 
-    def reserve(self, aid: str, call_id: str, amount_cents: int) -> bool:
+    def reserve(self, aid: str, call_id: str, amount_cents: int, minutes: int | None = None) -> bool:
+        """Hold amount_cents for a call (that pays for `minutes` whole minutes, if given)."""
         month = keys.account_month(aid, month_of(now_ms()))
-        res = self._reserve(keys=[keys.account(aid), keys.call(call_id), month], args=[amount_cents, aid])
+        res = self._reserve(keys=[keys.account(aid), keys.call(call_id), month],
+                            args=[amount_cents, aid, "" if minutes is None else minutes])
         if res == -1:
             raise StoreError(f"no account {aid!r}")
         if res == -2:
             raise StoreError(f"call {call_id} already holds funds")
         return res == 1
+
+    def extend_hold(self, aid: str, call_id: str, amount_cents: int, paid_minutes: int) -> str:
+        """Hold the next minute of a live call that has paid_minutes held so far.
+
+        Returns "held", "short" (the account cannot cover it), "stale" (paid_minutes
+        changed: someone else held it) or "settled" (the call is over)."""
+        month = keys.account_month(aid, month_of(now_ms()))
+        res = self._extend(keys=[keys.account(aid), keys.call(call_id), month], args=[amount_cents, paid_minutes])
+        if res == -1:
+            raise StoreError(f"no account {aid!r}")
+        return {1: "held", 0: "short", -2: "stale", -3: "settled"}[res]
 
     def settle(self, call_id: str, aid: str, charge_cents: int, minutes: int, rate: int,
                tax_cents: int = 0) -> tuple[bool, int, int]:

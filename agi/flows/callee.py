@@ -43,6 +43,9 @@ def run(s: Session) -> None:
         s.play("connecting")
         # Dial bridges the instant this gosub returns: billing starts here.
         records.update(s.r, call_id, bridged_ms=now_ms())
+        # Fail closed on money: without the listener holding the next minute (and
+        # pushing this back), the called leg ends a little after the paid minute.
+        s.agi.set_variable(V.TIMEOUT, (rating.MINUTE_MS + rating.BACKSTOP_MS) // 1000)
         s.agi.set_variable(V.GOSUB_RESULT, "")
         log.info("callee.accepted")
         return

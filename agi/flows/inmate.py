@@ -2,7 +2,7 @@
 
 Runs on the inmate's channel from [ics-inmate]. Every refusal plays its own
 prompt and records one reason code; only when every check passes does it set
-ICS_RESULT=dial for the dialplan, with funds for the whole time limit held.
+ICS_RESULT=dial for the dialplan, with the first minute's funds held.
 Money is integer cents; the rate, tax, hold and limit all come from ics.rating.
 """
 
@@ -24,7 +24,6 @@ DIGIT_TIMEOUT_MS = 6000
 PAY_CHOICE_TIMEOUT_MS = 3000  # no key: the called party's account pays (collect / prepaid)
 PAY_FROM_DEBIT = "1"
 NAME_MAX_MS = 4000
-LIMIT_BACKSTOP_MS = 8000
 
 
 class Refused(Exception):
@@ -78,7 +77,7 @@ def run(s: Session) -> None:
     s.agi.set_variable(V.RING_S, s.cfg["dial"]["ring_timeout_s"])
     # The AMI listener ends the call at limit_ms with a prompt; Dial's L() is the
     # backstop should the listener be down, and settlement never bills past limit_ms.
-    s.agi.set_variable(V.LIMIT_MS, limit_ms + LIMIT_BACKSTOP_MS)
+    s.agi.set_variable(V.LIMIT_MS, limit_ms + rating.BACKSTOP_MS)
     log.info("call.dialing", limit_s=limit_ms // 1000, held_cents=held, account=go.account,
              dest_class=go.dest_class, rate_cents=go.rate_cents)
     s.play("please-hold")
@@ -129,7 +128,7 @@ class Go:
 
 def check_call(s: Session, facility: dict, inmate_id: str, number: str, call_id: str) -> Go:
     """Number, approved list, blocks, destination class and rate, who pays; holds the
-    funds (tax included) for the whole time limit. Any Redis error raises: no call."""
+    first minute (tax included). Any Redis error raises: no call."""
     if not valid_destination(number):
         raise Refused("invalid_number", "invalid-number")
     if not s.store.is_approved(inmate_id, number):
@@ -154,9 +153,10 @@ def check_call(s: Session, facility: dict, inmate_id: str, number: str, call_id:
         limit_ms = rating.time_limit_ms(facility["time_limit_s"], account.available_cents, rate, tax)
         if limit_ms < rating.MINUTE_MS:
             break
-        held = rating.price(rate, limit_ms, tax).cents
-        if s.store.reserve(account.id, call_id, held):
-            return Go(account.id, held, limit_ms, rate, tax, dest_class)
+        # Only the first minute is held now; the AMI listener holds each next one
+        # before it starts, so calls sharing an account draw on it minute by minute.
+        if s.store.reserve(account.id, call_id, one_minute, minutes=1):
+            return Go(account.id, one_minute, limit_ms, rate, tax, dest_class)
         account = s.store.account(account.id)
         if account is None:
             raise LookupError("the paying account vanished while the call was checked")

@@ -1,7 +1,8 @@
 """Money on real calls: real Asterisk 22, Redis, the FastAGI server, the AMI listener, pjsua2 phones.
 
-- A call funded for exactly one minute is cut by Dial's L() at the end of it:
-  billed exactly the paid minute, the balance ends at 0 and never goes below.
+- A call whose second minute cannot be held (the funds left meanwhile) is warned
+  and cut by the listener at the end of the paid minute: billed exactly that
+  minute, the balance ends at 0 and never goes below.
 - The process that settles is killed with SIGKILL mid-call and restarted: the
   call is still settled exactly once (one charge, the right amount, no hold
   left). FastAGI dead: the listener's safety net settles it. Listener dead: the
@@ -48,11 +49,16 @@ def assert_money_consistent(world):
 
 def test_call_cut_at_zero_balance_bills_exactly_the_paid_minute(ami, lines):  # noqa: F811
     inmate, family, _ = lines
-    world = make_world(balance_cents=RATE, rate_cents_per_min=RATE)  # exactly one minute
+    # two minutes' funds; the silence rule is off (the phones send pure silence)
+    world = make_world(balance_cents=2 * RATE, rate_cents_per_min=RATE, rule_silence=False)
+    mark = ami.mark()
     call, callee = accept(ami, inmate, family)
     t0 = time.monotonic()
     rec = latest_call(world)
-    assert (rec["limit_s"], rec["held_cents"]) == (60, RATE)
+    assert (rec["limit_s"], rec["held_cents"], rec["paid_minutes"]) == (120, RATE, 1)
+    # the family spends the rest meanwhile (a refund here; another call would do the same):
+    # the second minute can no longer be held
+    world.store.refund(world.account, RATE, "e2e: funds leave while the call is live")
     lowest = RATE
     while not call.disconnected and time.monotonic() - t0 < 75:  # both stay on the line
         acct = world.store.account(world.account)
@@ -61,10 +67,14 @@ def test_call_cut_at_zero_balance_bills_exactly_the_paid_minute(ami, lines):  # 
     cut_after = time.monotonic() - t0
     call.wait_disconnected(5)
     callee.wait_disconnected(5)
-    assert 59 <= cut_after <= 63, f"cut after {cut_after:.1f}s, the paid minute is 60s"
+    assert 58 <= cut_after <= 66, f"cut after {cut_after:.1f}s, the paid minute is 60s"
+    # warned before the end of the paid minute, with the seconds really left
+    said = ami.wait_for({"Event": "Newexten", "Context": "ics-notice", "Application": "SayNumber"}, 1, since=mark)
+    assert 5 <= int(said["AppData"]) <= 12
     rec = wait_settled(world)
-    assert rec["reason"] == "time_limit"
-    assert (rec["billed_minutes"], rec["billed_cents"]) == (1, RATE)
+    assert rec["reason"] == "time_limit" and rec["rule_threshold"].startswith("paid_minutes=1")
+    assert (rec["billed_minutes"], rec["billed_cents"], rec["paid_minutes"]) == (1, RATE, 1)
+    assert rec["cut_ms"] - rec["bridged_ms"] == 60_000
     acct = world.store.account(world.account)
     assert (acct.balance_cents, acct.held_cents) == (0, 0)
     assert lowest >= 0

@@ -74,10 +74,10 @@ def test_class_and_tax_set_the_rate_and_the_hold(port, world, number, cls, rate)
     prepaid(store, "fam1", [number])
     cmds, rec = run_call(port, store, number)
     assert dialed(cmds)
-    expected = rating.price(rate, 900_000, 750)  # 15 minutes, 7.5 % tax once on the total
-    assert (rec["dest_class"], rec["rate_cents"], rec["tax_bps"]) == (cls, rate, 750)
-    assert rec["held_cents"] == expected.cents == 15 * rate + (15 * rate * 750 + 5000) // 10000
-    assert store.account("fam1").held_cents == expected.cents
+    expected = rating.price(rate, 60_000, 750)  # the first minute, 7.5 % tax
+    assert (rec["dest_class"], rec["rate_cents"], rec["tax_bps"], rec["limit_s"]) == (cls, rate, 750, 900)
+    assert rec["held_cents"] == expected.cents == rate + (rate * 750 + 5000) // 10000
+    assert rec["paid_minutes"] == 1 and store.account("fam1").held_cents == expected.cents
 
 
 def test_international_needs_a_facility_rate(port, world):
@@ -125,7 +125,8 @@ def test_direct_bill_stops_at_the_monthly_limit(port, world):
     three = rating.price(5, 180_000, 750).cents  # 15 + 1.125 -> 16 (tax once on the total)
     store.r.set(month, 1000 - three)  # three minutes left: the limit and hold come from what remains
     cmds, rec = run_call(port, store, NUMBER)
-    assert dialed(cmds) and rec["limit_s"] == 180 and rec["held_cents"] == three == 16
+    assert dialed(cmds) and rec["limit_s"] == 180 and three == 16
+    assert rec["held_cents"] == one_minute and rec["paid_minutes"] == 1  # the rest minute by minute
 
 
 @pytest.mark.parametrize("key, payer", [("1", DEBIT), ("2", "fam1"), ("", "fam1")])
@@ -148,7 +149,7 @@ def test_debit_choice_lets_the_inmate_call_a_number_that_cannot_be_billed(port, 
     store.adjust(DEBIT, "deposit", 21)  # 3 minutes: 15 + 1 tax = 16; 4 would be 20 + 2 = 22
     cmds, rec = run_call(port, store, CELL, digits=(INMATE, PIN, "1"))
     assert dialed(cmds) and rec["account"] == DEBIT
-    assert rec["limit_s"] == 180 and rec["held_cents"] == rating.price(5, 180_000, 750).cents == 16
+    assert rec["limit_s"] == 180 and rec["held_cents"] == rating.price(5, 60_000, 750).cents == 5
 
 
 def test_no_choice_without_funds_for_a_minute(port, world):
@@ -244,8 +245,12 @@ def test_a_call_cut_at_its_limit_bills_exactly_the_held_minutes_with_tax(port, w
     cfg, store = world
     prepaid(store, "fam1", [NUMBER], cents=21)  # 3 minutes at 5 c + 7.5 %: 15 + 1 = 16; 4 would be 22
     _, rec = run_call(port, store, NUMBER)
-    assert (rec["limit_s"], rec["held_cents"]) == (180, 16)
-    # the hangup handler runs a little after L() cut the bridge at 180 s
+    assert (rec["limit_s"], rec["held_cents"]) == (180, 5)
+    # the listener held minutes 2 and 3 before they started (the tax rounds on the total)
+    for paid, cents in ((1, 5), (2, 6)):
+        assert store.extend_hold("fam1", rec["call_id"], cents, paid) == "held"
+    assert store.extend_hold("fam1", rec["call_id"], 22 - 16, 3) == "short"  # a 4th minute: 22 in all, 5 left
+    # the hangup handler runs a little after the cut at 180 s
     records.update(store.r, rec["call_id"], bridged_ms=now_ms() - 180_700)
     fastagi(port, ScriptedAsterisk(), env_block("settle", [rec["call_id"], "ANSWER", ""]))
     billed = records.get(store.r, rec["call_id"])

@@ -109,8 +109,8 @@ def test_fastagi_and_process_agi_run_the_same_flow(server, world, redis_url):
     strip = lambda cmds: [c for c in cmds if "ICS_CALL_ID" not in c]  # noqa: E731 (ids differ)
     assert strip(via_socket) == strip(via_process)
     assert 'SET VARIABLE "ICS_DIAL" "PJSIP/3125550100"' in via_socket
-    # both calls hold funds for the 15-minute limit: 2 x 15 x 11 cents
-    assert store.account("fam1").held_cents == 2 * 15 * 11
+    # each call holds its first minute (the listener holds each next one): 2 x 11 cents
+    assert store.account("fam1").held_cents == 2 * 11
 
 
 def test_unexpected_error_sends_the_channel_to_the_fail_context(server, world):

@@ -103,7 +103,7 @@ def test_time_limit_warnings_then_the_cut_at_the_limit():
     assert call.tick(now=1, wall_ms=end - 60_001) == (None, [])
     assert call.tick(now=1, wall_ms=end - 60_000) == (None, [60])
     assert call.tick(now=1, wall_ms=end - 45_000) == (None, [])
-    assert call.tick(now=1, wall_ms=end - 29_000) == (None, [30])
+    assert call.tick(now=1, wall_ms=end - 30_000) == (None, [30])
     cut, _ = call.tick(now=1, wall_ms=end)
     assert cut.reason == "time_limit" and cut.at_ms == end and cut.threshold == "limit_s=900"
 
