@@ -132,6 +132,8 @@ class Listener:
 
     def on_bridgeenter(self, event):
         chan, bridge = str(event.get("Channel", "")), str(event.get("BridgeUniqueid", ""))
+        if not (chan and bridge):
+            return None
         members = self.bridges.setdefault(bridge, set())
         members.add(chan)
         # a channel of another call entering an inmate call's bridge is that call's business too
@@ -153,8 +155,16 @@ class Listener:
         return None
 
     def on_bridgeleave(self, event):
-        self.bridges.get(str(event.get("BridgeUniqueid", "")), set()).discard(str(event.get("Channel", "")))
+        self._leave(str(event.get("Channel", "")), [str(event.get("BridgeUniqueid", ""))])
         return None
+
+    def _leave(self, chan: str, bridges) -> None:
+        for bridge in bridges:
+            members = self.bridges.get(bridge)
+            if members is not None:
+                members.discard(chan)
+                if not members:
+                    del self.bridges[bridge]
 
     def on_blindtransfer(self, event):
         return self._transfer(event)
@@ -177,14 +187,11 @@ class Listener:
         call.channels.pop(chan, None)
         call.talking.discard(chan)
         call.holds.pop(chan, None)
-        for members in self.bridges.values():
-            members.discard(chan)
+        self._leave(chan, [b for b, members in self.bridges.items() if chan in members])
         if chan == call.inmate and call.call_id:
             self.spawn(self.sweep(call.call_id, _event_ms(event)))
         if not call.channels:
             self.calls.pop(call.linkedid, None)
-            if call.bridge and not self.bridges.get(call.bridge):
-                self.bridges.pop(call.bridge, None)
         return None
 
     def _leg_event(self, event):
