@@ -33,7 +33,7 @@ reload:
 	$(STACK) reload
 
 test: provision
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=10 tests
 
 demo: up
 	@$(WITH_ENV) rc=0; $(PY) -m tests.support.demo || rc=$$?; $(STACK) down; exit $$rc
