@@ -152,7 +152,7 @@ def _check_facility(values: Mapping[str, Any], where: str) -> None:
     _check_policy(values, where)
 
 
-MIN_NOTICE_INTERVAL_S = 30  # a shorter interval would talk over the whole call
+MIN_NOTICE_INTERVAL_S = 15  # a shorter interval would talk over the whole call
 
 
 def _check_policy(values: Mapping[str, Any], where: str) -> None:
