@@ -62,7 +62,7 @@ def run(s: Session) -> None:
         inmate = s.store.inmate(inmate_id)
         if inmate.get("name_recorded") != "1":
             record_name(s, inmate_id)
-        go = check_call(s, facility, inmate_id, number, call_id)
+        go = check_call(s, facility, inmate_id, inmate, number, call_id)
     except Refused as refusal:
         records.set_reason(s.r, call_id, refusal.reason)
         records.update(s.r, call_id, outcome="refused")
@@ -76,7 +76,7 @@ def run(s: Session) -> None:
     recording = "" if privileged else recording_name(facility, inmate_id, call_id)
     records.update(s.r, call_id, account=go.account, rate_cents=go.rate_cents, tax_bps=go.tax_bps,
                    dest_class=go.dest_class, limit_s=limit_ms // 1000, held_cents=held, outcome="dialing",
-                   unit=s.store.inmate(inmate_id).get("unit") or None,
+                   unit=inmate.get("unit") or None,
                    privileged="1" if privileged else "0", recording=recording or None)
     s.agi.set_variable(V.DIAL, s.cfg["dial"]["template"].format(number=number))
     s.agi.set_variable(V.RING_S, s.cfg["dial"]["ring_timeout_s"])
@@ -155,11 +155,10 @@ class Go:
     dest_class: str
 
 
-def check_policy(s: Session, facility: dict, inmate_id: str, number: str) -> int:
+def check_policy(s: Session, facility: dict, inmate_id: str, inmate: dict, number: str) -> int:
     """Facility policy before any money: status, lockdown, schedule, destination, the
     approved list and blocks, the weekly quota. Returns the time limit (s) the quota
     leaves, at most the facility's."""
-    inmate = s.store.inmate(inmate_id) or {}
     status = inmate.get("status") or "active"
     if status == "suspended":
         raise Refused("inmate_suspended", "inmate-suspended")
@@ -196,10 +195,10 @@ def check_policy(s: Session, facility: dict, inmate_id: str, number: str) -> int
     return limit_s
 
 
-def check_call(s: Session, facility: dict, inmate_id: str, number: str, call_id: str) -> Go:
+def check_call(s: Session, facility: dict, inmate_id: str, inmate: dict, number: str, call_id: str) -> Go:
     """Policy (check_policy), destination class and rate, who pays; holds the
     first minute (tax included). Any Redis error raises: no call."""
-    limit_s = check_policy(s, facility, inmate_id, number)
+    limit_s = check_policy(s, facility, inmate_id, inmate, number)
     dest_class = rating.destination_class(facility, number)
     rate = rating.class_rate(facility, dest_class)
     if rate is None:

@@ -15,6 +15,7 @@ import wave
 from datetime import datetime, timezone
 
 import pytest
+import structlog
 
 from ics import audio, cli, policy, records
 
@@ -38,8 +39,11 @@ def lines(stack, phones):
 def icsctl(*args: str) -> tuple[int, str]:
     """icsctl in this process (stack.env is in os.environ): exit status and stdout."""
     buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        rc = cli.main(list(args))
+    try:
+        with contextlib.redirect_stdout(buf):
+            rc = cli.main(list(args))
+    finally:
+        structlog.reset_defaults()  # main() configured logging for itself; later tests need theirs
     return rc, buf.getvalue()
 
 
