@@ -11,7 +11,7 @@ import pytest
 
 from agi.flows.inmate import notice_options, recording_name
 from agi.server import FastAGIServer
-from ics import config, livecalls, policy, records
+from ics import config, livecalls, policy, rating, records
 from ics.store import Store, StoreError, connect, now_ms
 
 from .test_flows_scripted import INMATE, NUMBER, PIN, ScriptedAsterisk, env_block, fastagi
@@ -233,7 +233,10 @@ def test_a_call_that_may_dial_carries_caller_id_notice_recording_and_quota_limit
     assert 'SET VARIABLE "CALLERID(num)" "3125550000"' in cmds
     assert 'SET VARIABLE "CALLERID(name)" "Test Facility"' in cmds
     assert rec["limit_s"] == 300
-    assert 'SET VARIABLE "ICS_NOTICE" ":240000:60000"' in cmds
+    # L() is the backstop a few seconds past the 5 minutes: the first notice still comes 60 s in
+    dial_limit = 300_000 + rating.BACKSTOP_MS
+    assert f'SET VARIABLE "ICS_LIMIT_MS" "{dial_limit}"' in cmds
+    assert f'SET VARIABLE "ICS_NOTICE" ":{dial_limit - 60_000}:60000"' in cmds
     assert rec["privileged"] == "0" and rec["recording"].endswith(f"/{rec['call_id']}.wav")
 
 
