@@ -10,11 +10,11 @@ from datetime import datetime, timezone
 import pytest
 
 from agi.flows.inmate import notice_options, recording_name
-from agi.server import FastAGIServer
 from ics import config, livecalls, policy, rating, records
 from ics.store import Store, StoreError, connect, now_ms
 
-from .test_flows_scripted import INMATE, NUMBER, PIN, ScriptedAsterisk, env_block, fastagi
+from .test_flows_billing import port, run_call  # noqa: F401 (fixture)
+from .test_flows_scripted import INMATE, NUMBER, PIN
 
 
 # --- pure policy ---------------------------------------------------------------------------
@@ -170,24 +170,6 @@ def test_unit_schedule_replaces_the_facility_schedule_and_lockdowns_scope(world)
 
 # --- the inmate flow over FastAGI -------------------------------------------------------------
 
-@pytest.fixture
-def port(world):
-    cfg, store = world
-    cfg.values["fastagi"]["port"] = 0
-    srv = FastAGIServer(cfg, store)
-    t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    t.start()
-    yield srv.server_address[1]
-    srv.shutdown()
-    srv.server_close()
-
-
-def run_call(port, store, number=NUMBER):
-    cmds = fastagi(port, ScriptedAsterisk(), env_block("inmate", extension=number))
-    call_id = [c for c in cmds if '"ICS_CALL_ID"' in c][0].split('"')[3]
-    return cmds, records.get(store.r, call_id)
-
-
 def result(cmds) -> str:
     return [c for c in cmds if c.startswith('SET VARIABLE "ICS_RESULT"')][-1].split('"')[3]
 
@@ -228,7 +210,7 @@ def test_a_call_that_may_dial_carries_caller_id_notice_recording_and_quota_limit
     store.r.hset("ics:facility:main", mapping={"notice_interval_s": 60, "caller_id": "3125550000"})
     store.set_inmate_status(INMATE, "restricted", quota_minutes_week=30)
     store.count_week(INMATE, policy.week_of(now_ms(), "UTC"), 25)  # 5 minutes left
-    cmds, rec = run_call(port, store)
+    cmds, rec = run_call(port, store, NUMBER)
     assert result(cmds) == "dial"
     assert 'SET VARIABLE "CALLERID(num)" "3125550000"' in cmds
     assert 'SET VARIABLE "CALLERID(name)" "Test Facility"' in cmds
@@ -243,7 +225,7 @@ def test_a_call_that_may_dial_carries_caller_id_notice_recording_and_quota_limit
 def test_a_privileged_number_is_flagged_and_gets_no_recording(port, world):
     _, store = world
     store.set_privileged(NUMBER, "Attorney J. Smith")
-    cmds, rec = run_call(port, store)
+    cmds, rec = run_call(port, store, NUMBER)
     assert result(cmds) == "dial"
     assert rec["privileged"] == "1" and "recording" not in rec
     assert 'SET VARIABLE "CALLERID(num)" "anonymous"' in cmds  # no caller_id: withheld
