@@ -218,6 +218,10 @@ def test_recorded_call_file_notice_to_called_party_and_caller_id(ami, lines, tmp
     heard = loud_spans(tmp_path / "called.wav")
     assert any(13_000 <= start <= 17_500 and end - start >= 1000 for start, end in heard), heard
     assert not loud_spans(tmp_path / "inmate.wav")
+    # ... and AMI saw Asterisk play the notice file on the called channel only
+    notices = ami.events({"Event": "TestEvent", "State": "PLAYBACK",
+                          "Message": "ics/prompts/facility-notice"}, since=mark)
+    assert notices and {e["Channel"].split("-")[0] for e in notices} == {FAMILY}, notices
     assert ami.events(lambda e: e.get("Event") == "MixMonitorStart" and e.get("Channel", "").startswith(FAMILY),
                       since=mark)
 
