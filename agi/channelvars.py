@@ -11,6 +11,11 @@ Set by the call flow for the dialplan (dialplan/extensions.conf):
   ICS_LIMIT_MS    Dial L() backstop: the call's limit (the smaller of the facility
                   limit and what the reserved balance buys) plus a few seconds; the
                   AMI listener ends the call at the limit itself, with a prompt
+  ICS_NOTICE      ":<warn ms>:<repeat ms>" appended to L(): the periodic facility
+                  notice to the called party (LIMIT_* below), or empty when off
+  CALLERID(name), CALLERID(num)  fixed per facility before Dial
+Set by the dialplan for the notice (Dial L() reads them from the inmate channel):
+  LIMIT_WARNING_FILE, LIMIT_PLAYAUDIO_CALLER, LIMIT_PLAYAUDIO_CALLEE
 Set on the called channel by the called-party menu:
   GOSUB_RESULT    "ABORT" unless the call was accepted (Asterisk's Dial U() contract)
   TIMEOUT(absolute)  on accept: the paid minute plus rating.BACKSTOP_MS; the AMI
@@ -26,5 +31,6 @@ RESULT = "ICS_RESULT"
 DIAL = "ICS_DIAL"
 RING_S = "ICS_RING_S"
 LIMIT_MS = "ICS_LIMIT_MS"
+NOTICE = "ICS_NOTICE"
 GOSUB_RESULT = "GOSUB_RESULT"
 TIMEOUT = "TIMEOUT(absolute)"

@@ -20,9 +20,11 @@ from typing import Any, Callable
 
 import redis
 
-from . import audio, config, ledger, logs, prompts, rating, reasons, records, statements
+from . import audio, config, keys, ledger, livecalls, logs, prompts, rating, reasons, records, statements
+from .amiclient import AmiClient, AmiError
 from .config import ConfigError, facility_settings
-from .store import (ACCOUNT_TYPES, INACTIVITY_MS, INMATE_ID_RE, LINE_TYPES, Store, StoreError, check_id,
+from .store import (ACCOUNT_TYPES, INACTIVITY_MS, INMATE_ID_RE, INMATE_STATUSES, LINE_TYPES, Store, StoreError,
+                    check_id,
                     connect, now_ms, valid_destination, valid_number)
 
 PROG = "icsctl"
@@ -31,7 +33,7 @@ MAX_CALLS_LIMIT = 10_000
 NAME_MAX_S = 10  # longest imported name recording (ics.audio.import_file truncates)
 SETTINGS = tuple(config.DEFAULTS["facility_defaults"])
 DIGIT_SETTINGS = config.FACILITY_DIGIT_KEYS
-ZERO_OK = ("adp", "facility_cost_cents", "rate_local_cents", "rate_instate_cents",
+ZERO_OK = ("adp", "facility_cost_cents", "notice_interval_s", "rate_local_cents", "rate_instate_cents",
            "rate_interstate_cents", "rate_international_cents", "tax_bps", "hold_grace_s")  # 0 is meaningful
 SETTING_HELP = {
     "type": "prison or jail (sets the FCC cap); ",
@@ -47,6 +49,11 @@ SETTING_HELP = {
     "hold_grace_s": "a hold undone within this is forgiven, 0 = none; ",
     "local_npas": "comma-separated local area codes; ",
     "state_npas": "comma-separated in-state area codes; ",
+    "timezone": "IANA time zone of schedules and dates; ",
+    "schedule": 'calling hours, e.g. "mon-fri 08:00-21:00; sun 09:00-17:00"; ',
+    "approved_max": "numbers per inmate (pending + approved); ",
+    "notice_interval_s": "in-call facility notice to the called party every N s, 0 = off; ",
+    "caller_id": "outbound caller ID number (10 digits), empty = withheld; ",
 }
 
 log = logs.get("icsctl")
@@ -302,6 +309,12 @@ def facility_show(store: Store, a) -> int:
         ("taxes", f"{doc['tax_bps'] / 100:g} %  ({src('tax_bps')})"),
         ("local area codes", doc["local_npas"] or "none"),
         ("in-state area codes", doc["state_npas"] or "none"),
+        ("time zone", f"{doc['timezone']}  ({src('timezone')})"),
+        ("schedule", f"{doc['schedule'] or 'any time'}  ({src('schedule')}; a unit's own replaces it)"),
+        ("approved max", f"{doc['approved_max']}  ({src('approved_max')})"),
+        ("in-call notice", (f"every {doc['notice_interval_s']} s" if doc["notice_interval_s"] else "off")
+                           + f"  ({src('notice_interval_s')})"),
+        ("caller ID", f"{doc['caller_id'] or 'withheld'}  ({src('caller_id')})"),
         ("PIN tries per call", f"{doc['pin_max_tries']}  ({src('pin_max_tries')})"),
         ("PIN locks after", f"{doc['pin_lock_after']} failures  ({src('pin_lock_after')})"),
         ("rule hold", rule_text(doc, "rule_hold", f"after {doc['hold_grace_s']} s grace", src)),
@@ -343,6 +356,10 @@ def inmate_show(store: Store, a) -> int:
         "pin_failures": store.pin_failure_count(a.iid),
         "name_recorded": inmate.get("name_recorded") == "1",
         "name_audio": str(wav) if prompts.exists(store.cfg.sounds_dir, prompts.name_sound(a.iid)) else None,
+        "unit": inmate.get("unit") or None,
+        "status": inmate.get("status") or "active",
+        "quota_calls_week": int(inmate.get("quota_calls_week") or 0),
+        "quota_minutes_week": int(inmate.get("quota_minutes_week") or 0),
         "approved_numbers": store.approved_numbers(a.iid),
         "blocked_numbers": store.blocked_numbers(inmate=a.iid),
     }
@@ -351,6 +368,10 @@ def inmate_show(store: Store, a) -> int:
         return 0
     fields([
         ("inmate", doc["id"]), ("name", doc["name"]), ("facility", doc["facility"]),
+        ("living unit", doc["unit"] or "none (the facility's schedule applies)"),
+        ("status", doc["status"] + (f" ({doc['quota_calls_week'] or 'any'} calls, "
+                                    f"{doc['quota_minutes_week'] or 'any'} minutes a week)"
+                                    if doc["status"] == "restricted" else "")),
         ("PIN locked", "YES: " + f"{PROG} inmate unlock {a.iid}" if doc["pin_locked"] else "no"),
         ("wrong PINs in a row", doc["pin_failures"]),
         ("name recorded", yes_no(doc["name_recorded"])),
@@ -392,21 +413,65 @@ def inmate_approve(store: Store, a) -> int:
     if store.is_approved(a.iid, a.number):
         out(f"{a.number} is already approved for inmate {a.iid}")
         return 0
-    store.approve_number(a.iid, a.number)
-    log.info("ops.inmate_approve", inmate=a.iid, number=a.number)
-    out(f"approved {a.number} for inmate {a.iid}")
+    before = store.approve_number(a.iid, a.number)
+    log.info("ops.inmate_approve", inmate=a.iid, number=a.number, was=before or None)
+    out(f"approved {a.number} for inmate {a.iid}" + (f" (was {before})" if before else ""))
     if store.account_for_number(a.number) is None:
         out(f"note: no account pays for {a.number} yet ({PROG} account create ... --number {a.number})")
+    return 0
+
+
+def inmate_request(store: Store, a) -> int:
+    """A number the inmate asked for: on the list, not callable until staff approve it."""
+    need_inmate(store, a.iid)
+    need_number(a.number)
+    state = store.number_state(a.iid, a.number)
+    if state in ("pending", "approved"):
+        out(f"{a.number} is already {state} for inmate {a.iid}")
+        return 0
+    store.set_number_state(a.iid, a.number, "pending")
+    log.info("ops.inmate_request", inmate=a.iid, number=a.number, was=state)
+    out(f"{a.number} is pending staff approval for inmate {a.iid}")
+    return 0
+
+
+def inmate_reject(store: Store, a) -> int:
+    need_inmate(store, a.iid)
+    need_number(a.number)
+    before = store.set_number_state(a.iid, a.number, "rejected")
+    log.info("ops.inmate_reject", inmate=a.iid, number=a.number, was=before or None)
+    out(f"rejected {a.number} for inmate {a.iid}" + (f" (was {before})" if before else ""))
+    return 0
+
+
+def inmate_unit(store: Store, a) -> int:
+    need_inmate(store, a.iid)
+    store.set_inmate_unit(a.iid, a.unit)
+    log.info("ops.inmate_unit", inmate=a.iid, unit=a.unit)
+    out(f"inmate {a.iid} now lives in unit {a.unit}")
+    return 0
+
+
+def inmate_status(store: Store, a) -> int:
+    need_inmate(store, a.iid)
+    store.set_inmate_status(a.iid, a.status, a.calls_per_week or 0, a.minutes_per_week or 0)
+    log.info("ops.inmate_status", inmate=a.iid, status=a.status, quota_calls_week=a.calls_per_week,
+             quota_minutes_week=a.minutes_per_week)
+    quota = [f"{n} {what}/week" for n, what in ((a.calls_per_week, "calls"), (a.minutes_per_week, "minutes"))
+             if n]
+    out(f"inmate {a.iid} is {a.status}" + (f" ({', '.join(quota)})" if quota else ""))
     return 0
 
 
 def inmate_numbers(store: Store, a) -> int:
     inmate = need_inmate(store, a.iid)
     docs = []
-    for number in store.approved_numbers(a.iid):
+    for number, state in store.number_states(a.iid).items():
         acct = store.account_for_number(number)
         docs.append({
             "number": number,
+            "approval": state,
+            "privileged": store.privileged(number) is not None,
             "blocked": store.block_reason(a.iid, inmate.get("facility", ""), number),
             "account": acct.id if acct else None,
             "available_cents": acct.available_cents if acct else None,
@@ -414,10 +479,13 @@ def inmate_numbers(store: Store, a) -> int:
     if a.json:
         emit_json({"inmate": a.iid, "numbers": docs})
         return 0
-    rows = [[d["number"], d["blocked"].replace("blocked_", "blocked by ") if d["blocked"] else "callable",
+    rows = [[d["number"], d["approval"] + (" (privileged)" if d["privileged"] else ""),
+             d["blocked"].replace("blocked_", "blocked by ") if d["blocked"]
+             else "callable" if d["approval"] == "approved" else "not callable",
              d["account"] or "NO ACCOUNT",
              dollars(d["available_cents"]) if d["account"] else None] for d in docs]
-    table(["NUMBER", "STATUS", "ACCOUNT", "AVAILABLE"], rows, f"inmate {a.iid} has no approved numbers")
+    table(["NUMBER", "APPROVAL", "STATUS", "ACCOUNT", "AVAILABLE"], rows,
+          f"inmate {a.iid} has no numbers on the list")
     return 0
 
 
@@ -738,6 +806,10 @@ def calls_show(store: Store, a) -> int:
     if rec is None:
         raise CliError(f"no such call {a.call_id}")
     doc = call_doc(rec)
+    if rec.get("recording"):
+        path = store.cfg.recordings_dir / rec["recording"]
+        doc["recording_path"] = str(path)
+        doc["recording_ms"] = audio.duration_ms(path) if path.is_file() else None
     if a.json:
         emit_json(doc)
         return 0
@@ -760,6 +832,10 @@ def calls_show(store: Store, a) -> int:
         pairs.append((k, v))
     if "bridged_duration_ms" in doc:
         pairs.append(("bridged for", f"{doc['bridged_duration_ms'] / 1000:.1f} s"))
+    if doc.get("recording_path"):
+        length = doc.get("recording_ms")
+        pairs.append(("recording file", doc["recording_path"] + (f" ({length / 1000:.1f} s)"
+                                                                  if length is not None else " (missing)")))
     fields(pairs)
     if "evidence" in doc:
         out("evidence (AMI events that triggered the rule):")
@@ -778,6 +854,136 @@ def evidence_line(ev: Any) -> str:
         pass
     extra = ", ".join(f"{k}={v}" for k, v in ev.items() if k not in ("event", "time", "channel"))
     return f"{when}  {ev.get('event', '?')}  {ev.get('channel', '')}" + (f"  ({extra})" if extra else "")
+
+
+# --- living units and lockdowns -------------------------------------------------------
+
+def unit_create(store: Store, a) -> int:
+    need_facility(store, a.fid)
+    if store.unit(a.fid, a.uid):
+        raise CliError(f"unit {a.uid} already exists at facility {a.fid}")
+    store.create_unit(a.fid, a.uid, one_line("unit name", a.name), a.schedule or "")
+    log.info("ops.unit_create", facility=a.fid, unit=a.uid, schedule=a.schedule or "")
+    out(f"created unit {a.uid} at facility {a.fid}; schedule: {a.schedule or 'the facility schedule'}")
+    return 0
+
+
+def unit_schedule(store: Store, a) -> int:
+    need_facility(store, a.fid)
+    store.set_unit_schedule(a.fid, a.uid, a.schedule)
+    log.info("ops.unit_schedule", facility=a.fid, unit=a.uid, schedule=a.schedule)
+    out(f"unit {a.uid} schedule: {a.schedule or 'the facility schedule'}")
+    return 0
+
+
+def unit_list(store: Store, a) -> int:
+    fac = need_facility(store, a.fid)
+    docs = []
+    for uid in store.units(a.fid):
+        u = store.unit(a.fid, uid) or {}
+        docs.append({"id": uid, "name": u.get("name"), "schedule": u.get("schedule") or None,
+                     "lockdown": store.r.exists(keys.lockdown(a.fid, uid)) == 1})
+    if a.json:
+        emit_json({"facility": a.fid, "timezone": fac["timezone"], "schedule": fac["schedule"] or None,
+                   "units": docs})
+        return 0
+    table(["UNIT", "NAME", "SCHEDULE", "LOCKDOWN"],
+          [[d["id"], d["name"], d["schedule"] or f"(facility) {fac['schedule'] or 'any time'}",
+            yes_no(d["lockdown"])] for d in docs], f"facility {a.fid} has no units")
+    return 0
+
+
+def lockdown_on(store: Store, a) -> int:
+    need_facility(store, a.facility)
+    by = one_line("--by", a.by)
+    store.set_lockdown(a.facility, a.unit, by, a.note or "", a.end_live)
+    scope = f"unit {a.unit} of facility {a.facility}" if a.unit else f"facility {a.facility}"
+    store.audit("lockdown_on", by, "", f"{scope}; end live calls: {yes_no(a.end_live)}; {a.note or ''}")
+    log.info("ops.lockdown_on", facility=a.facility, unit=a.unit, by=by, end_live=a.end_live)
+    out(f"lockdown on for {scope}: new calls are refused")
+    if a.end_live:
+        with AmiClient.from_config(store.cfg) as ami:
+            ended = livecalls.end_for_lockdown(store, ami, a.facility, a.unit, by)
+        out(f"live calls ended: {len(ended)}" + (f" ({', '.join(ended)})" if ended else ""))
+    return 0
+
+
+def lockdown_off(store: Store, a) -> int:
+    need_facility(store, a.facility)
+    by = one_line("--by", a.by)
+    scope = f"unit {a.unit} of facility {a.facility}" if a.unit else f"facility {a.facility}"
+    if not store.clear_lockdown(a.facility, a.unit):
+        raise CliError(f"{scope} is not in lockdown")
+    store.audit("lockdown_off", by, "", scope)
+    log.info("ops.lockdown_off", facility=a.facility, unit=a.unit, by=by)
+    out(f"lockdown lifted for {scope}")
+    return 0
+
+
+# --- privileged numbers, investigators, audit ------------------------------------------
+
+def privileged_add(store: Store, a) -> int:
+    need_number(a.number)
+    store.set_privileged(a.number, one_line("--note", a.note))
+    log.info("ops.privileged_add", number=a.number)
+    out(f"{a.number} is privileged: calls to it are never recorded or monitored")
+    return 0
+
+
+def privileged_remove(store: Store, a) -> int:
+    need_number(a.number)
+    if not store.remove_privileged(a.number):
+        raise CliError(f"{a.number} is not privileged")
+    log.info("ops.privileged_remove", number=a.number)
+    out(f"{a.number} is no longer privileged")
+    return 0
+
+
+def privileged_list(store: Store, a) -> int:
+    numbers = store.privileged_numbers()
+    if a.json:
+        emit_json({"privileged": [{"number": n, "note": t} for n, t in numbers.items()]})
+        return 0
+    table(["NUMBER", "NOTE"], [[n, t] for n, t in numbers.items()], "no privileged numbers")
+    return 0
+
+
+def monitor_start(store: Store, a) -> int:
+    by = one_line("--by", a.by)
+    with AmiClient.from_config(store.cfg) as ami:
+        mid = livecalls.monitor_start(store, ami, a.call_id, by, a.phone)
+    log.info("ops.monitor_start", call_id=a.call_id, by=by, phone=a.phone, monitor=mid)
+    out(f"monitor {mid}: ringing {a.phone}, listen only (stop: {PROG} monitor stop {mid} --by ...)")
+    return 0
+
+
+def monitor_stop(store: Store, a) -> int:
+    by = one_line("--by", a.by)
+    with AmiClient.from_config(store.cfg) as ami:
+        mon = livecalls.monitor_stop(store, ami, a.monitor_id, by)
+    log.info("ops.monitor_stop", call_id=mon["call"], by=by, monitor=a.monitor_id)
+    out(f"monitor {a.monitor_id} stopped (call {mon['call']})")
+    return 0
+
+
+def monitor_cut(store: Store, a) -> int:
+    by = one_line("--by", a.by)
+    with AmiClient.from_config(store.cfg) as ami:
+        livecalls.cut_off(store, ami, a.call_id, by)
+    log.info("ops.cut_off", call_id=a.call_id, by=by)
+    out(f"call {a.call_id} cut off")
+    return 0
+
+
+def audit_list(store: Store, a) -> int:
+    rows = store.audit_entries(a.call)
+    if a.json:
+        emit_json({"audit": [{**r, "ts": int(r["ts"]), "at": iso(int(r["ts"]))} for r in rows]})
+        return 0
+    table(["WHEN (UTC)", "ACTION", "BY", "CALL", "DETAIL"],
+          [[utc(int(r["ts"])), r["action"], r["by"], r.get("call"), r.get("detail")] for r in rows],
+          "no audit entries")
+    return 0
 
 
 # --- command line ------------------------------------------------------------------
@@ -842,6 +1048,77 @@ def build_parser() -> Parser:
     c = command(inm, "numbers", inmate_numbers, "an inmate's approved numbers, blocks and accounts",
                 json_out=True)
     c.add_argument("iid", metavar="IID")
+
+    c = command(inm, "request", inmate_request, "put a number on the inmate's list, pending staff approval")
+    c.add_argument("iid", metavar="IID")
+    c.add_argument("number", metavar="NUMBER")
+    c = command(inm, "reject", inmate_reject, "reject a number (it stays listed as rejected)")
+    c.add_argument("iid", metavar="IID")
+    c.add_argument("number", metavar="NUMBER")
+    c = command(inm, "unit", inmate_unit, "move an inmate to a living unit (its schedule applies)")
+    c.add_argument("iid", metavar="IID")
+    c.add_argument("unit", metavar="UNIT")
+    c = command(inm, "status", inmate_status, "active, restricted (weekly quota) or suspended")
+    c.add_argument("iid", metavar="IID")
+    c.add_argument("status", choices=INMATE_STATUSES)
+    c.add_argument("--calls-per-week", type=positive_int, metavar="N", help="restricted: accepted calls")
+    c.add_argument("--minutes-per-week", type=positive_int, metavar="N", help="restricted: billed minutes")
+
+    un = groups.add_parser("unit", help="living units and their calling schedules").add_subparsers(
+        dest="cmd", required=True, metavar="SUBCOMMAND")
+    c = command(un, "create", unit_create, "create a living unit")
+    c.add_argument("fid", metavar="FID")
+    c.add_argument("uid", metavar="UNIT")
+    c.add_argument("--name", required=True)
+    c.add_argument("--schedule", help='e.g. "mon-fri 08:00-21:00; sat,sun 09:00-20:00" (facility time); '
+                                      "default: the facility's")
+    c = command(un, "schedule", unit_schedule, 'set a unit\'s schedule ("" = the facility\'s)')
+    c.add_argument("fid", metavar="FID")
+    c.add_argument("uid", metavar="UNIT")
+    c.add_argument("schedule", metavar="SCHEDULE")
+    c = command(un, "list", unit_list, "a facility's units, schedules and lockdowns", json_out=True)
+    c.add_argument("fid", metavar="FID")
+
+    lk = groups.add_parser("lockdown", help="refuse new calls from a facility or unit").add_subparsers(
+        dest="cmd", required=True, metavar="SUBCOMMAND")
+    for name, fn, help in (("on", lockdown_on, "start a lockdown (audited)"),
+                           ("off", lockdown_off, "lift a lockdown (audited)")):
+        c = command(lk, name, fn, help)
+        c.add_argument("--facility", required=True, metavar="FID")
+        c.add_argument("--unit", metavar="UNIT", help="one living unit (default: the whole facility)")
+        c.add_argument("--by", required=True, help="who orders it")
+        if name == "on":
+            c.add_argument("--note", help="why")
+            c.add_argument("--end-live", action="store_true",
+                           help="also end calls in progress, with a prompt to both parties")
+
+    pv = groups.add_parser("privileged", help="attorney numbers: never recorded or monitored"
+                           ).add_subparsers(dest="cmd", required=True, metavar="SUBCOMMAND")
+    c = command(pv, "add", privileged_add, "register a privileged number")
+    c.add_argument("number", metavar="NUMBER")
+    c.add_argument("--note", required=True, help='who it is, e.g. "Attorney J. Smith, bar 12345"')
+    c = command(pv, "remove", privileged_remove, "unregister a privileged number")
+    c.add_argument("number", metavar="NUMBER")
+    command(pv, "list", privileged_list, "privileged numbers", json_out=True)
+
+    mon = groups.add_parser("monitor", help="investigators: listen to a live call, cut it off (audited)"
+                            ).add_subparsers(dest="cmd", required=True, metavar="SUBCOMMAND")
+    c = command(mon, "start", monitor_start, "ring PHONE and listen to the call (listen only)")
+    c.add_argument("call_id", metavar="CALL_ID")
+    c.add_argument("--phone", required=True, help="the investigator's SIP endpoint, e.g. investigator1")
+    c.add_argument("--by", required=True, help="the investigator")
+    c = command(mon, "stop", monitor_stop, "stop listening")
+    c.add_argument("monitor_id", metavar="MONITOR_ID")
+    c.add_argument("--by", required=True)
+    c = command(mon, "cut", monitor_cut, "end the call now")
+    c.add_argument("call_id", metavar="CALL_ID")
+    c.add_argument("--by", required=True)
+
+    c = groups.add_parser("audit", help="who monitored, cut off or locked down what, when",
+                          description="the audit log")
+    c.set_defaults(fn=audit_list)
+    c.add_argument("--call", metavar="CALL_ID", help="only this call")
+    c.add_argument("--json", action="store_true")
 
     blk = groups.add_parser("block", help="numbers blocked for an inmate or a facility").add_subparsers(
         dest="cmd", required=True, metavar="SUBCOMMAND")
@@ -954,7 +1231,7 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as exc:
             return fail(f"redis.url {redacted(url)!r} is not usable: {exc}")
         return args.fn(Store(r, cfg), args)
-    except (CliError, StoreError, ConfigError, audio.AudioError) as exc:
+    except (CliError, StoreError, ConfigError, audio.AudioError, AmiError) as exc:
         return fail(str(exc))
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
         return fail(f"cannot reach Redis at {redacted(url)}: {exc}")

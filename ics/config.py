@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from . import rating
+from . import policy, rating
 
 DEFAULT_CONFIG_PATH = "/etc/ics/ics.toml"
 
@@ -41,6 +41,11 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "ping_timeout_s": 3,
         # the listener's own AMI user: reads only the events its rules need (manager.conf eventfilter)
         "listener_user": "ics-listener",
+    },
+    "recordings": {
+        # Host path of Asterisk's monitor directory: MixMonitor files live under
+        # ics/<facility>/<inmate>/<YYYY-MM-DD>/<call id>.wav in it.
+        "dir": "/var/spool/asterisk/monitor",
     },
     "sounds": {
         # Host path of the directory Asterisk knows as "<sounds>/ics": it holds
@@ -92,6 +97,13 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "digits_max": 3,  # more keypad digits than this from the called side ...
         "digits_window_s": 10,  # ... within this many seconds
         "warn_before_s": "60,30",  # notices to both parties this many seconds before the time limit
+        # Policy (ics.policy): schedules are read in the facility's time zone; a living
+        # unit's schedule replaces the facility's; "" = calls at any time.
+        "timezone": "UTC",  # IANA name, e.g. America/Chicago
+        "schedule": "",  # e.g. "mon-fri 08:00-21:00; sat,sun 09:00-20:00"
+        "approved_max": 20,  # numbers per inmate, pending and approved together
+        "notice_interval_s": 0,  # in-call "correctional facility" notice to the called party; 0 = off
+        "caller_id": "",  # outbound caller ID number (10 digits); "" = withheld (anonymous)
     },
 }
 
@@ -137,6 +149,28 @@ def _check_facility(values: Mapping[str, Any], where: str) -> None:
     except ValueError as exc:
         raise ConfigError(f"{where}: {exc}") from None
     _check_rating(values, where)
+    _check_policy(values, where)
+
+
+MIN_NOTICE_INTERVAL_S = 15  # a shorter interval would talk over the whole call
+
+
+def _check_policy(values: Mapping[str, Any], where: str) -> None:
+    """Time zone, schedule, approved-list size, in-call notice and caller ID."""
+    try:
+        policy.zone(values["timezone"])
+        policy.parse_schedule(values["schedule"])
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    if values["approved_max"] <= 0:
+        raise ConfigError(f"{where}: approved_max must be positive, got {values['approved_max']}")
+    notice = values["notice_interval_s"]
+    if notice and not MIN_NOTICE_INTERVAL_S <= notice < values["time_limit_s"]:
+        raise ConfigError(f"{where}: notice_interval_s is 0 (off) or {MIN_NOTICE_INTERVAL_S} s up to "
+                          f"less than time_limit_s ({values['time_limit_s']}), got {notice}")
+    if values["caller_id"] and not policy.TEN_DIGIT_RE.match(values["caller_id"]):
+        raise ConfigError(f"{where}: caller_id is a 10-digit number (or empty: withheld), "
+                          f"got {values['caller_id']!r}")
 
 
 MAX_TAX_BPS = 5000  # 50 %: anything above is a typo (bps, not percent)
@@ -211,6 +245,10 @@ class Config:
     @property
     def sounds_dir(self) -> Path:
         return Path(self.values["sounds"]["dir"])
+
+    @property
+    def recordings_dir(self) -> Path:
+        return Path(self.values["recordings"]["dir"])
 
 
 def load(path: str | None = None, environ: Mapping[str, str] | None = None) -> Config:

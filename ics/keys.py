@@ -5,10 +5,25 @@ All money fields are integer cents. All times are integer epoch milliseconds.
   ics:facilities                    set    facility ids
   ics:facility:{fid}                hash   name, overrides of [facility_defaults]
   ics:inmate:{iid}                  hash   facility, name, pin_salt, pin_hash,
-                                           pin_locked (0/1), name_recorded (0/1)
+                                           pin_locked (0/1), name_recorded (0/1), unit (living
+                                           unit id), status (active|restricted|suspended),
+                                           quota_calls_week, quota_minutes_week (restricted; 0 = none)
+  ics:inmate:{iid}:week:{yyyyWww}   hash   calls, minutes: accepted calls and billed minutes in
+                                           that ISO week, facility time (counted once at settlement)
   ics:inmate:{iid}:pin_failures     string consecutive wrong PINs (reset on success)
-  ics:inmate:{iid}:approved         hash   number -> approval state ("approved")
+  ics:inmate:{iid}:approved         hash   number -> approval state (pending|approved|rejected);
+                                           pending + approved at most the facility's approved_max
   ics:inmates                       set    inmate ids
+  ics:units:{fid}                   set    living unit ids of a facility
+  ics:unit:{fid}:{uid}              hash   name, schedule (ics.policy; "" = the facility's)
+  ics:lockdown:{fid}                hash   facility-wide lockdown while present: since_ms, by,
+                                           note, end_live (0/1)
+  ics:lockdown:{fid}:{uid}          hash   the same for one living unit
+  ics:privileged                    hash   number -> note (attorney): never recorded or monitored
+  ics:audit                         stream append-only: action, by, call, ts, detail (investigator
+                                           monitoring, cut-offs, lockdowns)
+  ics:monitor:{mid}                 hash   one live-monitoring session: call, by, channel_id,
+                                           started_ms, stopped_ms
   ics:block:inmate:{iid}            set    numbers this inmate may not call
   ics:block:facility:{fid}          set    numbers no inmate of the facility may call
   ics:account:{aid}                 hash   type (prepaid|direct_bill|inmate_debit), owner,
@@ -54,6 +69,30 @@ def pin_failures(iid: str) -> str:
 
 def approved(iid: str) -> str:
     return f"{PREFIX}:inmate:{iid}:approved"
+
+
+def inmate_week(iid: str, week: str) -> str:
+    return f"{PREFIX}:inmate:{iid}:week:{week}"
+
+
+def units(fid: str) -> str:
+    return f"{PREFIX}:units:{fid}"
+
+
+def unit(fid: str, uid: str) -> str:
+    return f"{PREFIX}:unit:{fid}:{uid}"
+
+
+def lockdown(fid: str, uid: str | None = None) -> str:
+    return f"{PREFIX}:lockdown:{fid}" if not uid else f"{PREFIX}:lockdown:{fid}:{uid}"
+
+
+PRIVILEGED = f"{PREFIX}:privileged"
+AUDIT = f"{PREFIX}:audit"
+
+
+def monitor(mid: str) -> str:
+    return f"{PREFIX}:monitor:{mid}"
 
 
 def block_inmate(iid: str) -> str:

@@ -10,6 +10,14 @@ REASONS: dict[str, str] = {
     "pin_locked": "The inmate's PIN is locked after repeated failures; staff must unlock it",
     "invalid_number": "The dialed number is neither a 10-digit number nor 011 and an international number",
     "not_approved": "The number is not on the inmate's approved list",
+    "approval_pending": "The number is on the inmate's list but staff have not approved it yet",
+    "toll_free_not_allowed": "Toll-free numbers (800, 833, 844, 855, 866, 877, 888) cannot be called",
+    "premium_not_allowed": "Premium-rate numbers (900 and NXX 976) cannot be called",
+    "short_code_not_allowed": "N11 and other short codes (911, 411, ...) cannot be dialed from an inmate phone",
+    "inmate_suspended": "The inmate's calling privileges are suspended",
+    "quota_exhausted": "The inmate's weekly quota of calls or minutes is used up",
+    "outside_schedule": "The living unit's calling schedule does not allow calls at this time",
+    "lockdown": "The facility or living unit is in lockdown: no new calls",
     "blocked_inmate": "The called party blocked calls from this inmate",
     "blocked_facility": "The number is blocked for the whole facility",
     # no longer produced: a number without an account is needs_prepaid (kept for old records)
@@ -42,6 +50,8 @@ REASONS: dict[str, str] = {
     "conference": "A third party was added to the call (conference or a new linked channel)",
     "silence": "No one spoke on the call for longer than the facility allows",
     "extra_digits": "The called party pressed more keypad digits than the facility allows during the call",
+    "lockdown_ended": "A lockdown ended the call while it was in progress",
+    "cut_off": "An investigator cut the call off",
     # faults
     "system_error": "A fault in the calling system ended the call",
 }

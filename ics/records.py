@@ -17,6 +17,9 @@ Fields (times are epoch ms, money integer cents):
   rule rule_threshold cut_ms evidence   set when a rule of the AMI listener ended the call:
                the rule, the setting crossed, when it fired (billing stops there) and the
                AMI events that triggered it (JSON list of {event, time, channel, headers})
+  unit         the inmate's living unit when the call was placed
+  privileged   1 for a registered attorney number: never recorded, never monitored
+  recording    MixMonitor file, relative to the recordings dir (absent when privileged)
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ FIELDS = (
     "rate_cents", "dest_class", "tax_bps", "limit_s", "held_cents", "outcome", "reason", "detail",
     "billed_minutes", "billed_cents", "tax_cents", "settled", "credited_cents", "credit_reason",
     "rule", "rule_threshold", "cut_ms", "evidence", "paid_minutes",
+    "unit", "privileged", "recording",
 )
 
 INT_FIELDS = {

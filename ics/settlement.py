@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import structlog
 
-from . import rating, records
+from . import policy, rating, records
 from .store import Store, now_ms
 
 log = structlog.get_logger("ics")
@@ -53,6 +53,11 @@ def settle(store: Store, call_id: str, dialstatus: str = "", hangupsource: str =
     first, cents, minutes = store.settle(call_id, rec.get("account", ""), bill.cents, bill.minutes, rate,
                                          bill.tax_cents)
     credited = store.auto_credit(call_id)  # system_error in the first minute: credited in full, once
+    if first and bridged and rec.get("inmate"):
+        # weekly quotas count accepted calls and billed minutes, once, in the facility's week
+        fac = store.facility(rec.get("facility", ""))
+        week = policy.week_of(rec.get("started_ms") or now_ms(), fac["timezone"] if fac else "UTC")
+        store.count_week(rec["inmate"], week, minutes)
     rec = records.get(r, call_id)
     if first:
         log.info("call.settled", call_id=call_id, reason=rec.get("reason"), bridged_ms=duration,

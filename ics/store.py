@@ -19,7 +19,7 @@ from typing import Any, Mapping
 
 import redis
 
-from . import keys
+from . import keys, policy, reasons
 from .config import Config, ConfigError, facility_settings
 from .rating import INTERNATIONAL_RE
 
@@ -49,6 +49,9 @@ def valid_destination(number: str) -> bool:
 
 
 ACCOUNT_TYPES = ("prepaid", "direct_bill", "inmate_debit")
+NUMBER_STATES = ("pending", "approved", "rejected")
+INMATE_STATUSES = ("active", "restricted", "suspended")
+MAX_QUOTA = 10_000
 LINE_TYPES = ("landline", "wireless", "voip")
 MAX_MONTHLY_LIMIT_CENTS = 100_000_00
 
@@ -263,6 +266,21 @@ redis.call('HSET', call, 'credited_cents', amount, 'credit_reason', ARGV[4])
 return {1, amount}
 """
 
+# Set a number's approval state; pending + approved stay within ARGV[3] (the facility's
+# approved_max). Returns {1, previous state or ''} or {-1, previous} when over the limit.
+_NUMBER_STATE = """
+local list, number, state, limit = KEYS[1], ARGV[1], ARGV[2], tonumber(ARGV[3])
+local before = redis.call('HGET', list, number) or ''
+local counts = function(s) return s == 'pending' or s == 'approved' end
+if counts(state) and not counts(before) then
+  local n = 0
+  for _, s in ipairs(redis.call('HVALS', list)) do if counts(s) then n = n + 1 end end
+  if n >= limit then return {-1, before} end
+end
+redis.call('HSET', list, number, state)
+return {1, before}
+"""
+
 INACTIVITY_MS = 180 * 86_400_000  # FCC 64.6130: no disposal before 180 days of inactivity
 EXPIRING_TYPES = ("prepaid",)
 AUTO_CREDIT_MS = 60_000  # a system drop within the first minute of bridged time is credited in full
@@ -299,6 +317,7 @@ class Store:
         self._expire = r.register_script(_EXPIRE)
         self._dispose = r.register_script(_DISPOSE)
         self._auto_credit = r.register_script(_AUTO_CREDIT)
+        self._number_state = r.register_script(_NUMBER_STATE)
 
     # --- facilities --------------------------------------------------------
     def create_facility(self, fid: str, name: str, **overrides: Any) -> None:
@@ -371,13 +390,42 @@ class Store:
         self.r.hset(keys.inmate(iid), "name_recorded", "1")
 
     # --- numbers and blocks -------------------------------------------------
-    def approve_number(self, iid: str, number: str) -> None:
+    def approve_number(self, iid: str, number: str) -> str:
+        """Staff approval: the number becomes callable (pending or new -> approved).
+        Returns the state it had before ("" if it was not listed)."""
+        return self.set_number_state(iid, number, "approved")
+
+    def set_number_state(self, iid: str, number: str, state: str) -> str:
+        """pending (asked for, not callable), approved or rejected. Pending and approved
+        numbers together are at most the facility's approved_max, checked atomically.
+        Returns the previous state ("" if the number was not listed)."""
+        if state not in NUMBER_STATES:
+            raise StoreError(f"number state is one of {', '.join(NUMBER_STATES)}, got {state!r}")
         if not valid_destination(number):
             raise StoreError(f"invalid number {number!r}: 10 digits not starting with 0 or 1, "
                              "or 011 and an international number")
-        if not self.r.exists(keys.inmate(iid)):
+        refused = policy.destination_refusal(number)
+        if refused:
+            raise StoreError(f"{number} cannot be approved: {reasons.describe(refused)}")
+        inmate = self.inmate(iid)
+        if inmate is None:
             raise StoreError(f"no inmate {iid!r}")
-        self.r.hset(keys.approved(iid), number, "approved")
+        fac = self.facility(inmate.get("facility", ""))
+        limit = fac["approved_max"] if fac else self.cfg["facility_defaults"]["approved_max"]
+        code, before = self._number_state(keys=[keys.approved(iid)], args=[number, state, limit])
+        if code == -1:
+            raise StoreError(f"inmate {iid} already has {limit} pending or approved numbers "
+                             f"(the facility's approved_max): reject or remove one first")
+        return before
+
+    def number_state(self, iid: str, number: str) -> str | None:
+        return self.r.hget(keys.approved(iid), number)
+
+    def remove_number(self, iid: str, number: str) -> bool:
+        return bool(self.r.hdel(keys.approved(iid), number))
+
+    def number_states(self, iid: str) -> dict[str, str]:
+        return dict(sorted(self.r.hgetall(keys.approved(iid)).items()))
 
     def is_approved(self, iid: str, number: str) -> bool:
         return self.r.hget(keys.approved(iid), number) == "approved"
@@ -649,11 +697,142 @@ class Store:
         )
         return int(cents) if done == 1 else 0
 
+    # --- living units, inmate status, quotas ----------------------------------
+    def create_unit(self, fid: str, uid: str, name: str, schedule: str = "") -> None:
+        check_id("unit id", uid)
+        if not self.r.sismember(keys.FACILITIES, fid):
+            raise StoreError(f"no facility {fid!r}")
+        if not name or any(c in name for c in "\r\n\0"):
+            raise StoreError("unit name must be non-empty, one line")
+        self._check_schedule(schedule)
+        with self.r.pipeline() as p:
+            p.hset(keys.unit(fid, uid), mapping={"name": name, "schedule": schedule})
+            p.sadd(keys.units(fid), uid)
+            p.execute()
+
+    def set_unit_schedule(self, fid: str, uid: str, schedule: str) -> None:
+        if not self.r.sismember(keys.units(fid), uid):
+            raise StoreError(f"no unit {uid!r} at facility {fid!r}")
+        self._check_schedule(schedule)
+        self.r.hset(keys.unit(fid, uid), "schedule", schedule)
+
+    @staticmethod
+    def _check_schedule(schedule: str) -> None:
+        try:
+            policy.parse_schedule(schedule)
+        except ValueError as exc:
+            raise StoreError(f"schedule: {exc}") from None
+
+    def unit(self, fid: str, uid: str) -> dict[str, str] | None:
+        return self.r.hgetall(keys.unit(fid, uid)) or None
+
+    def units(self, fid: str) -> list[str]:
+        return sorted(self.r.smembers(keys.units(fid)))
+
+    def set_inmate_unit(self, iid: str, uid: str) -> None:
+        inmate = self.inmate(iid)
+        if inmate is None:
+            raise StoreError(f"no inmate {iid!r}")
+        if uid and not self.r.sismember(keys.units(inmate["facility"]), uid):
+            raise StoreError(f"no unit {uid!r} at facility {inmate['facility']!r}")
+        self.r.hset(keys.inmate(iid), "unit", uid)
+
+    def set_inmate_status(self, iid: str, status: str, quota_calls_week: int = 0,
+                          quota_minutes_week: int = 0) -> None:
+        """active, restricted (a weekly quota of calls and/or minutes; 0 = no limit of that
+        kind, at least one is needed) or suspended (no calls)."""
+        if status not in INMATE_STATUSES:
+            raise StoreError(f"status is one of {', '.join(INMATE_STATUSES)}, got {status!r}")
+        for what, n in (("calls", quota_calls_week), ("minutes", quota_minutes_week)):
+            if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= MAX_QUOTA:
+                raise StoreError(f"weekly {what} quota is a whole number 0 to {MAX_QUOTA}, got {n!r}")
+        if status == "restricted" and not (quota_calls_week or quota_minutes_week):
+            raise StoreError("a restricted inmate needs a weekly quota of calls or minutes")
+        if status != "restricted" and (quota_calls_week or quota_minutes_week):
+            raise StoreError("only a restricted inmate has a weekly quota")
+        if not self.r.exists(keys.inmate(iid)):
+            raise StoreError(f"no inmate {iid!r}")
+        self.r.hset(keys.inmate(iid), mapping={"status": status, "quota_calls_week": quota_calls_week,
+                                               "quota_minutes_week": quota_minutes_week})
+
+    def schedule_for(self, facility: Mapping[str, Any], inmate: Mapping[str, str]) -> policy.Schedule:
+        """The inmate's living unit's schedule, else the facility's."""
+        uid = inmate.get("unit", "")
+        text = (self.r.hget(keys.unit(facility["id"], uid), "schedule") or "") if uid else ""
+        return policy.parse_schedule(text or facility["schedule"])
+
+    def week_usage(self, iid: str, week: str) -> tuple[int, int]:
+        """(accepted calls, billed minutes) of the inmate in an ISO week."""
+        calls, minutes = self.r.hmget(keys.inmate_week(iid, week), "calls", "minutes")
+        return int(calls or 0), int(minutes or 0)
+
+    def count_week(self, iid: str, week: str, minutes: int) -> None:
+        """One accepted call of the inmate (settlement, once per call)."""
+        key = keys.inmate_week(iid, week)
+        with self.r.pipeline() as p:
+            p.hincrby(key, "calls", 1)
+            p.hincrby(key, "minutes", minutes)
+            p.expire(key, 60 * 86_400)  # a week's count is not needed after two months
+            p.execute()
+
+    # --- lockdown ----------------------------------------------------------------
+    def set_lockdown(self, fid: str, uid: str | None, by: str, note: str, end_live: bool) -> None:
+        if not self.r.sismember(keys.FACILITIES, fid):
+            raise StoreError(f"no facility {fid!r}")
+        if uid and not self.r.sismember(keys.units(fid), uid):
+            raise StoreError(f"no unit {uid!r} at facility {fid!r}")
+        self.r.hset(keys.lockdown(fid, uid), mapping={"since_ms": now_ms(), "by": by, "note": note,
+                                                      "end_live": int(bool(end_live))})
+
+    def clear_lockdown(self, fid: str, uid: str | None) -> bool:
+        return bool(self.r.delete(keys.lockdown(fid, uid)))
+
+    def lockdown_for(self, fid: str, uid: str = "") -> dict[str, str] | None:
+        """The lockdown that stops a call from this facility / unit (facility-wide first)."""
+        with self.r.pipeline(transaction=False) as p:
+            p.hgetall(keys.lockdown(fid))
+            p.hgetall(keys.lockdown(fid, uid) if uid else keys.lockdown(fid))
+            whole, unit = p.execute()
+        if whole:
+            return {**whole, "scope": "facility"}
+        if uid and unit:
+            return {**unit, "scope": f"unit {uid}"}
+        return None
+
+    # --- privileged (attorney) numbers -----------------------------------------------
+    def set_privileged(self, number: str, note: str) -> None:
+        if not valid_destination(number):
+            raise StoreError(f"invalid number {number!r}")
+        if not note or any(c in note for c in "\r\n\0"):
+            raise StoreError("a privileged number needs a note (who it is), one line")
+        self.r.hset(keys.PRIVILEGED, number, note)
+
+    def remove_privileged(self, number: str) -> bool:
+        return bool(self.r.hdel(keys.PRIVILEGED, number))
+
+    def privileged(self, number: str) -> str | None:
+        """The note of a privileged (attorney) number, or None."""
+        return self.r.hget(keys.PRIVILEGED, number)
+
+    def privileged_numbers(self) -> dict[str, str]:
+        return dict(sorted(self.r.hgetall(keys.PRIVILEGED).items()))
+
+    # --- audit log and monitoring sessions ---------------------------------------------
+    def audit(self, action: str, by: str, call_id: str = "", detail: str = "") -> str:
+        """Append one entry to the audit log (who did what to which call, when)."""
+        return self.r.xadd(keys.AUDIT, {"action": action, "by": by, "call": call_id,
+                                        "detail": detail, "ts": now_ms()})
+
+    def audit_entries(self, call_id: str | None = None) -> list[dict[str, str]]:
+        rows = [dict(f, id=eid) for eid, f in self.r.xrange(keys.AUDIT)]
+        return [r for r in rows if call_id is None or r.get("call") == call_id]
+
     # --- listings (read-only, for icsctl) ------------------------------------
     def facilities(self) -> list[str]:
         return sorted(self.r.smembers(keys.FACILITIES))
 
     def approved_numbers(self, iid: str) -> list[str]:
+        """Callable numbers only (state approved)."""
         return sorted(n for n, state in self.r.hgetall(keys.approved(iid)).items() if state == "approved")
 
     def blocked_numbers(self, *, inmate: str | None = None, facility: str | None = None) -> list[str]:

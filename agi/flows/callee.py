@@ -1,7 +1,8 @@
 """Called-party side, run by Dial's U() gosub once the outside phone answers.
 
 "This is a prepaid call from <name>, an inmate at <facility>. This call is
-subject to recording and monitoring." Then the menu: accept, refuse, rate
+subject to recording and monitoring." (not said on a privileged, attorney call,
+which is never recorded). Then the menu: accept, refuse, rate
 quote (then the menu again), block. No key or a wrong key: one reprompt, then
 goodbye. Only "accept" leaves GOSUB_RESULT unset, which lets Dial bridge.
 """
@@ -41,6 +42,8 @@ def run(s: Session) -> None:
     if choice == "accept":
         records.update(s.r, call_id, outcome="accepted")
         s.play("connecting")
+        if rec.get("recording"):
+            start_recording(s, rec["recording"])
         # Dial bridges the instant this gosub returns: billing starts here.
         records.update(s.r, call_id, bridged_ms=now_ms())
         # Fail closed on money: without the listener holding the next minute (and
@@ -74,12 +77,26 @@ def announce(s: Session, facility: dict, rec: dict, escape: str) -> str:
     parts = [prompts.sound("announce-from"), name, prompts.sound("announce-at")]
     if prompts.exists(s.cfg.sounds_dir, prompts.facility_sound(facility["id"])):
         parts.append(prompts.facility_sound(facility["id"]))
-    parts.append(prompts.sound("announce-recorded"))
+    if rec.get("privileged") != "1":  # an attorney call is neither recorded nor monitored
+        parts.append(prompts.sound("announce-recorded"))
     for part in parts:
         digit = s.agi.stream(part, escape)
         if digit:
             return digit
     return ""
+
+
+RECORD_OPTIONS = "b"  # MixMonitor: only while bridged, both directions mixed
+
+
+def start_recording(s: Session, name: str) -> None:
+    """MixMonitor on the called channel: it hears the inmate and speaks for the called
+    party, so both legs are mixed. A recording that cannot start stops the call (the
+    gosub still says ABORT): no unrecorded non-privileged call is ever bridged."""
+    res = s.agi.execute("EXEC", "MixMonitor", f"{name},{RECORD_OPTIONS}")
+    if res["result"][0] != "0":
+        raise RuntimeError(f"MixMonitor did not start ({res['result'][0]}) for {name}")
+    log.info("callee.recording", file=name)
 
 
 def menu(s: Session, facility: dict, rec: dict) -> str:

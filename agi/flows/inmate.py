@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import structlog
 
-from ics import prompts, rating, records
-from ics.store import Account, valid_destination
+from ics import policy, prompts, rating, records
+from ics.store import Account, now_ms, valid_destination
 
 from .. import channelvars as V
 from ..session import Session
@@ -62,7 +62,7 @@ def run(s: Session) -> None:
         inmate = s.store.inmate(inmate_id)
         if inmate.get("name_recorded") != "1":
             record_name(s, inmate_id)
-        go = check_call(s, facility, inmate_id, number, call_id)
+        go = check_call(s, facility, inmate_id, inmate, number, call_id)
     except Refused as refusal:
         records.set_reason(s.r, call_id, refusal.reason)
         records.update(s.r, call_id, outcome="refused")
@@ -71,17 +71,46 @@ def run(s: Session) -> None:
         return
 
     limit_ms, held = go.limit_ms, go.held_cents
+    # An attorney's number is never recorded or monitored; every other call is.
+    privileged = s.store.privileged(number) is not None
+    recording = "" if privileged else recording_name(facility, inmate_id, call_id)
     records.update(s.r, call_id, account=go.account, rate_cents=go.rate_cents, tax_bps=go.tax_bps,
-                   dest_class=go.dest_class, limit_s=limit_ms // 1000, held_cents=held, outcome="dialing")
+                   dest_class=go.dest_class, limit_s=limit_ms // 1000, held_cents=held, outcome="dialing",
+                   unit=inmate.get("unit") or None,
+                   privileged="1" if privileged else "0", recording=recording or None)
     s.agi.set_variable(V.DIAL, s.cfg["dial"]["template"].format(number=number))
     s.agi.set_variable(V.RING_S, s.cfg["dial"]["ring_timeout_s"])
     # The AMI listener ends the call at limit_ms with a prompt; Dial's L() is the
     # backstop should the listener be down, and settlement never bills past limit_ms.
-    s.agi.set_variable(V.LIMIT_MS, limit_ms + rating.BACKSTOP_MS)
+    dial_limit_ms = limit_ms + rating.BACKSTOP_MS
+    s.agi.set_variable(V.LIMIT_MS, dial_limit_ms)
+    s.agi.set_variable(V.NOTICE, notice_options(facility["notice_interval_s"], dial_limit_ms))
+    # The called party sees the facility, never the handset's own caller ID.
+    s.agi.set_variable("CALLERID(name)", facility["name"][:CALLER_NAME_MAX])
+    s.agi.set_variable("CALLERID(num)", facility["caller_id"] or "anonymous")
     log.info("call.dialing", limit_s=limit_ms // 1000, held_cents=held, account=go.account,
              dest_class=go.dest_class, rate_cents=go.rate_cents)
     s.play("please-hold")
     s.agi.set_variable(V.RESULT, "dial")
+
+
+CALLER_NAME_MAX = 40
+
+
+def recording_name(facility: dict, inmate_id: str, call_id: str) -> str:
+    """Where MixMonitor files the call, relative to Asterisk's monitor directory:
+    ics/<facility>/<inmate>/<YYYY-MM-DD facility time>/<call id>.wav."""
+    day = policy.local_date(now_ms(), facility["timezone"])
+    return f"ics/{facility['id']}/{inmate_id}/{day}/{call_id}.wav"
+
+
+def notice_options(interval_s: int, limit_ms: int) -> str:
+    """Dial L() warning fields for the periodic facility notice: the first after one
+    interval, then every interval (L(limit:warn:repeat), warn = ms left at the first)."""
+    interval_ms = interval_s * 1000
+    if not interval_ms or interval_ms >= limit_ms:
+        return ""
+    return f":{limit_ms - interval_ms}:{interval_ms}"
 
 
 def identify(s: Session, facility: dict) -> str:
@@ -126,16 +155,50 @@ class Go:
     dest_class: str
 
 
-def check_call(s: Session, facility: dict, inmate_id: str, number: str, call_id: str) -> Go:
-    """Number, approved list, blocks, destination class and rate, who pays; holds the
-    first minute (tax included). Any Redis error raises: no call."""
+def check_policy(s: Session, facility: dict, inmate_id: str, inmate: dict, number: str) -> int:
+    """Facility policy before any money: status, lockdown, schedule, destination, the
+    approved list and blocks, the weekly quota. Returns the time limit (s) the quota
+    leaves, at most the facility's."""
+    status = inmate.get("status") or "active"
+    if status == "suspended":
+        raise Refused("inmate_suspended", "inmate-suspended")
+    lockdown = s.store.lockdown_for(facility["id"], inmate.get("unit", ""))
+    if lockdown:
+        log.info("call.lockdown", scope=lockdown["scope"])
+        raise Refused("lockdown", "lockdown")
+    now = now_ms()
+    if not s.store.schedule_for(facility, inmate).allows(policy.local_time(now, facility["timezone"])):
+        raise Refused("outside_schedule", "outside-schedule")
+    refused = policy.destination_refusal(number)
+    if refused:
+        raise Refused(refused, refused.replace("_", "-"))
     if not valid_destination(number):
         raise Refused("invalid_number", "invalid-number")
-    if not s.store.is_approved(inmate_id, number):
+    state = s.store.number_state(inmate_id, number)
+    if state == "pending":
+        raise Refused("approval_pending", "approval-pending")
+    if state != "approved":
         raise Refused("not_approved", "not-approved")
     blocked = s.store.block_reason(inmate_id, facility["id"], number)
     if blocked:
         raise Refused(blocked, blocked.replace("_", "-"))
+    limit_s = facility["time_limit_s"]
+    if status == "restricted":
+        calls, minutes = s.store.week_usage(inmate_id, policy.week_of(now, facility["timezone"]))
+        max_calls = int(inmate.get("quota_calls_week") or 0)
+        max_minutes = int(inmate.get("quota_minutes_week") or 0)
+        if (max_calls and calls >= max_calls) or (max_minutes and minutes >= max_minutes):
+            log.info("call.quota_exhausted", calls=calls, minutes=minutes)
+            raise Refused("quota_exhausted", "quota-exhausted")
+        if max_minutes:
+            limit_s = min(limit_s, (max_minutes - minutes) * 60)
+    return limit_s
+
+
+def check_call(s: Session, facility: dict, inmate_id: str, inmate: dict, number: str, call_id: str) -> Go:
+    """Policy (check_policy), destination class and rate, who pays; holds the
+    first minute (tax included). Any Redis error raises: no call."""
+    limit_s = check_policy(s, facility, inmate_id, inmate, number)
     dest_class = rating.destination_class(facility, number)
     rate = rating.class_rate(facility, dest_class)
     if rate is None:
@@ -150,7 +213,7 @@ def check_call(s: Session, facility: dict, inmate_id: str, number: str, call_id:
     if account is None:
         account = payer_for(s, number)
     for _ in range(2):  # a concurrent call on the same account may take funds in between
-        limit_ms = rating.time_limit_ms(facility["time_limit_s"], account.available_cents, rate, tax)
+        limit_ms = rating.time_limit_ms(limit_s, account.available_cents, rate, tax)
         if limit_ms < rating.MINUTE_MS:
             break
         # Only the first minute is held now; the AMI listener holds each next one

@@ -177,6 +177,7 @@ class CallHandle:
         self.transfer_status: list[tuple[int, str, bool]] = []
         self._remote = ""
         self._sip_call_id = ""
+        self._recorder = None
 
     # ---- callbacks (pjsua thread)
     def _on_state(self, ci) -> None:
@@ -339,6 +340,28 @@ class CallHandle:
             op = pj.CallOpParam(True)
             op.opt.flag = pj.PJSUA_CALL_UNHOLD
             self._call.reinvite(op)
+        self._op(do)
+        return self
+
+    def record_audio(self, path) -> "CallHandle":
+        """Record what this phone hears (the call's received audio) into a WAV file, until
+        stop_recording() or hang-up. The far end's audio only: this phone sends silence."""
+        def do():
+            rec = pj.AudioMediaRecorder()
+            rec.createRecorder(str(path))
+            ci = self._call.getInfo()
+            for mi in ci.media:
+                if mi.type == pj.PJMEDIA_TYPE_AUDIO and mi.status == pj.PJSUA_CALL_MEDIA_ACTIVE:
+                    self._call.getAudioMedia(mi.index).startTransmit(rec)
+            self._recorder = rec
+        self._op(do)
+        return self
+
+    def stop_recording(self) -> "CallHandle":
+        """Close the WAV (its header is written when the recorder goes, on the pjsua thread)."""
+        def do():
+            self._recorder = None
+            gc.collect()
         self._op(do)
         return self
 
@@ -648,6 +671,7 @@ class Harness:
             if c.handle is not None:
                 c.handle._call = None
                 c.handle._player = None  # players too must go before libDestroy
+                c.handle._recorder = None  # a recorder must go before libDestroy too
             c.handle = None
         self._calls.clear()
 

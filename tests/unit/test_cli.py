@@ -207,8 +207,10 @@ def test_approve_rejects_bad_numbers_and_numbers_shows_blocks_and_accounts(run, 
     run("block", "add", OTHER, "--facility", "main")
     doc = json.loads(run("inmate", "numbers", INMATE, "--json")[1])
     assert doc["numbers"] == [
-        {"number": NUMBER, "blocked": None, "account": "fam1", "available_cents": 0},
-        {"number": OTHER, "blocked": "blocked_facility", "account": None, "available_cents": None},
+        {"number": NUMBER, "approval": "approved", "privileged": False, "blocked": None, "account": "fam1",
+         "available_cents": 0},
+        {"number": OTHER, "approval": "approved", "privileged": False, "blocked": "blocked_facility",
+         "account": None, "available_cents": None},
     ]
 
 

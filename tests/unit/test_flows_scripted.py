@@ -42,6 +42,8 @@ class ScriptedAsterisk:
             return f"200 result={self.digits.pop(0) if self.digits else ''}\n".encode()
         if cmd.startswith("STREAM FILE"):
             return b"200 result=0 endpos=800\n"
+        if cmd.startswith("EXEC"):
+            return b"200 result=0\n"  # the application's return code: 0 = it ran (e.g. MixMonitor started)
         return b"200 result=1\n"
 
     def converse(self, rfile, wfile, env: bytes):

@@ -1,0 +1,130 @@
+"""Acting on calls in progress over AMI: investigators' live monitoring and cut-off,
+and a lockdown that ends live calls. Every use is written to the audit log.
+
+Live monitoring rings the investigator's phone (an endpoint in context
+ics-investigator) with ChanSpy on the inmate channel, listen only (ChanSpy never
+whispers without its w/W/B options; q = no beep, E = leave when the call ends).
+Privileged (attorney) calls are refused, and the refusal is audited too.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+
+from . import keys, records
+from .amiclient import AmiClient, AmiError
+from .store import ID_RE, Store, StoreError, now_ms
+
+SPY_OPTIONS = "qE"
+CUT_CONTEXT = "ics-cut"  # exten = reason code: plays prompts/cut-<reason> to the leg, hangs up
+LIVE_OUTCOMES = ("dialing", "announcing", "accepted")
+LIVE_WINDOW_MS = 6 * 3_600_000  # no call lasts longer: older unsettled records are not live
+MONITOR_ID_RE = re.compile(r"^[0-9a-f]{12}$")
+CHANNEL_RE = re.compile(r"^[A-Za-z0-9/_.@:+-]+$")
+
+
+def live_record(store: Store, call_id: str) -> dict:
+    rec = records.get(store.r, call_id)
+    if rec is None:
+        raise StoreError(f"no such call {call_id}")
+    if rec.get("settled") == "1" or rec.get("ended_ms"):
+        raise StoreError(f"call {call_id} has ended")
+    if not CHANNEL_RE.match(rec.get("channel", "")):
+        raise StoreError(f"call {call_id} has no usable channel name")
+    return rec
+
+
+def _refuse_privileged(store: Store, rec: dict, action: str, by: str) -> None:
+    if rec.get("privileged") == "1":
+        store.audit(f"{action}_refused", by, rec["call_id"], "privileged call: never monitored")
+        raise StoreError(f"call {rec['call_id']} is privileged (attorney): it is never monitored "
+                         "or cut off; this attempt was audited")
+
+
+def call_channels(ami: AmiClient, rec: dict) -> list[dict[str, str]]:
+    """The call's live channels (same Linkedid as the inmate channel), inmate channel first."""
+    linked = rec.get("uniqueid", "")
+    chans = [c for c in ami.channels() if linked and c.get("Linkedid") == linked]
+    return sorted(chans, key=lambda c: c.get("Channel") != rec.get("channel"))
+
+
+def monitor_start(store: Store, ami: AmiClient, call_id: str, by: str, phone: str) -> str:
+    """Ring the investigator's phone and listen in; returns the monitor id."""
+    if not ID_RE.match(phone):
+        raise StoreError(f"invalid investigator phone {phone!r}")
+    rec = live_record(store, call_id)
+    _refuse_privileged(store, rec, "monitor", by)
+    mid = secrets.token_hex(6)
+    channel_id = f"ics-monitor-{mid}"
+    resp = ami.action("Originate", Channel=f"PJSIP/{phone}", Application="ChanSpy",
+                      Data=f"{rec['channel']},{SPY_OPTIONS}", ChannelId=channel_id, Async="true",
+                      Timeout=30000, CallerID=f'"ICS monitor" <{call_id[:14]}>')
+    if resp.get("Response") != "Success":
+        raise AmiError(f"Originate to {phone} refused: {resp.get('Message', '')}")
+    store.r.hset(keys.monitor(mid), mapping={"call": call_id, "by": by, "phone": phone,
+                                             "channel_id": channel_id, "started_ms": now_ms()})
+    store.audit("monitor_start", by, call_id, f"monitor {mid} on PJSIP/{phone}")
+    return mid
+
+
+def monitor_stop(store: Store, ami: AmiClient, mid: str, by: str) -> dict:
+    if not MONITOR_ID_RE.match(mid):
+        raise StoreError(f"invalid monitor id {mid!r}")
+    mon = store.r.hgetall(keys.monitor(mid))
+    if not mon:
+        raise StoreError(f"no such monitor {mid}")
+    if mon.get("stopped_ms"):
+        raise StoreError(f"monitor {mid} already stopped")
+    for chan in ami.channels():
+        if chan.get("Uniqueid") == mon["channel_id"]:
+            ami.action("Hangup", Channel=chan["Channel"])
+    store.r.hset(keys.monitor(mid), "stopped_ms", now_ms())
+    store.audit("monitor_stop", by, mon["call"], f"monitor {mid}")
+    return mon
+
+
+def cut_off(store: Store, ami: AmiClient, call_id: str, by: str) -> None:
+    """End a live call now: reason cut_off, audited."""
+    rec = live_record(store, call_id)
+    _refuse_privileged(store, rec, "cut_off", by)
+    records.set_reason(store.r, call_id, "cut_off")
+    resp = ami.action("Hangup", Channel=rec["channel"])
+    if resp.get("Response") != "Success":
+        raise AmiError(f"Hangup of {rec['channel']} refused: {resp.get('Message', '')}")
+    store.audit("cut_off", by, call_id, rec["channel"])
+
+
+def live_calls(store: Store, fid: str, uid: str | None = None) -> list[dict]:
+    """Calls of a facility (or one living unit) that have been placed and not ended."""
+    since = now_ms() - LIVE_WINDOW_MS
+    out = []
+    for cid in store.r.zrangebyscore(keys.CALLS, since, "+inf"):
+        rec = records.get(store.r, cid)
+        if (rec and rec.get("facility") == fid and (not uid or rec.get("unit") == uid)
+                and rec.get("outcome") in LIVE_OUTCOMES and rec.get("settled") != "1"
+                and not rec.get("ended_ms")):
+            out.append(rec)
+    return out
+
+
+def end_for_lockdown(store: Store, ami: AmiClient, fid: str, uid: str | None, by: str) -> list[str]:
+    """Send both legs of every live call in scope to [ics-cut] (each hears why, as when a
+    rule of the listener ends a call), reason lockdown_ended. Returns the call ids ended."""
+    ended = []
+    for rec in live_calls(store, fid, uid):
+        chans = call_channels(ami, rec)
+        if not chans:
+            continue  # gone meanwhile: its hangup handler settles it
+        records.set_reason(store.r, rec["call_id"], "lockdown_ended")
+        target = dict(Context=CUT_CONTEXT, Exten="lockdown_ended", Priority=1)
+        extra = {}
+        if len(chans) > 1:
+            extra = dict(ExtraChannel=chans[1]["Channel"], ExtraContext=CUT_CONTEXT,
+                         ExtraExten="lockdown_ended", ExtraPriority=1)
+        resp = ami.action("Redirect", Channel=chans[0]["Channel"], **target, **extra)
+        if resp.get("Response") != "Success":
+            ami.action("Hangup", Channel=chans[0]["Channel"])
+        store.audit("lockdown_end_call", by, rec["call_id"], ", ".join(c["Channel"] for c in chans))
+        ended.append(rec["call_id"])
+    return ended
