@@ -142,3 +142,16 @@ async def test_the_ghost_and_the_hung_up_are_forgotten(wired, store):
               f"Event: Hangup\nChannel: {INMATE}\nUniqueid: 10.1\nLinkedid: 10.1\n\n")
     assert await until(lambda: not listener.calls)
     assert not listener.bridges  # nothing of the ghost, the call or its bridge is kept
+
+
+@pytest.mark.parametrize("settled_as, final", [(None, "transfer"), ("called_hangup", "transfer"),
+                                               ("inmate_hangup", "transfer"), ("lockdown_ended", "lockdown_ended")])
+def test_a_rules_reason_wins_over_a_plain_hangup_written_first(store, settled_as, final):
+    from ami.listener import record_cut
+    from ami.rules import Cut
+    records.create(store.r, CALL_ID, facility="main", number="3125550100")
+    if settled_as:
+        records.set_reason(store.r, CALL_ID, settled_as)
+    record_cut(store.r, CALL_ID, Cut("transfer", "rule_transfer=on", ({"event": "BlindTransfer"},), 5))
+    rec = records.get(store.r, CALL_ID)
+    assert (rec["reason"], rec["rule"], rec["cut_ms"]) == (final, "transfer", 5)
