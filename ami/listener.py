@@ -37,7 +37,7 @@ from ics.rating import MINUTE_MS
 from ics.store import Store, connect
 
 from .connection import GuardedManager
-from .rules import Cut, LiveCall, Policy, evidence
+from .rules import Cut, LiveCall, Policy
 
 log = structlog.get_logger("ami")
 

@@ -32,7 +32,7 @@ INMATE, PIN, NUMBER = "123456", "4321", "3125550100"
 
 
 def env_block(route: str, args: list[str]) -> bytes:
-    lines = [f"agi_network: yes", f"agi_network_script: {route}", "agi_channel: PJSIP/inmate1-00000001",
+    lines = ["agi_network: yes", f"agi_network_script: {route}", "agi_channel: PJSIP/inmate1-00000001",
              "agi_uniqueid: 1.1", "agi_callerid: 100", "agi_calleridname: Handset 1",
              f"agi_extension: {NUMBER}", "agi_context: ics-inmate"]
     lines += [f"agi_arg_{i}: {a}" for i, a in enumerate(args, 1)]
