@@ -23,7 +23,6 @@ and dtmf classes, with an eventfilter for the events handled here.
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
 import sys
 import time
@@ -32,7 +31,7 @@ from collections import deque
 import structlog
 
 from ics import config as config_mod
-from ics import keys, logs, rating, records, settlement
+from ics import logs, rating, records, settlement
 from ics.rating import MINUTE_MS
 from ics.store import Store, connect
 
@@ -393,18 +392,8 @@ def _event_ms(event) -> int | None:
         return None
 
 
-# Reasons settlement gives a call that simply ended: a rule's reason is more exact.
-PLAIN_ENDS = ("called_hangup", "inmate_hangup")
-
-
 def record_cut(r, call_id: str, cut: Cut) -> None:
-    """Why the call was ended, on its record, before the legs hear it. First reason wins,
-    except over a plain hang-up: a transfer can make Asterisk hang a leg up itself, and
-    its hangup handler may settle the call before this is written."""
-    records.update(r, call_id, rule=cut.reason, rule_threshold=cut.threshold, cut_ms=cut.at_ms,
-                   evidence=json.dumps(list(cut.events), separators=(",", ":")))
-    if not records.set_reason(r, call_id, cut.reason) and r.hget(keys.call(call_id), "reason") in PLAIN_ENDS:
-        r.hset(keys.call(call_id), "reason", cut.reason)
+    records.record_cut(r, call_id, cut.reason, cut.threshold, cut.at_ms, cut.events)
 
 
 async def _succeeded(pending) -> bool:

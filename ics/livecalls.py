@@ -88,7 +88,7 @@ def cut_off(store: Store, ami: AmiClient, call_id: str, by: str) -> None:
     """End a live call now: reason cut_off, audited."""
     rec = live_record(store, call_id)
     _refuse_privileged(store, rec, "cut_off", by)
-    records.set_reason(store.r, call_id, "cut_off")
+    records.record_cut(store.r, call_id, "cut_off", f"icsctl monitor cut by {by}", now_ms())
     resp = ami.action("Hangup", Channel=rec["channel"])
     if resp.get("Response") != "Success":
         raise AmiError(f"Hangup of {rec['channel']} refused: {resp.get('Message', '')}")
@@ -116,7 +116,8 @@ def end_for_lockdown(store: Store, ami: AmiClient, fid: str, uid: str | None, by
         chans = call_channels(ami, rec)
         if not chans:
             continue  # gone meanwhile: its hangup handler settles it
-        records.set_reason(store.r, rec["call_id"], "lockdown_ended")
+        records.record_cut(store.r, rec["call_id"], "lockdown_ended", f"icsctl lockdown on --end-live by {by}",
+                           now_ms())
         target = dict(Context=CUT_CONTEXT, Exten="lockdown_ended", Priority=1)
         extra = {}
         if len(chans) > 1:

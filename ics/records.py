@@ -14,9 +14,10 @@ Fields (times are epoch ms, money integer cents):
   tax_cents    the tax part of billed_cents (set with it, once, by the settle script)
   credited_cents credit_reason   automatic credit (ics.store.Store.auto_credit), once
   detail       free text for ops (e.g. which key was pressed)
-  rule rule_threshold cut_ms evidence   set when a rule of the AMI listener ended the call:
-               the rule, the setting crossed, when it fired (billing stops there) and the
-               AMI events that triggered it (JSON list of {event, time, channel, headers})
+  rule rule_threshold cut_ms evidence   set when the call was ended on purpose (record_cut):
+               by a rule of the AMI listener, a lockdown or an investigator's cut-off: what,
+               on what grounds, when (billing stops there) and the AMI events that
+               triggered it (JSON list of {event, time, channel, headers})
   unit         the inmate's living unit when the call was placed
   privileged   1 for a registered attorney number: never recorded, never monitored
   recording    MixMonitor file, relative to the recordings dir (absent when privileged)
@@ -24,6 +25,7 @@ Fields (times are epoch ms, money integer cents):
 
 from __future__ import annotations
 
+import json
 import secrets
 import time
 
@@ -66,6 +68,22 @@ def update(r: redis.Redis, call_id: str, **fields) -> None:
 def set_reason(r: redis.Redis, call_id: str, reason: str) -> bool:
     """The first reason recorded wins: later hang-up noise cannot overwrite why a call ended."""
     return bool(r.hsetnx(keys.call(call_id), "reason", reason))
+
+
+# Reasons settlement gives a call that simply ended: a deliberate cut's reason is more exact.
+PLAIN_ENDS = ("called_hangup", "inmate_hangup")
+
+
+def record_cut(r: redis.Redis, call_id: str, reason: str, threshold: str, at_ms: int,
+               events: list[dict] | tuple = ()) -> None:
+    """A call ended on purpose (a rule of the AMI listener, a lockdown, an investigator):
+    why, on what grounds, when billing stops, and the evidence. Written before the legs
+    hear it. The first reason wins, except over a plain hang-up: a transfer can make
+    Asterisk hang a leg up itself, and its hangup handler may settle the call first."""
+    update(r, call_id, rule=reason, rule_threshold=threshold, cut_ms=at_ms,
+           evidence=json.dumps(list(events), separators=(",", ":")))
+    if not set_reason(r, call_id, reason) and r.hget(keys.call(call_id), "reason") in PLAIN_ENDS:
+        r.hset(keys.call(call_id), "reason", reason)
 
 
 def mark_ended(r: redis.Redis, call_id: str, when_ms: int) -> None:

@@ -160,6 +160,9 @@ def test_lockdown_ends_live_calls_with_a_prompt_then_refuses_new_ones(ami, lines
     callee.wait_disconnected(20)
     rec = wait_settled(world)
     assert rec["reason"] == "lockdown_ended" and rec["billed_minutes"] == 1
+    # why and when it was cut are on the record; the prompt after that is not billed
+    assert rec["rule"] == "lockdown_ended" and "--end-live" in rec["rule_threshold"]
+    assert rec["bridged_ms"] <= rec["cut_ms"] <= rec["ended_ms"]
     # both parties heard why ([ics-cut]; Asterisk's test events name each file it played)
     heard = {e["Channel"].split("-")[0] for e in ami.events(
         {"Event": "TestEvent", "State": "PLAYBACK", "Message": "ics/prompts/cut-lockdown_ended"}, since=m)}
@@ -300,6 +303,8 @@ def test_investigator_listens_stops_and_cuts_off_every_step_audited(ami, lines, 
     callee.wait_disconnected(10)
     rec = wait_settled(world)
     assert rec["reason"] == "cut_off" and rec["billed_minutes"] == 1
+    assert rec["rule"] == "cut_off" and "Lt. Cho" in rec["rule_threshold"]
+    assert rec["bridged_ms"] <= rec["cut_ms"] <= rec["ended_ms"]
     audit = world.store.audit_entries(call_id)
     assert [(e["action"], e["by"]) for e in audit] == [
         ("monitor_start", "Det. Ray"), ("monitor_stop", "Det. Ray"), ("cut_off", "Lt. Cho")]
