@@ -9,7 +9,7 @@ All money fields are integer cents. All times are integer epoch milliseconds.
                                            unit id), status (active|restricted|suspended),
                                            quota_calls_week, quota_minutes_week (restricted; 0 = none)
   ics:inmate:{iid}:week:{yyyyWww}   hash   calls, minutes: accepted calls and billed minutes in
-                                           that ISO week, facility time (counted once at settlement)
+                                           that ISO week, facility time (counted by the settle script, once)
   ics:inmate:{iid}:pin_failures     string consecutive wrong PINs (reset on success)
   ics:inmate:{iid}:approved         hash   number -> approval state (pending|approved|rejected);
                                            pending + approved at most the facility's approved_max

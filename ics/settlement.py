@@ -50,14 +50,15 @@ def settle(store: Store, call_id: str, dialstatus: str = "", hangupsource: str =
             reason = "inmate_abandoned"
         bill = rating.Price(0, 0)
     records.set_reason(r, call_id, reason)
-    first, cents, minutes = store.settle(call_id, rec.get("account", ""), bill.cents, bill.minutes, rate,
-                                         bill.tax_cents)
-    credited = store.auto_credit(call_id)  # system_error in the first minute: credited in full, once
-    if first and bridged and rec.get("inmate"):
-        # weekly quotas count accepted calls and billed minutes, once, in the facility's week
+    week = None
+    if bridged and rec.get("inmate"):
+        # weekly quotas count accepted calls and billed minutes, in the facility's week,
+        # in the settle script itself: once, with the charge
         fac = store.facility(rec.get("facility", ""))
-        week = policy.week_of(rec.get("started_ms") or now_ms(), fac["timezone"] if fac else "UTC")
-        store.count_week(rec["inmate"], week, minutes)
+        week = (rec["inmate"], policy.week_of(rec.get("started_ms") or now_ms(), fac["timezone"] if fac else "UTC"))
+    first, cents, minutes = store.settle(call_id, rec.get("account", ""), bill.cents, bill.minutes, rate,
+                                         bill.tax_cents, week)
+    credited = store.auto_credit(call_id)  # system_error in the first minute: credited in full, once
     rec = records.get(r, call_id)
     if first:
         log.info("call.settled", call_id=call_id, reason=rec.get("reason"), bridged_ms=duration,

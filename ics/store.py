@@ -161,6 +161,12 @@ if charge > 0 then
 end
 redis.call('HSET', call, 'settled', '1', 'billed_cents', charge, 'billed_minutes', minutes)
 if not clamped then redis.call('HSET', call, 'tax_cents', tonumber(ARGV[6] or '0')) end
+if KEYS[5] then
+  -- an accepted call counts towards the inmate's weekly quota in the same once-only step
+  redis.call('HINCRBY', KEYS[5], 'calls', 1)
+  redis.call('HINCRBY', KEYS[5], 'minutes', minutes)
+  redis.call('EXPIRE', KEYS[5], 5184000)
+end
 return {1, charge, minutes}
 """
 
@@ -595,14 +601,16 @@ class Store:
         return {1: "held", 0: "short", -2: "stale", -3: "settled"}[res]
 
     def settle(self, call_id: str, aid: str, charge_cents: int, minutes: int, rate: int,
-               tax_cents: int = 0) -> tuple[bool, int, int]:
+               tax_cents: int = 0, week_of: tuple[str, str] | None = None) -> tuple[bool, int, int]:
         """Returns (settled_now, billed_cents, billed_minutes); a second call is a no-op.
         charge_cents includes tax_cents (recorded on the call for statements).
-        A direct_bill charge counts towards the month (UTC) in which the call settles."""
+        A direct_bill charge counts towards the month (UTC) in which the call settles;
+        week_of (inmate, ISO week) counts an accepted call towards that weekly quota."""
         now = now_ms()
+        week = [keys.inmate_week(*week_of)] if week_of else []
         first, cents, mins = self._settle(
             keys=[keys.call(call_id), keys.account(aid), keys.ledger(aid),
-                  keys.account_month(aid, month_of(now))],
+                  keys.account_month(aid, month_of(now)), *week],
             args=[charge_cents, minutes, rate, call_id, now, tax_cents],
         )
         return bool(first), int(cents), int(mins)
@@ -765,15 +773,6 @@ class Store:
         """(accepted calls, billed minutes) of the inmate in an ISO week."""
         calls, minutes = self.r.hmget(keys.inmate_week(iid, week), "calls", "minutes")
         return int(calls or 0), int(minutes or 0)
-
-    def count_week(self, iid: str, week: str, minutes: int) -> None:
-        """One accepted call of the inmate (settlement, once per call)."""
-        key = keys.inmate_week(iid, week)
-        with self.r.pipeline() as p:
-            p.hincrby(key, "calls", 1)
-            p.hincrby(key, "minutes", minutes)
-            p.expire(key, 60 * 86_400)  # a week's count is not needed after two months
-            p.execute()
 
     # --- lockdown ----------------------------------------------------------------
     def set_lockdown(self, fid: str, uid: str | None, by: str, note: str, end_live: bool) -> None:

@@ -19,6 +19,7 @@ import structlog
 
 from ics import audio, cli, policy, records
 
+from tests.support import seed_week
 from tests.support.callflow import INMATE, NUMBER, agi_command, login, make_world, press_when, wait_settled
 
 pytestmark = pytest.mark.e2e
@@ -109,8 +110,7 @@ def _setup(case: str, world) -> str:
     elif case == "quota_exhausted":
         store.set_inmate_status(INMATE, "restricted", quota_calls_week=2)
         week = policy.week_of(int(time.time() * 1000), "UTC")
-        store.count_week(INMATE, week, 3)
-        store.count_week(INMATE, week, 1)
+        seed_week(store, INMATE, week, 2, 4)
     elif case == "approval_pending":
         store.remove_number(INMATE, NUMBER)
         store.set_number_state(INMATE, NUMBER, "pending")
@@ -183,7 +183,7 @@ def test_quota_minutes_cap_the_time_limit_and_count_once(ami, lines):
     world = make_world(balance_cents=500)
     world.store.set_inmate_status(INMATE, "restricted", quota_minutes_week=10)
     week = policy.week_of(int(time.time() * 1000), "UTC")
-    world.store.count_week(INMATE, week, 8)  # 2 minutes left this week
+    seed_week(world.store, INMATE, week, 1, 8)  # 2 minutes left this week
     call, callee, _ = connect(ami, inmate, family)
     call.hangup()
     rec = wait_settled(world)

@@ -45,3 +45,9 @@ def stack_setting(name: str, default: str | None = None) -> str | None:
     if name in os.environ:
         return os.environ[name]
     return read_stack_env().get(name, default)
+
+
+def seed_week(store, iid: str, week: str, calls: int, minutes: int) -> None:
+    """An inmate's weekly quota usage as settlement would have counted it (tests only)."""
+    from ics import keys
+    store.r.hset(keys.inmate_week(iid, week), mapping={"calls": calls, "minutes": minutes})

@@ -15,6 +15,7 @@ from ics.store import Store, StoreError, connect, now_ms
 
 from .test_flows_billing import port, run_call  # noqa: F401 (fixture)
 from .test_flows_scripted import INMATE, NUMBER, PIN
+from tests.support import seed_week
 
 
 # --- pure policy ---------------------------------------------------------------------------
@@ -141,8 +142,13 @@ def test_status_and_quota_rules(world):
     with pytest.raises(StoreError, match="status is one of"):
         store.set_inmate_status(INMATE, "paroled")
     store.set_inmate_status(INMATE, "restricted", quota_calls_week=3, quota_minutes_week=45)
-    store.count_week(INMATE, "2026W48", 4)
-    store.count_week(INMATE, "2026W48", 2)
+    # settlement counts each accepted call once, in the settle script itself
+    store.create_account("q1", "Sam", [])
+    store.adjust("q1", "deposit", 100)
+    for cid, minutes in (("c1", 4), ("c2", 2)):
+        assert store.reserve("q1", cid, 11 * minutes)
+        store.settle(cid, "q1", 11 * minutes, minutes, 11, 0, (INMATE, "2026W48"))
+    store.settle("c2", "q1", 22, 2, 11, 0, (INMATE, "2026W48"))  # a duplicate hang-up: counted once
     assert store.week_usage(INMATE, "2026W48") == (2, 6)
     assert store.week_usage(INMATE, "2026W49") == (0, 0)
 
@@ -189,7 +195,7 @@ def test_each_policy_refusal_plays_its_prompt_and_holds_nothing(port, world, cas
         store.set_inmate_unit(INMATE, "A")
     elif case == "quota_exhausted":
         store.set_inmate_status(INMATE, "restricted", quota_minutes_week=30)
-        store.count_week(INMATE, policy.week_of(now_ms(), "UTC"), 30)
+        seed_week(store, INMATE, policy.week_of(now_ms(), "UTC"), 1, 30)
     elif case == "approval_pending":
         store.set_number_state(INMATE, "3125550101", "pending")
         number = "3125550101"
@@ -209,7 +215,7 @@ def test_a_call_that_may_dial_carries_caller_id_notice_recording_and_quota_limit
     _, store = world
     store.r.hset("ics:facility:main", mapping={"notice_interval_s": 60, "caller_id": "3125550000"})
     store.set_inmate_status(INMATE, "restricted", quota_minutes_week=30)
-    store.count_week(INMATE, policy.week_of(now_ms(), "UTC"), 25)  # 5 minutes left
+    seed_week(store, INMATE, policy.week_of(now_ms(), "UTC"), 1, 25)  # 5 minutes left
     cmds, rec = run_call(port, store, NUMBER)
     assert result(cmds) == "dial"
     assert 'SET VARIABLE "CALLERID(num)" "3125550000"' in cmds
