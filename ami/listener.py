@@ -32,6 +32,7 @@ import structlog
 
 from ics import config as config_mod
 from ics import logs, rating, records, settlement
+from ics.livecalls import cut_redirect
 from ics.rating import MINUTE_MS
 from ics.store import Store, connect
 
@@ -44,7 +45,6 @@ SETTLE_GRACE_S = 5.0   # the hangup handler normally settles within milliseconds
 TICK_S = 0.2           # clock rules (hold grace, silence, time limit) are checked this often
 CUT_PROMPT_MAX_S = 12  # a leg still up this long after the redirect is hung up outright
 RESERVE_AHEAD_MS = 10_000  # the next minute is held this long before the paid ones run out
-CUT_CONTEXT = "ics-cut"
 NOTICE_CONTEXT = "ics-notice"
 CALL_EVENTS = ("Newchannel", "Hangup", "BridgeEnter", "BridgeLeave", "Hold", "Unhold", "Flash",
                "BlindTransfer", "AttendedTransfer", "ConfbridgeJoin", "DTMFEnd",
@@ -247,12 +247,7 @@ class Listener:
         legs = [c for c in [call.inmate, *(peers or call.other_legs())] if c]
         written = asyncio.get_running_loop().create_task(
             asyncio.to_thread(record_cut, self.store.r, call.call_id, cut))
-        action = {"Action": "Redirect", "Channel": legs[0], "Context": CUT_CONTEXT,
-                  "Exten": cut.reason, "Priority": 1}
-        if len(legs) > 1:
-            action.update(ExtraChannel=legs[1], ExtraContext=CUT_CONTEXT, ExtraExten=cut.reason,
-                          ExtraPriority=1)
-        sent = self.manager.send_action(action)
+        sent = self.manager.send_action({"Action": "Redirect", **cut_redirect(legs, cut.reason)})
         latency = (time.perf_counter() - received) * 1000
         self.latencies_ms.append(latency)
         log.warning("enforce.disconnect", call_id=call.call_id, reason=cut.reason, threshold=cut.threshold,

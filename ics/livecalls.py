@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import secrets
+from typing import Any
 
 from . import keys, records
 from .amiclient import AmiClient, AmiError
@@ -22,6 +23,16 @@ LIVE_OUTCOMES = ("dialing", "announcing", "accepted")
 LIVE_WINDOW_MS = 6 * 3_600_000  # no call lasts longer: older unsettled records are not live
 MONITOR_ID_RE = re.compile(r"^[0-9a-f]{12}$")
 CHANNEL_RE = re.compile(r"^[A-Za-z0-9/_.@:+-]+$")
+
+
+def cut_redirect(legs: list[str], reason: str) -> dict[str, Any]:
+    """The AMI Redirect that sends a call's legs (the inmate's first, then its peer) to
+    [ics-cut], where each hears why the call ends and is hung up. Used by the listener's
+    rules and by a lockdown alike."""
+    headers: dict[str, Any] = {"Channel": legs[0], "Context": CUT_CONTEXT, "Exten": reason, "Priority": 1}
+    if len(legs) > 1:
+        headers.update(ExtraChannel=legs[1], ExtraContext=CUT_CONTEXT, ExtraExten=reason, ExtraPriority=1)
+    return headers
 
 
 def live_record(store: Store, call_id: str) -> dict:
@@ -118,12 +129,7 @@ def end_for_lockdown(store: Store, ami: AmiClient, fid: str, uid: str | None, by
             continue  # gone meanwhile: its hangup handler settles it
         records.record_cut(store.r, rec["call_id"], "lockdown_ended", f"icsctl lockdown on --end-live by {by}",
                            now_ms())
-        target = dict(Context=CUT_CONTEXT, Exten="lockdown_ended", Priority=1)
-        extra = {}
-        if len(chans) > 1:
-            extra = dict(ExtraChannel=chans[1]["Channel"], ExtraContext=CUT_CONTEXT,
-                         ExtraExten="lockdown_ended", ExtraPriority=1)
-        resp = ami.action("Redirect", Channel=chans[0]["Channel"], **target, **extra)
+        resp = ami.action("Redirect", **cut_redirect([c["Channel"] for c in chans], "lockdown_ended"))
         if resp.get("Response") != "Success":
             ami.action("Hangup", Channel=chans[0]["Channel"])
         store.audit("lockdown_end_call", by, rec["call_id"], ", ".join(c["Channel"] for c in chans))

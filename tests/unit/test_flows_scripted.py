@@ -59,17 +59,22 @@ class ScriptedAsterisk:
             wfile.flush()
 
 
-@pytest.fixture
-def world(redis_url, tmp_path):
+def make_world(redis_url, tmp_path, **facility):
+    """A facility, an inmate with a recorded name, one approved number and its funded account."""
     cfg = config.load(environ={"ICS_REDIS_URL": redis_url, "ICS_SOUNDS_DIR": str(tmp_path)})
     store = Store(connect(cfg), cfg)
-    store.create_facility("main", "Test Facility")
+    store.create_facility("main", "Test Facility", **facility)
     store.create_inmate(INMATE, "main", "Alex", PIN)
     store.set_name_recorded(INMATE)
     store.approve_number(INMATE, NUMBER)
     store.create_account("fam1", "Sam", [NUMBER])
     store.adjust("fam1", "deposit", 500)
     return cfg, store
+
+
+@pytest.fixture
+def world(redis_url, tmp_path):
+    return make_world(redis_url, tmp_path)
 
 
 @pytest.fixture

@@ -11,10 +11,10 @@ import pytest
 
 from agi.flows.inmate import notice_options, recording_name
 from ics import config, livecalls, policy, rating, records
-from ics.store import Store, StoreError, connect, now_ms
+from ics.store import StoreError, now_ms
 
 from .test_flows_billing import port, run_call  # noqa: F401 (fixture)
-from .test_flows_scripted import INMATE, NUMBER, PIN
+from .test_flows_scripted import INMATE, NUMBER, make_world
 from tests.support import seed_week
 
 
@@ -86,15 +86,7 @@ def test_notice_options_and_recording_names():
 
 @pytest.fixture
 def world(redis_url, tmp_path):
-    cfg = config.load(environ={"ICS_REDIS_URL": redis_url, "ICS_SOUNDS_DIR": str(tmp_path)})
-    store = Store(connect(cfg), cfg)
-    store.create_facility("main", "Test Facility", approved_max=3)
-    store.create_inmate(INMATE, "main", "Alex", PIN)
-    store.set_name_recorded(INMATE)
-    store.approve_number(INMATE, NUMBER)
-    store.create_account("fam1", "Sam", [NUMBER])
-    store.adjust("fam1", "deposit", 500)
-    return cfg, store
+    return make_world(redis_url, tmp_path, approved_max=3)
 
 
 def test_approval_states_and_the_list_limit(world):
