@@ -37,7 +37,7 @@ from ics.rating import MINUTE_MS
 from ics.store import Store, connect
 
 from .connection import GuardedManager
-from .rules import Cut, LiveCall, Policy
+from .rules import Cut, LiveCall, Policy, event_ms
 
 log = structlog.get_logger("ami")
 
@@ -188,7 +188,7 @@ class Listener:
         call.holds.pop(chan, None)
         self._leave(chan, [b for b, members in self.bridges.items() if chan in members])
         if chan == call.inmate and call.call_id:
-            self.spawn(self.sweep(call.call_id, _event_ms(event)))
+            self.spawn(self.sweep(call.call_id, event_ms(event)))
         if not call.channels:
             self.calls.pop(call.linkedid, None)
         return None
@@ -378,13 +378,6 @@ def orphans(r, live_linkedids: set[str]) -> list[str]:
     return [rec["call_id"] for rec in records.recent(r, ORPHAN_SCAN)
             if rec.get("settled") != "1" and rec.get("uniqueid") not in live_linkedids
             and now - rec.get("started_ms", now) > ORPHAN_MIN_AGE_MS]
-
-
-def _event_ms(event) -> int | None:
-    try:
-        return int(float(event.get("Timestamp")) * 1000)
-    except (TypeError, ValueError):
-        return None
 
 
 def record_cut(r, call_id: str, cut: Cut) -> None:

@@ -54,6 +54,14 @@ def evidence(event: Mapping[str, Any]) -> dict[str, str]:
     return out
 
 
+def event_ms(event: Mapping[str, Any]) -> int | None:
+    """When Asterisk raised the event (manager.conf timestampevents), epoch ms."""
+    try:
+        return int(float(event.get("Timestamp")) * 1000)
+    except (TypeError, ValueError):
+        return None
+
+
 @dataclass(frozen=True)
 class Policy:
     """One facility's rule settings (read from its ics.config facility settings)."""
@@ -125,23 +133,23 @@ class LiveCall:
         if name == "Hold" and p.hold and chan in self.channels:
             self.holds[chan] = (now, evidence(event))
             if p.hold_grace_s == 0:
-                return self._cut("hold", f"hold_grace_s={p.hold_grace_s}", [evidence(event)])
+                return self._cut("hold", f"hold_grace_s={p.hold_grace_s}", [evidence(event)], event_ms(event))
         elif name == "Unhold":
             self.holds.pop(chan, None)
         elif name == "Flash" and p.hook_flash and chan in self.channels:
-            return self._cut("hook_flash", "rule_hook_flash=on", [evidence(event)])
+            return self._cut("hook_flash", "rule_hook_flash=on", [evidence(event)], event_ms(event))
         elif name in ("BlindTransfer", "AttendedTransfer") and p.transfer:
             involved = {str(v) for k, v in event.items() if k.endswith("Channel")}
             if involved & set(self.channels):
-                return self._cut("transfer", "rule_transfer=on", [evidence(event)])
+                return self._cut("transfer", "rule_transfer=on", [evidence(event)], event_ms(event))
         elif name == "BridgeEnter" and event.get("BridgeUniqueid") == self.bridge and p.transfer:
             if _int(event.get("BridgeNumChannels")) > 2 or chan not in self.channels:
-                return self._cut("conference", "bridge_channels_max=2", [evidence(event)])
+                return self._cut("conference", "bridge_channels_max=2", [evidence(event)], event_ms(event))
         elif name == "ConfbridgeJoin" and p.transfer and chan in self.channels:
-            return self._cut("conference", "rule_transfer=on", [evidence(event)])
+            return self._cut("conference", "rule_transfer=on", [evidence(event)], event_ms(event))
         elif name == "Newchannel" and p.transfer and chan not in self.channels:
             # a new channel linked to a bridged inmate call: someone is dialing out of it
-            return self._cut("conference", "linked_channels_max=2", [evidence(event)])
+            return self._cut("conference", "linked_channels_max=2", [evidence(event)], event_ms(event))
         elif name == "ChannelTalkingStart":
             self.talking.add(chan)
             self.quiet_since, self.quiet_event = now, evidence(event)
@@ -155,7 +163,7 @@ class LiveCall:
                 self.digits.popleft()
             if len(self.digits) > p.digits_max:
                 return self._cut("extra_digits", f"digits_max={p.digits_max} in digits_window_s={p.digits_window_s}",
-                                 [e for _, e in self.digits])
+                                 [e for _, e in self.digits], event_ms(event))
         return None
 
     def start(self, now: float | None = None, event: Mapping[str, Any] | None = None) -> None:
@@ -176,10 +184,10 @@ class LiveCall:
         p = self.policy
         for since, ev in self.holds.values():
             if p.hold and now - since >= p.hold_grace_s:
-                return self._cut("hold", f"hold_grace_s={p.hold_grace_s}", [ev]), []
+                return self._cut("hold", f"hold_grace_s={p.hold_grace_s}", [ev], wall_ms), []
         if p.silence and not self.talking and now - self.quiet_since >= p.silence_s:
             evs = [self.quiet_event] if self.quiet_event else []
-            return self._cut("silence", f"silence_s={p.silence_s}", evs), []
+            return self._cut("silence", f"silence_s={p.silence_s}", evs, wall_ms), []
         if not (self.limit_ms and self.bridged_ms):
             return None, []
         deadline = self.bridged_ms + self.limit_ms
@@ -213,6 +221,8 @@ class LiveCall:
             self.warned.update(w for w in self.policy.warn_before_s if wall_ms > deadline - w * 1000)
 
     def _cut(self, reason: str, threshold: str, events: list[dict], at_ms: int | None = None) -> Cut:
+        # An event's cut is stamped with the event's own time, not when the listener got to it:
+        # a leg can hang up in between, and a cut must never be recorded after the call's end.
         self.cut = Cut(reason, threshold, tuple(events[-MAX_EVIDENCE:]),
                        int(time.time() * 1000) if at_ms is None else at_ms)
         return self.cut

@@ -80,6 +80,9 @@ def record_cut(r: redis.Redis, call_id: str, reason: str, threshold: str, at_ms:
     why, on what grounds, when billing stops, and the evidence. Written before the legs
     hear it. The first reason wins, except over a plain hang-up: a transfer can make
     Asterisk hang a leg up itself, and its hangup handler may settle the call first."""
+    ended = r.hget(keys.call(call_id), "ended_ms")
+    if ended and ended.isdigit():  # the call already ended on its own: a cut cannot come after
+        at_ms = min(at_ms, int(ended))
     update(r, call_id, rule=reason, rule_threshold=threshold, cut_ms=at_ms,
            evidence=json.dumps(list(events), separators=(",", ":")))
     if not set_reason(r, call_id, reason) and r.hget(keys.call(call_id), "reason") in PLAIN_ENDS:

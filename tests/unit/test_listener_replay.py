@@ -155,3 +155,12 @@ def test_a_rules_reason_wins_over_a_plain_hangup_written_first(store, settled_as
     record_cut(store.r, CALL_ID, Cut("transfer", "rule_transfer=on", ({"event": "BlindTransfer"},), 5))
     rec = records.get(store.r, CALL_ID)
     assert (rec["reason"], rec["rule"], rec["cut_ms"]) == (final, "transfer", 5)
+
+
+def test_a_cut_recorded_after_the_call_ended_is_dated_no_later_than_the_end(store):
+    from ami.listener import record_cut
+    from ami.rules import Cut
+    records.create(store.r, CALL_ID, facility="main", number="3125550100")
+    records.mark_ended(store.r, CALL_ID, 1_000)
+    record_cut(store.r, CALL_ID, Cut("transfer", "rule_transfer=on", ({"event": "BlindTransfer"},), 1_001))
+    assert records.get(store.r, CALL_ID)["cut_ms"] == 1_000

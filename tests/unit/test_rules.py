@@ -1,5 +1,7 @@
 """The disconnect rules as pure decisions: events and clock in, a Cut (or not) out."""
 
+import time
+
 import pytest
 
 from ami.rules import LiveCall, Policy
@@ -60,6 +62,7 @@ def test_transfers_touching_a_leg_and_third_parties():
     cut = call.observe(ev("BlindTransfer", chan="", TransfererChannel=CALLED, TransfereeChannel=INMATE,
                           Extension="3125550109"), 1)
     assert cut.reason == "transfer" and cut.events[0]["Extension"] == "3125550109"
+    assert cut.at_ms == 1000  # billing stops when Asterisk raised the event, not when it was read
     assert live().observe(ev("AttendedTransfer", chan="", OrigTransfererChannel=CALLED), 1).reason == "transfer"
     assert live().observe(ev("BridgeEnter", chan=OTHER, BridgeUniqueid="b1", BridgeNumChannels="3"), 1).reason \
         == "conference"
@@ -141,3 +144,9 @@ def test_policy_from_the_facility_settings_and_bad_values_refused():
                     ({"ICS_FACILITY_DEFAULTS_HOLD_GRACE_S": "-1"}, "hold_grace_s"):
         with pytest.raises(config.ConfigError, match=msg):
             config.load(environ=env)
+
+
+def test_an_event_cut_without_a_timestamp_falls_back_to_the_wall_clock():
+    before = int(time.time() * 1000)
+    cut = live().observe({"Event": "Flash", "Channel": CALLED}, 1)
+    assert cut.reason == "hook_flash" and before <= cut.at_ms <= int(time.time() * 1000)
