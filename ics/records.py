@@ -16,7 +16,8 @@ Fields (times are epoch ms, money integer cents):
   detail       free text for ops (e.g. which key was pressed)
   rule rule_threshold cut_ms evidence   set when the call was ended on purpose (record_cut):
                by a rule of the AMI listener, a lockdown or an investigator's cut-off: what,
-               on what grounds, when (billing stops there) and the AMI events that
+               on what grounds, when (billing stops there: the triggering event's own
+               Asterisk time, or the deadline; never after ended_ms) and the AMI events that
                triggered it (JSON list of {event, time, channel, headers})
   unit         the inmate's living unit when the call was placed
   privileged   1 for a registered attorney number: never recorded, never monitored
