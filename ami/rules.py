@@ -124,32 +124,38 @@ class LiveCall:
     # --- events ---------------------------------------------------------------
     def observe(self, event: Mapping[str, Any], now: float | None = None) -> Cut | None:
         """One AMI event of this call. Returns a Cut when a rule says the call must end."""
-        now = time.monotonic() if now is None else now
         if self.cut is not None or not self.bridged:
             return None
+        broken = self._rule_broken(event, time.monotonic() if now is None else now)
+        # dated by the event's own time, not when the listener got to it: a leg can hang up
+        # in between, and a cut must never be recorded after the call's end
+        return self._cut(*broken, event_ms(event)) if broken else None
+
+    def _rule_broken(self, event: Mapping[str, Any], now: float) -> tuple[str, str, list[dict]] | None:
+        """Track one event; (reason, threshold, evidence) when it breaks a rule."""
         name = event.get("Event")
         chan = str(event.get("Channel", ""))
         p = self.policy
         if name == "Hold" and p.hold and chan in self.channels:
             self.holds[chan] = (now, evidence(event))
             if p.hold_grace_s == 0:
-                return self._cut("hold", f"hold_grace_s={p.hold_grace_s}", [evidence(event)], event_ms(event))
+                return "hold", f"hold_grace_s={p.hold_grace_s}", [evidence(event)]
         elif name == "Unhold":
             self.holds.pop(chan, None)
         elif name == "Flash" and p.hook_flash and chan in self.channels:
-            return self._cut("hook_flash", "rule_hook_flash=on", [evidence(event)], event_ms(event))
+            return "hook_flash", "rule_hook_flash=on", [evidence(event)]
         elif name in ("BlindTransfer", "AttendedTransfer") and p.transfer:
             involved = {str(v) for k, v in event.items() if k.endswith("Channel")}
             if involved & set(self.channels):
-                return self._cut("transfer", "rule_transfer=on", [evidence(event)], event_ms(event))
+                return "transfer", "rule_transfer=on", [evidence(event)]
         elif name == "BridgeEnter" and event.get("BridgeUniqueid") == self.bridge and p.transfer:
             if _int(event.get("BridgeNumChannels")) > 2 or chan not in self.channels:
-                return self._cut("conference", "bridge_channels_max=2", [evidence(event)], event_ms(event))
+                return "conference", "bridge_channels_max=2", [evidence(event)]
         elif name == "ConfbridgeJoin" and p.transfer and chan in self.channels:
-            return self._cut("conference", "rule_transfer=on", [evidence(event)], event_ms(event))
+            return "conference", "rule_transfer=on", [evidence(event)]
         elif name == "Newchannel" and p.transfer and chan not in self.channels:
             # a new channel linked to a bridged inmate call: someone is dialing out of it
-            return self._cut("conference", "linked_channels_max=2", [evidence(event)], event_ms(event))
+            return "conference", "linked_channels_max=2", [evidence(event)]
         elif name == "ChannelTalkingStart":
             self.talking.add(chan)
             self.quiet_since, self.quiet_event = now, evidence(event)
@@ -162,8 +168,8 @@ class LiveCall:
             while self.digits and now - self.digits[0][0] > p.digits_window_s:
                 self.digits.popleft()
             if len(self.digits) > p.digits_max:
-                return self._cut("extra_digits", f"digits_max={p.digits_max} in digits_window_s={p.digits_window_s}",
-                                 [e for _, e in self.digits], event_ms(event))
+                return ("extra_digits", f"digits_max={p.digits_max} in digits_window_s={p.digits_window_s}",
+                        [e for _, e in self.digits])
         return None
 
     def start(self, now: float | None = None, event: Mapping[str, Any] | None = None) -> None:
@@ -221,8 +227,6 @@ class LiveCall:
             self.warned.update(w for w in self.policy.warn_before_s if wall_ms > deadline - w * 1000)
 
     def _cut(self, reason: str, threshold: str, events: list[dict], at_ms: int | None = None) -> Cut:
-        # An event's cut is stamped with the event's own time, not when the listener got to it:
-        # a leg can hang up in between, and a cut must never be recorded after the call's end.
         self.cut = Cut(reason, threshold, tuple(events[-MAX_EVIDENCE:]),
                        int(time.time() * 1000) if at_ms is None else at_ms)
         return self.cut
