@@ -360,7 +360,10 @@ class Store:
         return settings
 
     # --- inmates -----------------------------------------------------------
-    def create_inmate(self, iid: str, facility: str, name: str, pin: str) -> None:
+    def create_inmate(self, iid: str, facility: str, name: str, pin: str, replace: bool = False) -> bool:
+        """Create an inmate; an existing inmate number is refused (StoreError) unless
+        replace, which sets a new PIN, name and facility and keeps the rest (approved
+        numbers, status, unit). Returns True if the inmate existed (was replaced)."""
         check_id("inmate number", iid, INMATE_ID_RE)
         check_id("PIN", pin, PIN_RE)
         if not self.r.sismember(keys.FACILITIES, facility):
@@ -368,13 +371,22 @@ class Store:
         if not name or any(c in name for c in "\r\n\0"):
             raise StoreError("inmate name must be non-empty, one line")
         salt = secrets.token_hex(8)
-        with self.r.pipeline() as p:
-            p.hset(keys.inmate(iid), mapping={
+        key = keys.inmate(iid)
+
+        def create(p) -> bool:  # WATCH key: a concurrent create of the same number retries
+            existed = bool(p.exists(key))
+            if existed and not replace:
+                raise StoreError(f"inmate {iid} already exists (--replace to replace its PIN and name)")
+            p.multi()
+            p.hset(key, mapping={
                 "facility": facility, "name": name, "pin_salt": salt,
                 "pin_hash": pin_hash(pin, salt), "pin_locked": "0", "name_recorded": "0",
             })
             p.sadd(keys.INMATES, iid)
-            p.execute()
+            p.delete(keys.pin_failures(iid))
+            return existed
+
+        return self.r.transaction(create, key, value_from_callable=True)
 
     def inmate(self, iid: str) -> dict[str, str] | None:
         return self.r.hgetall(keys.inmate(iid)) or None
