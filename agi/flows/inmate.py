@@ -60,9 +60,11 @@ def run(s: Session) -> None:
         inmate_id = identify(s, facility)
         records.update(s.r, call_id, inmate=inmate_id, outcome="checks")
         inmate = s.store.inmate(inmate_id)
+        go = check_call(s, facility, inmate_id, inmate, number, call_id)
+        # first use: only an inmate whose call may go ahead records a name (never one
+        # who is then refused); the first minute is held meanwhile, released if they hang up
         if inmate.get("name_recorded") != "1":
             record_name(s, inmate_id)
-        go = check_call(s, facility, inmate_id, inmate, number, call_id)
     except Refused as refusal:
         records.set_reason(s.r, call_id, refusal.reason)
         records.update(s.r, call_id, outcome="refused")
