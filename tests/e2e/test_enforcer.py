@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import REPO, stack_dir
+from tests.support import REPO, services, stack_dir
 from tests.support.callflow import NUMBER, OTHER_NUMBER, login, make_world, press_when, wait_settled
 
 pytestmark = pytest.mark.e2e
@@ -239,8 +239,12 @@ def listener_pid() -> int:
 
 def test_listener_killed_mid_call_keeps_enforcing_after_restart(ami, lines):
     world, call, callee, mark, _ = bridged(ami, lines, hold_grace_s=1)
-    os.killpg(listener_pid(), signal.SIGKILL)
-    time.sleep(0.5)
+    pid = listener_pid()
+    os.killpg(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while services.alive(pid):  # gone (a zombie counts as gone) before stack.sh looks
+        assert time.monotonic() < deadline, f"ics-ami (pid {pid}) still alive after SIGKILL"
+        time.sleep(0.05)
     up = subprocess.run(["bash", str(REPO / "docker" / "stack.sh"), "up"], timeout=120,
                         capture_output=True, text=True)
     assert up.returncode == 0 and "starting ics-ami" in up.stderr, up.stderr
