@@ -24,6 +24,7 @@ and sounds directory. After every such test, calls still up are hung up.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -97,8 +98,11 @@ def _worker_root() -> None:
     """A worker's stack directory gets a copy of the provisioned Asterisk root (about 2 s)."""
     src = _stack_base / "asterisk"
     dst = stack_dir() / "asterisk"
-    if (dst / ".ics-provisioned").exists() or not (src / ".ics-provisioned").exists():
-        return  # already there, or nothing to copy (stack.sh up then provisions it)
+    if not (src / ".ics-provisioned").exists():
+        return  # nothing to copy: stack.sh up provisions the worker's root itself
+    with contextlib.suppress(FileNotFoundError):  # cp -a keeps the marker's time: same root
+        if (dst / ".ics-provisioned").stat().st_mtime == (src / ".ics-provisioned").stat().st_mtime:
+            return
     tmp = dst.with_name("asterisk.copy")
     shutil.rmtree(tmp, ignore_errors=True)
     dst.parent.mkdir(parents=True, exist_ok=True)
@@ -115,13 +119,17 @@ def stack():
         # earlier run of this worker name processes in a namespace now gone
         _worker_root()
         subprocess.run(["bash", str(STACK_SH), "down"], timeout=120, capture_output=True)
+    log = stack_dir() / "log" / "asterisk.log"
+    start = _log_size(log)
     if not _stack_running():
         subprocess.run(["bash", str(STACK_SH), "up"], check=True, timeout=1800)
         started = True
-    env = read_stack_env()
-    if not env:
-        pytest.fail(f"{stack_dir() / 'stack.env'} missing after docker/stack.sh up")
     try:
+        env = read_stack_env()
+        if not env:
+            pytest.fail(f"{stack_dir() / 'stack.env'} missing after docker/stack.sh up")
+        if started:
+            _check_asterisk_log(log, start, "docker/stack.sh up")
         yield env
     finally:
         if started:
@@ -207,12 +215,20 @@ def _stack_env(request):
                 os.environ[key] = value
         if _harness is not None:
             _harness.hangup_all()
+    _check_asterisk_log(log, start, request.node.nodeid)
+
+
+def _check_asterisk_log(log, start: int, nodeid: str) -> None:
+    """Fail on ERROR / WARNING lines Asterisk wrote to log after byte start (not allowed for nodeid)."""
     if _log_size(log) < start:
         start = 0  # a new log (the file was replaced)
-    with open(log, "rb") as fh:
-        fh.seek(start)
-        problems = asterisk_log_problems(fh.read().decode(errors="replace"), request.node.nodeid)
+    try:
+        with open(log, "rb") as fh:
+            fh.seek(start)
+            problems = asterisk_log_problems(fh.read().decode(errors="replace"), nodeid)
+    except FileNotFoundError:
+        return
     if problems:
-        pytest.fail(f"Asterisk logged {len(problems)} ERROR/WARNING line(s) during the test "
+        pytest.fail(f"Asterisk logged {len(problems)} ERROR/WARNING line(s) during {nodeid} "
                     f"(not on ASTERISK_LOG_ALLOWED in tests/conftest.py):\n" + "\n".join(problems[:20]),
                     pytrace=False)
