@@ -9,6 +9,14 @@ Nothing here runs unless a test asks for it: unit tests never need the stack.
     ami            session: tests.support.ami_tap.AmiTap, logged in as ics
     redis_client   function: redis.Redis on ICS_REDIS_URL, flushed before the test
 
+Under pytest-xdist every worker (gwN) first moves into its own network
+namespace (tests/support/netns.py) and uses its own stack directory
+(.stack/gwN, an Asterisk root copied from .stack/asterisk), so each worker
+runs a whole stack on the usual loopback ports.
+
+Every test on the stack fails on an ERROR or WARNING line Asterisk logged
+while it ran, unless the line is on ASTERISK_LOG_ALLOWED below.
+
 While a test that uses the stack runs, stack.env is in os.environ (restored
 afterwards), so config.load() in the test sees the lab's Redis, AMI secret
 and sounds directory. After every such test, calls still up are hung up.
@@ -16,8 +24,12 @@ and sounds directory. After every such test, calls still up are hung up.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+import shutil
 import subprocess
+from collections import defaultdict
 
 import pytest
 
@@ -26,10 +38,55 @@ from tests.support import REPO, read_stack_env, stack_dir
 STACK_SH = REPO / "docker" / "stack.sh"
 STACK_FIXTURES = {"stack", "phones", "ami", "redis_client"}
 
+# ERROR / WARNING lines Asterisk may log during a test without failing it, the one list.
+# Each entry: (regex searched in the line, regex on the test's node id or None for
+# any test, why the line is harmless there).
+ASTERISK_LOG_ALLOWED: list[tuple[str, str | None, str]] = [
+    # The test SIGKILLs ics-fastagi on purpose: the inmate channel's hangup handler
+    # cannot reach it, and the AMI listener's sweep settling the call is what it proves.
+    (r"res_agi\.c:\d+ (handle_connection: Connecting to '127\.0\.0\.1:4573' failed for url "
+     r"'agi://127\.0\.0\.1:4573/settle': Connection refused|launch_netscript: Couldn't connect to any host\.  FastAGI failed\.)",
+     r"test_fastagi_killed", "FastAGI killed by the test: the listener settles the call"),
+]
+_LOG_PROBLEM = re.compile(r"\] (ERROR|WARNING)\[")
+
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+_netns_name: str | None = None
+_stack_base = stack_dir()
+_file_durations: dict[str, float] = defaultdict(float)
+
 
 def pytest_configure(config):
     config.addinivalue_line(
         "markers", "e2e: end to end on the lab stack (real Asterisk 22, Redis, services, SIP phones)")
+    global _netns_name, _stack_base
+    if _WORKER and _netns_name is None and os.geteuid() == 0:
+        # before any socket, thread or subprocess of the tests: all of them inherit it
+        from tests.support import netns
+        _stack_base = base = stack_dir()
+        _netns_name = netns.enter(_WORKER)
+        os.environ["ICS_STACK_DIR"] = str(base / _WORKER)
+
+
+def pytest_unconfigure(config):
+    global _netns_name
+    if _netns_name:
+        from tests.support import netns
+        netns.delete(_netns_name)
+        _netns_name = None
+
+
+def pytest_runtest_logreport(report):
+    _file_durations[report.nodeid.split("::", 1)[0]] += report.duration
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not _file_durations:
+        return
+    tr = terminalreporter
+    tr.write_sep("=", "durations per file (setup + call + teardown, summed)")
+    for path, secs in sorted(_file_durations.items(), key=lambda kv: -kv[1]):
+        tr.write_line(f"{secs:8.1f}s  {path}")
 
 
 def _stack_running() -> bool:
@@ -37,16 +94,42 @@ def _stack_running() -> bool:
     return r.returncode == 0 and (stack_dir() / "stack.env").exists()
 
 
+def _worker_root() -> None:
+    """A worker's stack directory gets a copy of the provisioned Asterisk root (about 2 s)."""
+    src = _stack_base / "asterisk"
+    dst = stack_dir() / "asterisk"
+    if not (src / ".ics-provisioned").exists():
+        return  # nothing to copy: stack.sh up provisions the worker's root itself
+    with contextlib.suppress(FileNotFoundError):  # cp -a keeps the marker's time: same root
+        if (dst / ".ics-provisioned").stat().st_mtime == (src / ".ics-provisioned").stat().st_mtime:
+            return
+    tmp = dst.with_name("asterisk.copy")
+    shutil.rmtree(tmp, ignore_errors=True)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["cp", "-a", str(src), str(tmp)], check=True, timeout=600)
+    shutil.rmtree(dst, ignore_errors=True)
+    tmp.rename(dst)
+
+
 @pytest.fixture(scope="session")
 def stack():
     started = False
+    if _netns_name:
+        # a fresh namespace: nothing of ours runs in it; pidfiles left by an
+        # earlier run of this worker name processes in a namespace now gone
+        _worker_root()
+        subprocess.run(["bash", str(STACK_SH), "down"], timeout=120, capture_output=True)
+    log = stack_dir() / "log" / "asterisk.log"
+    start = _log_size(log)
     if not _stack_running():
         subprocess.run(["bash", str(STACK_SH), "up"], check=True, timeout=1800)
         started = True
-    env = read_stack_env()
-    if not env:
-        pytest.fail(f"{stack_dir() / 'stack.env'} missing after docker/stack.sh up")
     try:
+        env = read_stack_env()
+        if not env:
+            pytest.fail(f"{stack_dir() / 'stack.env'} missing after docker/stack.sh up")
+        if started:
+            _check_asterisk_log(log, start, "docker/stack.sh up")
         yield env
     finally:
         if started:
@@ -95,13 +178,31 @@ def redis_client(_redis_session):
     return _redis_session
 
 
+def _log_size(path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def asterisk_log_problems(text: str, nodeid: str = "") -> list[str]:
+    """ERROR / WARNING lines of Asterisk's log text that ASTERISK_LOG_ALLOWED does not cover."""
+    allowed = [pattern for pattern, where, _why in ASTERISK_LOG_ALLOWED
+               if where is None or re.search(where, nodeid)]
+    return [line for line in text.splitlines()
+            if _LOG_PROBLEM.search(line) and not any(re.search(p, line) for p in allowed)]
+
+
 @pytest.fixture(autouse=True)
 def _stack_env(request):
-    """stack.env in os.environ for tests on the stack; leftover calls hung up afterwards."""
+    """stack.env in os.environ for tests on the stack; leftover calls hung up afterwards;
+    fails the test on an Asterisk ERROR / WARNING line not on ASTERISK_LOG_ALLOWED."""
     if not STACK_FIXTURES & set(request.fixturenames):
         yield
         return
     env = request.getfixturevalue("stack")
+    log = stack_dir() / "log" / "asterisk.log"
+    start = _log_size(log)
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
@@ -114,3 +215,20 @@ def _stack_env(request):
                 os.environ[key] = value
         if _harness is not None:
             _harness.hangup_all()
+    _check_asterisk_log(log, start, request.node.nodeid)
+
+
+def _check_asterisk_log(log, start: int, nodeid: str) -> None:
+    """Fail on ERROR / WARNING lines Asterisk wrote to log after byte start (not allowed for nodeid)."""
+    if _log_size(log) < start:
+        start = 0  # a new log (the file was replaced)
+    try:
+        with open(log, "rb") as fh:
+            fh.seek(start)
+            problems = asterisk_log_problems(fh.read().decode(errors="replace"), nodeid)
+    except FileNotFoundError:
+        return
+    if problems:
+        pytest.fail(f"Asterisk logged {len(problems)} ERROR/WARNING line(s) during {nodeid} "
+                    f"(not on ASTERISK_LOG_ALLOWED in tests/conftest.py):\n" + "\n".join(problems[:20]),
+                    pytrace=False)

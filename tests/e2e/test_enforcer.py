@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import REPO, stack_dir
+from tests.support import REPO, services, stack_dir
 from tests.support.callflow import NUMBER, OTHER_NUMBER, login, make_world, press_when, wait_settled
 
 pytestmark = pytest.mark.e2e
@@ -263,17 +263,23 @@ def test_extra_digits_with_only_the_digits_rule_on(ami, lines):
 
 
 def test_time_limit_warns_twice_then_ends_and_bills_only_the_limit(ami, lines):
-    world, call, callee, mark, _ = bridged(ami, lines, time_limit_s=60, warn_before_s="20,10",
-                                           rule_silence=False)
-    said = ami.wait_for({"Event": "Newexten", "Context": "ics-notice", "Application": "SayNumber",
-                         "AppData": "20"}, 50, since=mark)
-    spied = ami.wait_for({"Event": "ChanSpyStart", "SpyeeChannel": chan("PJSIP/inmate1-")}, 5, since=mark)
-    assert spied
-    ami.wait_for({"Event": "Newexten", "Context": "ics-notice", "Application": "SayNumber",
-                  "AppData": "10"}, 15, since=mark)
+    world, call, callee, mark, enter = bridged(ami, lines, time_limit_s=60, warn_before_s="20,10",
+                                               rule_silence=False)
+    inmate_leg = ami.wait_for({"Event": "BridgeEnter", "Channel": chan("PJSIP/inmate1-")}, 5, since=mark)
+    said = {}
+    for left in ("20", "10"):
+        said[left] = ami.wait_for({"Event": "Newexten", "Context": "ics-notice", "Application": "SayNumber",
+                                   "AppData": left}, 60, since=mark)
+        # the notice's Local channel barged into this call's inmate leg (ChanSpy), not anywhere else
+        spy = ami.wait_for({"Event": "ChanSpyStart", "SpyerChannel": chan(f"Local/{left}@ics-notice")},
+                           5, since=mark)
+        assert spy["SpyeeChannel"] == inmate_leg["Channel"], spy
     rec, _ = assert_cut(ami, world, mark, "time_limit", "limit_s=60", "TimeLimit", call, callee)
     assert rec["cut_ms"] - rec["bridged_ms"] == 60000
-    assert said  # both warnings were said in [ics-notice], 20 s then 10 s before the end
+    # each warning was said when it says: 20 s, then 10 s, before the end (Asterisk's event times)
+    t0 = float(enter["Timestamp"])
+    assert 38 <= float(said["20"]["Timestamp"]) - t0 <= 42, (said["20"]["Timestamp"], t0)
+    assert 48 <= float(said["10"]["Timestamp"]) - t0 <= 52, (said["10"]["Timestamp"], t0)
 
 
 def listener_pid() -> int:
@@ -282,8 +288,12 @@ def listener_pid() -> int:
 
 def test_listener_killed_mid_call_keeps_enforcing_after_restart(ami, lines):
     world, call, callee, mark, _ = bridged(ami, lines, hold_grace_s=1)
-    os.killpg(listener_pid(), signal.SIGKILL)
-    time.sleep(0.5)
+    pid = listener_pid()
+    os.killpg(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while services.alive(pid):  # gone (a zombie counts as gone) before stack.sh looks
+        assert time.monotonic() < deadline, f"ics-ami (pid {pid}) still alive after SIGKILL"
+        time.sleep(0.05)
     up = subprocess.run(["bash", str(REPO / "docker" / "stack.sh"), "up"], timeout=120,
                         capture_output=True, text=True)
     assert up.returncode == 0 and "starting ics-ami" in up.stderr, up.stderr

@@ -90,6 +90,13 @@ def loud_spans(path, threshold: int = 500, window_ms: int = 100) -> list[tuple[i
 
 # --- who may call whom, when --------------------------------------------------------------
 
+def _weeks_from_now(minutes: int = 10) -> set[str]:
+    """The ISO week (UTC) now and minutes from now: a test seeds usage in both, so a call that
+    starts after Sunday midnight still finds it."""
+    now = int(time.time() * 1000)
+    return {policy.week_of(now, "UTC"), policy.week_of(now + minutes * 60_000, "UTC")}
+
+
 def _other_day() -> str:
     return policy.DAYS[(datetime.now(timezone.utc).weekday() + 3) % 7]
 
@@ -109,8 +116,8 @@ def _setup(case: str, world) -> str:
         store.set_inmate_status(INMATE, "suspended")
     elif case == "quota_exhausted":
         store.set_inmate_status(INMATE, "restricted", quota_calls_week=2)
-        week = policy.week_of(int(time.time() * 1000), "UTC")
-        seed_week(store, INMATE, week, 2, 4)
+        for week in _weeks_from_now():
+            seed_week(store, INMATE, week, 2, 4)
     elif case == "approval_pending":
         store.remove_number(INMATE, NUMBER)
         store.set_number_state(INMATE, NUMBER, "pending")
@@ -182,13 +189,14 @@ def test_quota_minutes_cap_the_time_limit_and_count_once(ami, lines):
     inmate, family = lines
     world = make_world(balance_cents=500)
     world.store.set_inmate_status(INMATE, "restricted", quota_minutes_week=10)
-    week = policy.week_of(int(time.time() * 1000), "UTC")
-    seed_week(world.store, INMATE, week, 1, 8)  # 2 minutes left this week
+    for week in _weeks_from_now():
+        seed_week(world.store, INMATE, week, 1, 8)  # 2 minutes left this week
     call, callee, _ = connect(ami, inmate, family)
     call.hangup()
     rec = wait_settled(world)
     assert rec["limit_s"] == 120
-    assert world.store.week_usage(INMATE, week) == (2, 9)
+    # counted once, in the week the call started
+    assert world.store.week_usage(INMATE, policy.week_of(int(rec["started_ms"]), "UTC")) == (2, 9)
 
 
 # --- recording, notice, caller ID ------------------------------------------------------------
@@ -229,8 +237,9 @@ def test_recorded_call_file_notice_to_called_party_and_caller_id(ami, lines, tmp
                       since=mark)
 
     # the recording: filed by facility/inmate/date with the call id, as long as the bridge
-    day = datetime.now(timezone.utc).strftime("%Y-%m-%d")
-    assert rec["recording"] == f"ics/main/{INMATE}/{day}/{rec['call_id']}.wav"
+    # dated by the flow between the call's start and its bridge (not by when this test looks)
+    days = {policy.local_date(int(rec[k]), "UTC") for k in ("started_ms", "bridged_ms")}
+    assert rec["recording"] in {f"ics/main/{INMATE}/{day}/{rec['call_id']}.wav" for day in days}, rec
     path = world.cfg.recordings_dir / rec["recording"]
     deadline = time.time() + 10
     while time.time() < deadline and not path.is_file():

@@ -94,3 +94,29 @@ def store(redis_url, tmp_path):
     s = Store(connect(cfg), cfg)
     yield s
     s.r.close()
+
+
+# A Wednesday noon, UTC: 12 h from midnight and days from an ISO week's or a
+# month's edge in every time zone a facility may use.
+FIXED_NOW_MS = 1_796_212_800_000  # 2026-12-02 12:00:00 UTC
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    """An injected clock for tests that read days, ISO weeks or months: ics.store.now_ms (and
+    every module that imported it) starts at FIXED_NOW_MS and advances in real time, so such a
+    test cannot flake at midnight, on Monday or on the 1st. Returns the now_ms function."""
+    import sys
+    import time as _time
+
+    from ics import store as store_mod
+    real = store_mod.now_ms
+    t0 = _time.monotonic_ns()
+
+    def now_ms() -> int:
+        return FIXED_NOW_MS + (_time.monotonic_ns() - t0) // 1_000_000
+
+    for name, mod in list(sys.modules.items()):
+        if name.split(".")[0] in ("ics", "agi", "ami") and getattr(mod, "now_ms", None) is real:
+            monkeypatch.setattr(mod, "now_ms", now_ms)
+    return now_ms

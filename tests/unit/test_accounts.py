@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ics import keys, ledger
-from ics.store import Store, StoreError, month_of, now_ms
+from ics.store import Store, StoreError, month_of
 
 INMATE, PIN, LAND, CELL = "123456", "4321", "3125550100", "3125550199"
 _ids = itertools.count()
@@ -95,14 +95,14 @@ def test_a_deposit_credits_exactly_its_amount(store, amount):
 
 # --- direct bill: limit from the month's billed total ----------------------------------
 
-def test_direct_bill_holds_and_bills_against_the_monthly_limit(store):
+def test_direct_bill_holds_and_bills_against_the_monthly_limit(clock, store):
     store.create_account("db1", "Sam", [LAND], "direct_bill", monthly_limit_cents=100)
     c1, c2 = new_call(), new_call()
     assert store.reserve("db1", c1, 60)
     assert not store.reserve("db1", c2, 41)  # 100 - 60 held
     assert store.settle(c1, "db1", 33, 3, 11) == (True, 33, 3)
     assert store.settle(c1, "db1", 33, 3, 11) == (False, 33, 3)  # idempotent: the month counts it once
-    month = keys.account_month("db1", month_of(now_ms()))
+    month = keys.account_month("db1", month_of(clock()))
     assert store.r.get(month) == "33"
     acct = store.account("db1")
     assert (acct.held_cents, acct.month_billed_cents, acct.available_cents) == (0, 33, 67)

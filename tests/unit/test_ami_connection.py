@@ -46,6 +46,21 @@ class FakeAMI:
         self.writers.clear()
 
 
+async def until(pred, timeout=3.0):
+    for _ in range(int(timeout / 0.01)):
+        if pred():
+            return
+        await asyncio.sleep(0.01)
+    assert pred(), "condition not met in time"
+
+
+async def written_so_far(mgr):
+    """Returns once the fake server has answered a Ping sent now: everything the manager wrote
+    before it (a re-sent action, a refused one) has reached the fake by then (one TCP stream)."""
+    await asyncio.sleep(0)  # a task the last event started runs first
+    await asyncio.wait_for(mgr.send_action({"Action": "Ping"}), 3)
+
+
 @pytest.fixture
 async def ami():
     fake = FakeAMI()
@@ -93,7 +108,7 @@ async def test_line_breaks_in_action_values_are_refused(ami):
     fake, mgr = ami
     with pytest.raises(UnsafeAction):
         mgr.send_action({"Action": "Hangup", "Channel": "PJSIP/x\r\nAction: Originate"})
-    await asyncio.sleep(0.1)
+    await written_so_far(mgr)
     assert not any(a.get("Action") == "Originate" for a in fake.actions)
     assert not any(a.get("Action") == "Hangup" for a in fake.actions)
 
@@ -101,13 +116,16 @@ async def test_line_breaks_in_action_values_are_refused(ami):
 async def test_unanswered_actions_fail_and_are_not_resent_after_reconnect(ami):
     fake, mgr = ami
     fut = mgr.send_action({"Action": "Originate", "Channel": "Local/1@x"})
-    await asyncio.sleep(0.05)
+    await until(lambda: any(a.get("Action") == "Originate" for a in fake.actions))
     fake.drop()
     with pytest.raises(ConnectionError):
         await asyncio.wait_for(fut, 2)
     await asyncio.wait_for(mgr.connected_event.wait(), 3)  # reconnected and logged in again
+    booted = asyncio.Event()
+    mgr.register_event("FullyBooted", lambda m, e: booted.set())  # runs after panoramisk's re-send hook
     fake.send("Event: FullyBooted\nStatus: Fully Booted\n\n")
-    await asyncio.sleep(0.3)
+    await asyncio.wait_for(booted.wait(), 3)
+    await written_so_far(mgr)
     assert sum(1 for a in fake.actions if a.get("Action") == "Originate") == 1
 
 

@@ -114,10 +114,10 @@ def test_direct_bill_to_a_number_that_became_unbillable_needs_prepaid(port, worl
     assert store.account("db1").held_cents == 0
 
 
-def test_direct_bill_stops_at_the_monthly_limit(port, world):
+def test_direct_bill_stops_at_the_monthly_limit(clock, port, world):
     cfg, store = world
     store.create_account("db1", "Sam", [NUMBER], "direct_bill", monthly_limit_cents=1000)
-    month = keys.account_month("db1", month_of(now_ms()))
+    month = keys.account_month("db1", month_of(clock()))
     one_minute = rating.price(5, 60_000, 750).cents  # 5 + 0.375 -> 5 cents
     store.r.set(month, 1000 - one_minute + 1)  # the month's total + one minute > limit
     cmds, rec = run_call(port, store, NUMBER)

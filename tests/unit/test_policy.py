@@ -11,7 +11,7 @@ import pytest
 
 from agi.flows.inmate import notice_options, recording_name
 from ics import config, livecalls, policy, rating, records
-from ics.store import StoreError, now_ms
+from ics.store import StoreError
 
 from .test_flows_billing import port, run_call  # noqa: F401 (fixture)
 from .test_flows_scripted import INMATE, NUMBER, make_world
@@ -174,7 +174,7 @@ def result(cmds) -> str:
 
 @pytest.mark.parametrize("case", ["inmate_suspended", "lockdown", "outside_schedule", "quota_exhausted",
                                   "approval_pending", "not_approved", "short_code_not_allowed"])
-def test_each_policy_refusal_plays_its_prompt_and_holds_nothing(port, world, case):
+def test_each_policy_refusal_plays_its_prompt_and_holds_nothing(clock, port, world, case):
     _, store = world
     number = NUMBER
     if case == "inmate_suspended":
@@ -182,12 +182,12 @@ def test_each_policy_refusal_plays_its_prompt_and_holds_nothing(port, world, cas
     elif case == "lockdown":
         store.set_lockdown("main", None, "Warden", "", False)
     elif case == "outside_schedule":
-        day = policy.DAYS[(datetime.now(timezone.utc).weekday() + 1) % 7]
+        day = policy.DAYS[(policy.local_time(clock(), "UTC").weekday() + 1) % 7]
         store.create_unit("main", "A", "A Block", f"{day} 00:00-24:00")
         store.set_inmate_unit(INMATE, "A")
     elif case == "quota_exhausted":
         store.set_inmate_status(INMATE, "restricted", quota_minutes_week=30)
-        seed_week(store, INMATE, policy.week_of(now_ms(), "UTC"), 1, 30)
+        seed_week(store, INMATE, policy.week_of(clock(), "UTC"), 1, 30)
     elif case == "approval_pending":
         store.set_number_state(INMATE, "3125550101", "pending")
         number = "3125550101"
@@ -203,11 +203,11 @@ def test_each_policy_refusal_plays_its_prompt_and_holds_nothing(port, world, cas
     assert store.account("fam1").held_cents == 0
 
 
-def test_a_call_that_may_dial_carries_caller_id_notice_recording_and_quota_limit(port, world):
+def test_a_call_that_may_dial_carries_caller_id_notice_recording_and_quota_limit(clock, port, world):
     _, store = world
     store.r.hset("ics:facility:main", mapping={"notice_interval_s": 60, "caller_id": "3125550000"})
     store.set_inmate_status(INMATE, "restricted", quota_minutes_week=30)
-    seed_week(store, INMATE, policy.week_of(now_ms(), "UTC"), 1, 25)  # 5 minutes left
+    seed_week(store, INMATE, policy.week_of(clock(), "UTC"), 1, 25)  # 5 minutes left
     cmds, rec = run_call(port, store, NUMBER)
     assert result(cmds) == "dial"
     assert 'SET VARIABLE "CALLERID(num)" "3125550000"' in cmds

@@ -34,15 +34,40 @@ def test_the_quote_is_the_one_minute_bill_before_tax(r, t):
     assert one.cents == r + rating.tax_cents(r, t)
 
 
-@given(ms, rate, tax)
-def test_bill_is_minutes_times_rate_plus_tax_once(d, r, t):
-    p = rating.price(r, d, t)
-    assert p.subtotal_cents == p.minutes * rating.quote(r).cents
-    # tax once on the call total, round half up, exactly (no float)
-    assert p.tax_cents == (p.subtotal_cents * t + 5000) // 10000
-    assert 2 * abs(p.tax_cents * 10000 - p.subtotal_cents * t) <= 10000
-    assert p.total_cents == p.cents == p.subtotal_cents + p.tax_cents
-    assert all(isinstance(v, int) for v in (p.minutes, p.subtotal_cents, p.tax_cents, p.cents))
+# Bills worked out by hand at the FCC 25-75 cap rates (README: prison 11; jail by ADP
+# 1000+ 10, 350-999 12, 100-349 13, 50-99 15, under 50 19; plus facility_cost_cents):
+# (rate, bridged ms, tax bps) -> Price(minutes, rate, subtotal, tax)
+BILLS = [
+    (11, 0, 0, rating.Price(0, 11, 0, 0)),            # prison: nothing bridged, nothing billed
+    (11, 1, 0, rating.Price(1, 11, 11, 0)),           # 1 ms is a whole minute
+    (11, 60_000, 0, rating.Price(1, 11, 11, 0)),      # exactly one minute
+    (11, 60_001, 0, rating.Price(2, 11, 22, 0)),      # 1 ms into the second
+    (10, 900_000, 0, rating.Price(15, 10, 150, 0)),   # jail ADP 1000+, 15 min
+    (12, 200_000, 625, rating.Price(4, 12, 48, 3)),   # jail 350-999, 3:20 -> 4 min; 48 x 6.25 % = 3.0
+    (21, 840_500, 750, rating.Price(15, 21, 315, 24)),  # jail < 50 (19) + 2 cost; 315 x 7.5 % = 23.625 -> 24
+    (10, 300_000, 900, rating.Price(5, 10, 50, 5)),   # 50 x 9 % = 4.5 -> 5 (half up)
+    (10, 300_000, 899, rating.Price(5, 10, 50, 4)),   # 4.495 -> 4
+    (15, 1, 1000, rating.Price(1, 15, 15, 2)),        # jail 50-99: 1.5 -> 2
+    (13, 119_999, 0, rating.Price(2, 13, 26, 0)),     # jail 100-349
+]
+
+
+@pytest.mark.parametrize("r, d, t, expected", BILLS)
+def test_bills_at_the_cap_rates_worked_out_by_hand(r, d, t, expected):
+    assert rating.price(r, d, t) == expected
+    assert rating.price(r, d, t).cents == expected.subtotal_cents + expected.tax_cents
+
+
+@pytest.mark.parametrize("available, r, t, facility_s, limit_ms", [
+    (500, 11, 750, 3600, 42 * 60_000),   # 42 min: 462 + 35 tax = 497; 43 min: 473 + 35 = 508 > 500
+    (500, 11, 750, 900, 900_000),        # the facility's 15 min come first
+    (100, 21, 750, 3600, 4 * 60_000),    # 4 min: 84 + 6 = 90; 5 min: 105 > 100
+    (22, 11, 0, 3600, 2 * 60_000),       # exactly two minutes
+    (21, 11, 0, 3600, 60_000),           # one cent short of the second
+    (10, 11, 0, 3600, 0),                # not even one minute
+])
+def test_time_limits_worked_out_by_hand(available, r, t, facility_s, limit_ms):
+    assert rating.time_limit_ms(facility_s, available, r, t) == limit_ms
 
 
 @given(ms, ms, rate, tax)
