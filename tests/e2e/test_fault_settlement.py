@@ -6,7 +6,8 @@
   backstop ends the call about rating.BACKSTOP_MS after the paid minute, billed
   exactly that minute, reason time_limit with a threshold naming the backstop.
 - Asterisk restarted mid-call: the record says system_error with the evidence
-  (the AMI Shutdown event, the listener losing AMI), is credited per the rule
+  (Asterisk's SoftHangupRequest with the shutdown cause, the AMI Shutdown event),
+  is credited per the rule
   (a system drop within the first bridged minute: in full, once).
 Each test also fails on a new ERROR or WARNING line in Asterisk's log.
 """
@@ -139,8 +140,12 @@ def test_asterisk_restart_mid_call_is_a_credited_system_error(ami, lines):  # no
     rec = wait_settled(world, timeout=20)
     assert rec["call_id"] == call_id
     assert rec["reason"] == "system_error", rec
+    # Asterisk hangs every channel up (SoftHangupRequest, Cause 4: shutdown), runs the hangup
+    # handlers (which can only see a normal clearing), then sends Shutdown and closes AMI
     evidence = json.loads(rec["evidence"])
-    assert {"Shutdown", "AMIConnectionLost"} <= {e["event"] for e in evidence}, evidence
+    assert [e["event"] for e in evidence] == ["SoftHangupRequest", "Shutdown"], evidence
+    assert evidence[0]["Cause"] == "4" and evidence[1]["Restart"] == "True"
+    assert rec["rule_threshold"] == "asterisk_shutdown"
     assert rec["ended_ms"] - restarted_at < 2000 and rec["ended_ms"] >= rec["bridged_ms"]
     # billed for what was bridged, then credited in full, once
     assert (rec["billed_minutes"], rec["billed_cents"], rec["credited_cents"]) == (1, 11, 11)
