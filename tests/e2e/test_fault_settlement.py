@@ -158,3 +158,31 @@ def test_asterisk_restart_mid_call_is_a_credited_system_error(ami, lines):  # no
     assert len(services.log_events("ami", "call.settled", call_id)
                + services.log_events("fastagi", "call.settled", call_id)) == 1
     assert log.problems(AsteriskLog.RESTART_ALLOWED) == []
+
+
+def test_asterisk_killed_mid_call_is_a_credited_system_error_dated_at_the_loss(ami, lines):  # noqa: F811
+    inmate, family, _ = lines
+    world = make_world(balance_cents=500)
+    call, callee = accept(ami, inmate, family)
+    call_id = latest_call(world)["call_id"]
+    time.sleep(3)
+    killed_at = int(time.time() * 1000)
+    services.kill("asterisk")  # no hangup handler, no Shutdown event: the listener just loses AMI
+    try:
+        services.restart("asterisk")
+    finally:
+        ami.reconnect(stack_setting("ICS_AMI_SECRET", "") or "")
+    call.hangup()
+    callee.hangup()
+    rec = wait_settled(world, timeout=20)
+    assert rec["call_id"] == call_id
+    assert rec["reason"] == "system_error" and rec["rule_threshold"] == "asterisk_restart", rec
+    assert [e["event"] for e in json.loads(rec["evidence"])] == ["AMIConnectionLost", "CoreStatus"]
+    assert 0 <= rec["ended_ms"] - killed_at < 2000, "dated when AMI was lost, not when it came back"
+    assert (rec["billed_minutes"], rec["billed_cents"], rec["credited_cents"]) == (1, 11, 11)
+    assert [int(e["amount_cents"]) for e in charges(world, call_id)] == [11]
+    assert [int(e["amount_cents"]) for e in credits(world, call_id)] == [11]
+    assert balance(world) == 500 and world.store.account(world.account).held_cents == 0
+    assert ledger.check(world.store.r)["ok"]
+    assert services.log_events("ami", "ami.system_drop", call_id)
+    assert not services.log_events("fastagi", "call.settled", call_id)
