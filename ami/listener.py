@@ -384,6 +384,7 @@ class Listener:
             elif call.call_id:
                 self.spawn(self.sweep(call.call_id))
         self.bridges = bridges
+        self.rebuilt = True  # live calls known again: the periodic orphan scan may trust them
         # calls that ended while nobody settled them (FastAGI and listener both down)
         for call_id in await asyncio.to_thread(orphans, self.store.r, set(seen)):
             self.spawn(self.sweep(call_id))
@@ -402,6 +403,7 @@ class Listener:
         self.shutdown: dict | None = None       # the last AMI Shutdown event
         self._shutdown_seen = asyncio.Event()
         self.dropped: set[str] = set()          # call ids already being recorded as system drops
+        self.rebuilt = False                    # live calls rebuilt since the last (re)connect
         for name in SYSTEM_EVENTS:
             self.manager.register_event(name, self.on_event)
         if hasattr(self.manager, "disconnect_hooks"):
@@ -444,7 +446,7 @@ class Listener:
 
     async def scan_orphans(self) -> None:
         """Calls that ended while nothing could settle them, found without waiting for a reconnect."""
-        if not self.manager.connected_event.is_set():
+        if not (self.rebuilt and self.manager.connected_event.is_set()):
             return  # the live calls are not known: rebuild() scans after the reconnect
         live = set(self.calls)
         found = await asyncio.to_thread(orphans, self.store.r, live)
@@ -486,6 +488,7 @@ class Listener:
         return None
 
     def on_ami_lost(self) -> None:
+        self.rebuilt = False
         if self.ami_lost is None:
             self.ami_lost = (int(time.time() * 1000),
                              {c.call_id for c in self.calls.values() if c.call_id and c.bridged})

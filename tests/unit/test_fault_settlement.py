@@ -109,6 +109,9 @@ async def test_the_periodic_orphan_scan_settles_calls_nobody_saw_end(store, monk
     records.update(store.r, gone, uniqueid="1.1")
     records.update(store.r, live, uniqueid="2.1")
     lis = listener(store, orphan_scan_s=0)
+    await lis.scan_orphans()  # live calls not rebuilt yet: nothing is trusted, nothing settled
+    assert records.get(store.r, gone).get("settled") is None
+    lis.rebuilt = True
     lis.calls["2.1"] = LiveCall("2.1")
     task = asyncio.get_running_loop().create_task(lis.upkeep())
     try:
@@ -225,6 +228,7 @@ async def test_calls_gone_after_asterisk_restarted_while_ami_was_lost_are_system
     aid = new_account(store, deposit=1000)
     cid = bridged_call(store, aid, rate=25, bridged_s=20)
     store.r.hdel(f"ics:call:{cid}", "ended_ms")
+    monkeypatch.setattr("ami.listener.ORPHAN_MIN_AGE_MS", 10**12)  # only the call under test
     lis = listener(store)
     await lis.rebuild()  # the first login: Asterisk's start time noted
     call = lis.calls["9.1"] = LiveCall("9.1")
@@ -246,6 +250,7 @@ async def test_calls_gone_after_an_ami_blip_are_plain_sweeps(store, monkeypatch)
     monkeypatch.setattr("ami.listener.SETTLE_GRACE_S", 0)
     aid = new_account(store, deposit=1000)
     cid = bridged_call(store, aid, rate=25, bridged_s=20)
+    monkeypatch.setattr("ami.listener.ORPHAN_MIN_AGE_MS", 10**12)
     lis = listener(store)
     await lis.rebuild()
     call = lis.calls["9.1"] = LiveCall("9.1")
