@@ -14,7 +14,12 @@ notices are played into the live call by a ChanSpy barge on a Local channel
 On every (re)connect the state of live calls is rebuilt from CoreShowChannels
 and the call records, and enforcement goes on. Redis work runs in threads,
 never in the event loop. The listener also settles a hung-up call whose hangup
-handler did not (the FastAGI server was down), with the same code.
+handler did not (the FastAGI server was down), with the same code. A hang-up it
+cannot settle (Redis down) is kept with its AMI event time and retried until
+settled; ended calls nobody saw end are looked for periodically, not only on a
+reconnect. Calls Asterisk itself dropped (a stop or restart: SoftHangupRequest
+with the shutdown cause, or a new CoreStartupTime after AMI was lost) are
+recorded as system_error with that evidence before they are settled.
 
 Its AMI user (ami.listener_user, dialplan/manager.conf.in) reads only the call
 and dtmf classes, with an eventfilter for the events handled here.

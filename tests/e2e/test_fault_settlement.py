@@ -186,3 +186,32 @@ def test_asterisk_killed_mid_call_is_a_credited_system_error_dated_at_the_loss(a
     assert ledger.check(world.store.r)["ok"]
     assert services.log_events("ami", "ami.system_drop", call_id)
     assert not services.log_events("fastagi", "call.settled", call_id)
+
+
+def test_a_trunk_failure_cause_on_the_called_leg_is_a_credited_system_error(ami, lines):  # noqa: F811
+    inmate, family, _ = lines
+    world = make_world(balance_cents=500)
+    call, callee = accept(ami, inmate, family)
+    call_id = latest_call(world)["call_id"]
+    time.sleep(2)
+    # what a carrier sends when its network fails mid-call (RFC 3326 Reason, Q.850 38)
+    callee.hangup(headers={"Reason": "Q.850;cause=38"})
+    call.wait_disconnected(10)
+    rec = wait_settled(world)
+    assert rec["call_id"] == call_id
+    assert (rec["reason"], rec["rule_threshold"]) == ("system_error", "hangupcause=38"), rec
+    assert json.loads(rec["evidence"])[0]["Cause"] == "38"
+    assert (rec["billed_cents"], rec["credited_cents"]) == (11, 11)
+    assert balance(world) == 500 and ledger.check(world.store.r)["ok"]
+
+
+def test_a_normal_hangup_cause_stays_a_plain_hangup(ami, lines):  # noqa: F811
+    inmate, family, _ = lines
+    world = make_world(balance_cents=500)
+    call, callee = accept(ami, inmate, family)
+    time.sleep(1)
+    callee.hangup(headers={"Reason": "Q.850;cause=16"})
+    call.wait_disconnected(10)
+    rec = wait_settled(world)
+    assert rec["reason"] == "called_hangup" and "credited_cents" not in rec
+    assert balance(world) == 500 - 11
