@@ -204,6 +204,7 @@ class Listener:
         call = self.calls.get(str(event.get("Linkedid") or event.get("Uniqueid") or ""))
         if call is None:
             return None
+        self.drop_cause(call, event)
         chan = str(event.get("Channel", ""))
         call.channels.pop(chan, None)
         call.talking.discard(chan)
@@ -485,6 +486,18 @@ class Listener:
             self.dropped.add(call.call_id)
             self.spawn(self.shutdown_drop(call.call_id, event_ms(event) or int(time.time() * 1000), event))
         return None
+
+    def drop_cause(self, call: LiveCall, event) -> None:
+        """A leg of a bridged call hung up with a cause meaning the network failed (a trunk's
+        Q.850 27, 34, 38, ...): a system drop, dated by the Hangup event. The hangup handler
+        sees only the inmate channel's own cause, so the called leg's is read here."""
+        cause = settlement.system_drop_cause(str(event.get("Cause", "")))
+        if cause is None or not (call.call_id and call.bridged) or call.call_id in self.dropped:
+            return
+        self.dropped.add(call.call_id)
+        at_ms = event_ms(event) or int(time.time() * 1000)
+        events = [dict(evidence(event), Cause=str(cause), **{"Cause-txt": str(event.get("Cause-txt", ""))})]
+        self.spawn(self.system_drop(call.call_id, at_ms, f"hangupcause={cause}", events))
 
     def on_shutdown(self, event):
         self.shutdown = dict(event)

@@ -261,3 +261,25 @@ async def test_calls_gone_after_an_ami_blip_are_plain_sweeps(store, monkeypatch)
         await asyncio.sleep(0.01)
     rec = records.get(store.r, cid)
     assert rec["reason"] == "called_hangup" and "credited_cents" not in rec
+
+
+async def test_a_called_leg_hung_up_by_a_failing_network_is_a_system_drop(store):
+    aid = new_account(store, deposit=1000)
+    cid = bridged_call(store, aid, rate=25, bridged_s=20)
+    # the hangup handler settled first: it saw only the inmate channel's own cause (16)
+    assert settlement.settle(store, cid, "ANSWER", "PJSIP/3125550100-2", "PJSIP/inmate1-1", "16")["reason"] \
+        == "called_hangup"
+    lis = listener(store)
+    call = lis.calls["9.1"] = LiveCall("9.1")
+    call.call_id, call.bridged = cid, True
+    call.channels = {"PJSIP/inmate1-1": "9.1", "PJSIP/3125550100-2": "9.2"}
+    lis.on_hangup({"Event": "Hangup", "Channel": "PJSIP/3125550100-2", "Linkedid": "9.1", "Uniqueid": "9.2",
+                   "Cause": "38", "Cause-txt": "Network out of order", "Timestamp": f"{now_ms() / 1000:.6f}"})
+    while lis._tasks:
+        await asyncio.sleep(0.01)
+    rec = records.get(store.r, cid)
+    assert (rec["reason"], rec["rule_threshold"]) == ("system_error", "hangupcause=38")
+    assert json.loads(rec["evidence"])[0] | {"time": ""} == {
+        "event": "Hangup", "time": "", "channel": "PJSIP/3125550100-2", "Cause": "38",
+        "Cause-txt": "Network out of order"}
+    assert (rec["billed_cents"], rec["credited_cents"]) == (25, 25) and ledger.check(store.r)["ok"]
