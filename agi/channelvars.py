@@ -16,12 +16,14 @@ Set by the call flow for the dialplan (dialplan/extensions.conf):
   CALLERID(name), CALLERID(num)  fixed per facility before Dial
 Set by the dialplan for the notice (Dial L() reads them from the inmate channel):
   LIMIT_WARNING_FILE, LIMIT_PLAYAUDIO_CALLER, LIMIT_PLAYAUDIO_CALLEE
+  LIMIT_TIMEOUT_FILE  always set: without any LIMIT_* sound Dial turns L() into S(),
+                  which replaces the called leg's TIMEOUT(absolute) after U() returns
 Set on the called channel by the called-party menu:
   GOSUB_RESULT    "ABORT" unless the call was accepted (Asterisk's Dial U() contract)
   TIMEOUT(absolute)  on accept: the paid minute plus rating.BACKSTOP_MS; the AMI
                   listener pushes it back each time it holds the next minute
 Read by settlement (passed as AGI arguments by the hangup handler):
-  DIALSTATUS, CHANNEL(hangupsource)
+  DIALSTATUS, CHANNEL(hangupsource), HANGUPCAUSE (a network-failure cause: system_error)
 """
 
 FACILITY = "ICS_FACILITY"

@@ -42,6 +42,7 @@ class GuardedManager(Manager):
         self._tasks: set[asyncio.Task] = set()
         self.connected_event = asyncio.Event()
         self.login_hooks: list = []  # coroutine functions run after every successful login
+        self.disconnect_hooks: list = []  # plain functions run when an established connection is lost
 
     # --- dispatch ----------------------------------------------------------
     def dispatch(self, event):
@@ -106,8 +107,14 @@ class GuardedManager(Manager):
         return ok
 
     def connection_lost(self, exc):
+        was_connected = self.connected_event.is_set()
         self.connected_event.clear()
         log.warning("ami.disconnected", error=repr(exc) if exc else None)
+        for hook in self.disconnect_hooks if was_connected else ():
+            try:
+                hook()
+            except Exception:
+                log.exception("ami.event_error", callback=getattr(hook, "__name__", "?"))
         super().connection_lost(exc)
         self._drop_awaiting()  # the protocol moved unanswered actions there on close
 

@@ -14,7 +14,12 @@ notices are played into the live call by a ChanSpy barge on a Local channel
 On every (re)connect the state of live calls is rebuilt from CoreShowChannels
 and the call records, and enforcement goes on. Redis work runs in threads,
 never in the event loop. The listener also settles a hung-up call whose hangup
-handler did not (the FastAGI server was down), with the same code.
+handler did not (the FastAGI server was down), with the same code. A hang-up it
+cannot settle (Redis down) is kept with its AMI event time and retried until
+settled; ended calls nobody saw end are looked for periodically, not only on a
+reconnect. Calls Asterisk itself dropped (a stop or restart: SoftHangupRequest
+with the shutdown cause, or a new CoreStartupTime after AMI was lost) are
+recorded as system_error with that evidence before they are settled.
 
 Its AMI user (ami.listener_user, dialplan/manager.conf.in) reads only the call
 and dtmf classes, with an eventfilter for the events handled here.
@@ -27,6 +32,7 @@ import signal
 import sys
 import time
 from collections import deque
+from dataclasses import dataclass, field
 
 import structlog
 
@@ -37,7 +43,7 @@ from ics.rating import MINUTE_MS
 from ics.store import Store, connect
 
 from .connection import GuardedManager
-from .rules import Cut, LiveCall, Policy, event_ms
+from .rules import Cut, LiveCall, Policy, event_ms, evidence
 
 log = structlog.get_logger("ami")
 
@@ -49,6 +55,21 @@ NOTICE_CONTEXT = "ics-notice"
 CALL_EVENTS = ("Newchannel", "Hangup", "BridgeEnter", "BridgeLeave", "Hold", "Unhold", "Flash",
                "BlindTransfer", "AttendedTransfer", "ConfbridgeJoin", "DTMFEnd",
                "ChannelTalkingStart", "ChannelTalkingStop")
+# Asterisk going down (issue 8: system drops): SoftHangupRequest says why a channel is being
+# hung up (Cause is Asterisk's softhangup flag, 4 = the whole system is shutting down),
+# Shutdown is sent just before AMI closes on a stop or restart
+SYSTEM_EVENTS = ("SoftHangupRequest", "Shutdown")
+SOFTHANGUP_SHUTDOWN = "4"    # AST_SOFTHANGUP_SHUTDOWN
+SHUTDOWN_WAIT_S = 2.0        # a dropped call's record waits this long for the Shutdown event's evidence
+
+
+@dataclass
+class Unsettled:
+    """A hang-up the listener could not settle yet (Redis away): retried until settled."""
+    ended_ms: int | None
+    since: float = field(default_factory=time.monotonic)
+    attempts: int = 0
+    drop: tuple[str, list] | None = None   # (threshold, evidence) of a system drop to record first
 
 
 def chan_var(event, name: str) -> str:
@@ -75,6 +96,7 @@ class Listener:
         for name in CALL_EVENTS:
             manager.register_event(name, self.on_event)
         manager.login_hooks.append(self.rebuild)
+        self.init_fault_paths()
 
     # --- dispatch ----------------------------------------------------------------
     def on_event(self, manager, event):
@@ -182,6 +204,7 @@ class Listener:
         call = self.calls.get(str(event.get("Linkedid") or event.get("Uniqueid") or ""))
         if call is None:
             return None
+        self.drop_cause(call, event)
         chan = str(event.get("Channel", ""))
         call.channels.pop(chan, None)
         call.talking.discard(chan)
@@ -311,14 +334,17 @@ class Listener:
             log.error("enforce.warning_failed", call_id=call.call_id, seconds_left=seconds)
 
     async def sweep(self, call_id: str, ended_ms: int | None = None) -> None:
-        if ended_ms:  # the hang-up's own time: waiting below must not be billed (first writer wins)
-            await asyncio.to_thread(records.mark_ended, self.store.r, call_id, ended_ms)
-        await asyncio.sleep(SETTLE_GRACE_S)
-        rec = await asyncio.to_thread(records.get, self.store.r, call_id)
-        if rec is None or rec.get("settled") == "1":
-            return
-        log.warning("ami.settle_sweep", call_id=call_id, why="hangup handler did not settle")
-        await asyncio.to_thread(settlement.settle, self.store, call_id)
+        try:
+            if ended_ms:  # the hang-up's own time: waiting below must not be billed (first writer wins)
+                await asyncio.to_thread(records.mark_ended, self.store.r, call_id, ended_ms)
+            await asyncio.sleep(SETTLE_GRACE_S)
+            rec = await asyncio.to_thread(records.get, self.store.r, call_id)
+            if rec is None or rec.get("settled") == "1":
+                return
+            log.warning("ami.settle_sweep", call_id=call_id, why="hangup handler did not settle")
+            await asyncio.to_thread(settlement.settle, self.store, call_id)
+        except Exception as exc:  # Redis away: kept, dated by the hang-up event, retried
+            self.keep_unsettled(call_id, ended_ms, exc)
 
     # --- (re)connect -----------------------------------------------------------------
     async def rebuild(self) -> None:
@@ -344,6 +370,7 @@ class Listener:
                 bridges.setdefault(str(row["BridgeId"]), set()).add(chan)
                 call.bridge = str(row["BridgeId"])
         gone = [c for k, c in self.calls.items() if k not in seen]
+        drop = await self.restart_evidence()  # Asterisk restarted while AMI was lost: gone calls were dropped
         for linkedid, fresh in seen.items():
             old = self.calls.get(linkedid)
             if old is not None and old.bridged:
@@ -358,14 +385,190 @@ class Listener:
                 log.info("enforce.watching", call_id=fresh.call_id, bridge=fresh.bridge, rebuilt=True)
         for call in gone:
             self.calls.pop(call.linkedid, None)
-            if call.call_id:
+            if call.call_id and drop is not None and call.bridged:
+                self.spawn(self.system_drop(call.call_id, *drop))
+            elif call.call_id:
                 self.spawn(self.sweep(call.call_id))
         self.bridges = bridges
+        self.rebuilt = True  # live calls known again: the periodic orphan scan may trust them
         # calls that ended while nobody settled them (FastAGI and listener both down)
         for call_id in await asyncio.to_thread(orphans, self.store.r, set(seen)):
             self.spawn(self.sweep(call_id))
         log.info("ami.rebuilt", channels=len(rows), calls=len(seen),
                  watching=sum(1 for c in self.calls.values() if c.bridged and c.call_id))
+
+    # --- fault paths (issue 8): hang-ups that could not be settled, calls Asterisk dropped ---
+    def init_fault_paths(self) -> None:
+        a = self.cfg["ami"]
+        self.unsettled: dict[str, Unsettled] = {}
+        self.retry_s = a["settle_retry_ms"] / 1000
+        self.retry_max_s = a["settle_retry_max_s"]
+        self.orphan_scan_s = a["orphan_scan_s"]
+        self.ami_lost: tuple[int, set[str]] | None = None  # when AMI was lost, call ids bridged then
+        self.core_startup: str | None = None    # Asterisk's CoreStartupDate/Time at the last login
+        self.shutdown: dict | None = None       # the last AMI Shutdown event
+        self._shutdown_seen = asyncio.Event()
+        self.dropped: set[str] = set()          # call ids already being recorded as system drops
+        self.rebuilt = False                    # live calls rebuilt since the last (re)connect
+        for name in SYSTEM_EVENTS:
+            self.manager.register_event(name, self.on_event)
+        if hasattr(self.manager, "disconnect_hooks"):
+            self.manager.disconnect_hooks.append(self.on_ami_lost)
+
+    def keep_unsettled(self, call_id: str, ended_ms: int | None, exc: BaseException,
+                       drop: tuple[str, list] | None = None) -> None:
+        kept = self.unsettled.get(call_id)
+        if kept is None:
+            kept = self.unsettled[call_id] = Unsettled(ended_ms, drop=drop)
+        kept.ended_ms = kept.ended_ms or ended_ms
+        kept.drop = kept.drop or drop
+        kept.attempts += 1
+        if kept.attempts == 1 or kept.attempts % 60 == 0:
+            log.warning("ami.settle_retry", call_id=call_id, ended_ms=kept.ended_ms, attempts=kept.attempts,
+                        error=repr(exc))
+
+    async def retry_unsettled(self) -> None:
+        """One pass over the kept hang-ups: each is dated by its AMI event and settled once."""
+        for call_id, kept in list(self.unsettled.items()):
+            try:
+                if kept.drop is not None:
+                    await self.record_drop(call_id, kept.ended_ms, *kept.drop)
+                elif kept.ended_ms:
+                    await asyncio.to_thread(records.mark_ended, self.store.r, call_id, kept.ended_ms)
+                rec = await asyncio.to_thread(records.get, self.store.r, call_id)
+                if rec is not None and (rec.get("settled") != "1" or kept.drop is not None):
+                    # settle() credits a system drop even when the call was settled before
+                    await asyncio.to_thread(settlement.settle, self.store, call_id)
+                    log.warning("ami.settle_sweep", call_id=call_id, why="settled once Redis answered",
+                                attempts=kept.attempts)
+                self.unsettled.pop(call_id, None)
+            except Exception as exc:
+                if time.monotonic() - kept.since > self.retry_max_s:
+                    self.unsettled.pop(call_id, None)
+                    log.error("ami.settle_gave_up", call_id=call_id, ended_ms=kept.ended_ms,
+                              attempts=kept.attempts, error=repr(exc))
+                else:
+                    self.keep_unsettled(call_id, kept.ended_ms, exc)
+
+    async def scan_orphans(self) -> None:
+        """Calls that ended while nothing could settle them, found without waiting for a reconnect."""
+        if not (self.rebuilt and self.manager.connected_event.is_set()):
+            return  # the live calls are not known: rebuild() scans after the reconnect
+        live = set(self.calls)
+        found = await asyncio.to_thread(orphans, self.store.r, live)
+        found = [cid for cid in found if cid not in self.unsettled]
+        if found:
+            log.warning("ami.orphan_scan", found=found)
+        for call_id in found:
+            self.spawn(self.sweep(call_id))
+
+    async def upkeep(self) -> None:
+        """Retry kept hang-ups every settle_retry_ms; look for orphans every orphan_scan_s."""
+        last_scan = time.monotonic()
+        while True:
+            await asyncio.sleep(self.retry_s)
+            if self.unsettled:
+                await self.retry_unsettled()
+            if time.monotonic() - last_scan >= self.orphan_scan_s:
+                last_scan = time.monotonic()
+                try:
+                    await self.scan_orphans()
+                except Exception as exc:  # Redis away: the next scan will do
+                    log.error("ami.event_error", where="orphan_scan", error=repr(exc))
+
+    def on_softhanguprequest(self, event):
+        """Asterisk hangs every channel up on a stop or restart (Cause 4, before the hangup
+        handlers run): the bridged calls it ends are system drops, dated by this event."""
+        if str(event.get("Cause", "")) != SOFTHANGUP_SHUTDOWN:
+            return None
+        call = self.calls.get(str(event.get("Linkedid") or event.get("Uniqueid") or ""))
+        if call is not None and call.call_id and call.bridged and call.call_id not in self.dropped:
+            self.dropped.add(call.call_id)
+            self.spawn(self.shutdown_drop(call.call_id, event_ms(event) or int(time.time() * 1000), event))
+        return None
+
+    def drop_cause(self, call: LiveCall, event) -> None:
+        """A leg of a bridged call hung up with a cause meaning the network failed (a trunk's
+        Q.850 27, 34, 38, ...): a system drop, dated by the Hangup event. The hangup handler
+        sees only the inmate channel's own cause, so the called leg's is read here."""
+        cause = settlement.system_drop_cause(str(event.get("Cause", "")))
+        if cause is None or not (call.call_id and call.bridged) or call.call_id in self.dropped:
+            return
+        self.dropped.add(call.call_id)
+        at_ms = event_ms(event) or int(time.time() * 1000)
+        events = [dict(evidence(event), Cause=str(cause), **{"Cause-txt": str(event.get("Cause-txt", ""))})]
+        self.spawn(self.system_drop(call.call_id, at_ms, f"hangupcause={cause}", events))
+
+    def on_shutdown(self, event):
+        self.shutdown = dict(event)
+        self._shutdown_seen.set()
+        log.warning("ami.shutdown", shutdown=event.get("Shutdown"), restart=event.get("Restart"))
+        return None
+
+    def on_ami_lost(self) -> None:
+        self.rebuilt = False
+        if self.ami_lost is None:
+            self.ami_lost = (int(time.time() * 1000),
+                             {c.call_id for c in self.calls.values() if c.call_id and c.bridged})
+
+    async def shutdown_drop(self, call_id: str, at_ms: int, event) -> None:
+        try:  # the Shutdown event follows the hang-ups by about a second: its evidence too
+            await asyncio.wait_for(self._shutdown_seen.wait(), SHUTDOWN_WAIT_S)
+        except asyncio.TimeoutError:
+            pass
+        events = [dict(evidence(event), Cause=str(event.get("Cause", "")), why="shutdown")]
+        if self.shutdown is not None:
+            events.append(_shutdown_evidence(self.shutdown))
+        await self.system_drop(call_id, at_ms, "asterisk_shutdown", events)
+
+    async def restart_evidence(self) -> tuple[int, str, list] | None:
+        """After a reconnect: did Asterisk stop or restart while AMI was lost? (a Shutdown event,
+        or a new CoreStartupTime). Returns (when AMI was lost, threshold, evidence) or None."""
+        lost, self.ami_lost = self.ami_lost, None
+        shutdown, self.shutdown = self.shutdown, None
+        self._shutdown_seen.clear()
+        try:
+            status = await self.manager.send_action({"Action": "CoreStatus"})
+            status = status[0] if isinstance(status, list) else status
+            startup = f"{status.get('CoreStartupDate', '')} {status.get('CoreStartupTime', '')}".strip()
+        except Exception as exc:
+            log.error("ami.action_failed", action="CoreStatus", error=repr(exc))
+            startup = ""
+        before, self.core_startup = self.core_startup, startup or self.core_startup
+        if lost is None:
+            return None
+        restarted = bool(startup and before and startup != before)
+        if shutdown is None and not restarted:
+            return None
+        events = [{"event": "AMIConnectionLost", "time": f"{lost[0] / 1000:.3f}", "channel": ""}]
+        if shutdown is not None:
+            events.insert(0, _shutdown_evidence(shutdown))
+        if restarted:
+            events.append({"event": "CoreStatus", "time": f"{time.time():.3f}", "channel": "",
+                           "CoreStartup": startup, "before": before or ""})
+        at_ms = event_ms(shutdown) if shutdown is not None else None
+        return (min(at_ms or lost[0], lost[0]), "asterisk_restart" if restarted else "asterisk_shutdown", events)
+
+    async def record_drop(self, call_id: str, at_ms: int | None, threshold: str, events: list) -> None:
+        at_ms = at_ms or int(time.time() * 1000)
+        await asyncio.to_thread(records.mark_ended, self.store.r, call_id, at_ms)
+        if await asyncio.to_thread(records.record_system_drop, self.store.r, call_id, threshold, at_ms, events):
+            log.warning("ami.system_drop", call_id=call_id, threshold=threshold, at_ms=at_ms,
+                        evidence=[e.get("event") for e in events])
+
+    async def system_drop(self, call_id: str, at_ms: int, threshold: str, events: list) -> None:
+        """Record a call the system dropped as system_error, then settle it (or, if its hangup
+        handler settled it first as a plain hang-up, let settlement's auto credit apply, once)."""
+        try:
+            await self.record_drop(call_id, at_ms, threshold, events)
+            await asyncio.to_thread(settlement.settle, self.store, call_id)
+        except Exception as exc:
+            self.keep_unsettled(call_id, at_ms, exc, drop=(threshold, events))
+
+
+def _shutdown_evidence(event) -> dict:
+    return {"event": "Shutdown", "time": str(event.get("Timestamp", "")), "channel": "",
+            "Shutdown": str(event.get("Shutdown", "")), "Restart": str(event.get("Restart", ""))}
 
 
 ORPHAN_SCAN = 500       # most recent call records looked at after a (re)connect
@@ -421,8 +624,10 @@ def main() -> int:
     log.info("service.start", service="ami", host=cfg["ami"]["host"], port=cfg["ami"]["port"])
     manager.connect()
     ticker = loop.create_task(listener.ticker())
+    upkeep = loop.create_task(listener.upkeep())
     loop.run_until_complete(stop.wait())
     ticker.cancel()
+    upkeep.cancel()
     manager.close()
     log.info("service.stop", service="ami")
     return 0

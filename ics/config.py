@@ -41,6 +41,11 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "ping_timeout_s": 3,
         # the listener's own AMI user: reads only the events its rules need (manager.conf eventfilter)
         "listener_user": "ics-listener",
+        # a hang-up the listener could not settle (Redis away) is retried every settle_retry_ms, for at
+        # most settle_retry_max_s; unsettled calls nobody saw end are looked for every orphan_scan_s
+        "settle_retry_ms": 1000,
+        "settle_retry_max_s": 21600,
+        "orphan_scan_s": 30,
     },
     "recordings": {
         # Host path of Asterisk's monitor directory: MixMonitor files live under

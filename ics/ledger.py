@@ -6,6 +6,8 @@ For each account, in one MULTI snapshot of the account hash and its stream:
   every entry's recorded balance_cents == the running sum up to it
   held_cents >= 0 (and balance_cents >= 0 for prepaid accounts)
   held_cents == sum of held_cents of its unsettled calls (SCAN of ics:call:*)
+  no stale hold: an unsettled call that has ended (ended_ms set) more than
+  STALE_HOLD_GRACE_MS ago still holding money means settlement was lost
 
 Holds are read outside the snapshot (calls are not indexed per account), so a
 held mismatch is read again a few times before it is reported: a call that
@@ -25,6 +27,9 @@ SIGN = {"deposit": 1, "credit": 1, "charge": -1, "refund": -1, "expiry": -1}
 KINDS = tuple(SIGN)
 HELD_RETRIES = 3
 SCAN_COUNT = 1000
+# a hang-up is settled within milliseconds (hangup handler) or a few seconds (the AMI
+# listener's sweep, ami.listener.SETTLE_GRACE_S): an ended call holding money longer is a fault
+STALE_HOLD_GRACE_MS = 15_000
 
 
 def _int(value: Any) -> int | None:
@@ -34,18 +39,25 @@ def _int(value: Any) -> int | None:
         return None
 
 
-def call_holds(r: redis.Redis) -> dict[str, int]:
-    """account id -> cents held by its unsettled calls."""
+def call_holds(r: redis.Redis, stale: dict[str, list[str]] | None = None,
+               now_ms: int | None = None) -> dict[str, int]:
+    """account id -> cents held by its unsettled calls. With stale given, also fills
+    account id -> descriptions of holds whose call ended over STALE_HOLD_GRACE_MS ago."""
     holds: dict[str, int] = {}
     batch: list[str] = []
+    now = int(time.time() * 1000) if now_ms is None else now_ms
 
     def flush() -> None:
         with r.pipeline(transaction=False) as p:
             for k in batch:
-                p.hmget(k, "account", "held_cents", "settled")
-            for aid, held, settled in p.execute():
+                p.hmget(k, "account", "held_cents", "settled", "ended_ms", "call_id")
+            for aid, held, settled, ended, cid in p.execute():
                 if aid and settled != "1" and _int(held):
                     holds[aid] = holds.get(aid, 0) + int(held)
+                    if stale is not None and _int(ended) and now - int(ended) > STALE_HOLD_GRACE_MS:
+                        stale.setdefault(aid, []).append(
+                            f"stale hold: call {cid} ended {(now - int(ended)) // 1000}s ago unsettled, "
+                            f"still holding {held} cents")
         batch.clear()
 
     for k in r.scan_iter(match=keys.call("*"), count=SCAN_COUNT, _type="hash"):
@@ -100,7 +112,8 @@ def check(r: redis.Redis) -> dict:
     """Every account, plus ledgers with no account. {'ok': bool, 'accounts': [...], 'failed': [ids]}."""
     aids = sorted(r.smembers(keys.ACCOUNTS))
     docs = {aid: check_account(r, aid) for aid in aids}
-    holds = call_holds(r)
+    stale: dict[str, list[str]] = {}
+    holds = call_holds(r, stale)
     suspect = set()
     for aid, doc in docs.items():
         doc["holds_cents"] = holds.get(aid, 0)
@@ -119,6 +132,13 @@ def check(r: redis.Redis) -> dict:
     for aid in sorted(suspect):
         docs[aid]["problems"].append(f"held {docs[aid]['held_cents']} != {docs[aid]['holds_cents']} "
                                      "held by its unsettled calls")
+    if stale:  # settled meanwhile (the listener retrying)? read again before blaming the account
+        time.sleep(0.05)
+        stale = {}
+        call_holds(r, stale)
+    for aid, found in sorted(stale.items()):
+        doc = docs.setdefault(aid, {"account": aid, "problems": []})
+        doc["problems"].extend(found)
     prefix = keys.ledger("")
     for k in r.scan_iter(match=keys.ledger("*"), count=SCAN_COUNT):
         aid = k[len(prefix):]

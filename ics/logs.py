@@ -23,6 +23,13 @@ Event names (the `event` field):
   ami.connected / ami.disconnected / ami.login_failed / ami.event_error / ami.ping_timeout
   ami.action_dropped        an action left unanswered by a lost connection (never re-sent)
   ami.settle_sweep          the listener settled a hung-up call its hangup handler missed
+  ami.settle_retry          a hang-up the listener could not settle (Redis away) is kept and retried
+                            (ended_ms from the AMI event, attempts, error); ami.settle_gave_up after
+                            ami.settle_retry_max_s (the orphan scan may still find it)
+  ami.orphan_scan           the periodic look for ended calls nobody settled (found)
+  ami.shutdown              Asterisk announced a shutdown or restart (AMI Shutdown event)
+  ami.system_drop           a call that vanished with Asterisk (restart or crash while AMI was lost):
+                            recorded as system_error with the evidence, then settled
   ami.rebuilt / ami.rebuild_failed   live-call state rebuilt from CoreShowChannels after (re)connect
   ami.action_failed         an action the listener sent was refused or lost
   enforce.watching          an inmate call is bridged: the rules apply (bridge, technology)

@@ -90,6 +90,19 @@ def record_cut(r: redis.Redis, call_id: str, reason: str, threshold: str, at_ms:
         r.hset(keys.call(call_id), "reason", reason)
 
 
+def record_system_drop(r: redis.Redis, call_id: str, threshold: str, at_ms: int,
+                       events: list[dict] | tuple = ()) -> bool:
+    """The system dropped the call (Asterisk restarted or crashed, a hang-up cause that means
+    the network failed): reason system_error, dated at_ms, with the evidence, as record_cut
+    writes a rule's. It replaces nothing but a plain hang-up (which a settlement that could not
+    know may have written first); a deliberate cut's reason and evidence stay. Whether settled
+    before or after, settlement's auto credit then applies once (ics.store.auto_credit)."""
+    if r.hget(keys.call(call_id), "reason") not in (None, *PLAIN_ENDS):
+        return False
+    record_cut(r, call_id, "system_error", threshold, at_ms, events)
+    return True
+
+
 def mark_ended(r: redis.Redis, call_id: str, when_ms: int) -> None:
     """The first hang-up seen sets the end time; a duplicate cannot stretch the bill."""
     r.hsetnx(keys.call(call_id), "ended_ms", when_ms)

@@ -16,9 +16,25 @@ log = structlog.get_logger("ics")
 DIAL_REASONS = {"NOANSWER": "no_answer", "BUSY": "busy", "CONGESTION": "busy",
                 "CHANUNAVAIL": "busy", "CANCEL": "inmate_hangup_before_accept"}
 
+# Q.850 hang-up causes that mean the network or the system failed, not a party: a bridged
+# call ended with one of them is a system drop (system_error, auto credit per the rule).
+SYSTEM_DROP_CAUSES = {
+    27: "destination out of order", 34: "no circuit/channel available", 38: "network out of order",
+    41: "temporary failure", 42: "switching equipment congestion", 47: "resource unavailable",
+}
+# Asterisk's backstops (the called leg's TIMEOUT(absolute), Dial's L()) fire rating.BACKSTOP_MS
+# after the paid time, rounded up to a whole second: a call nobody cut that ended within this
+# much of that moment was ended by them
+BACKSTOP_SLACK_MS = 3000
+
+
+def system_drop_cause(hangupcause: str) -> int | None:
+    cause = int(hangupcause) if str(hangupcause).isdigit() else 0
+    return cause if cause in SYSTEM_DROP_CAUSES else None
+
 
 def settle(store: Store, call_id: str, dialstatus: str = "", hangupsource: str = "",
-           inmate_channel: str = "") -> dict:
+           inmate_channel: str = "", hangupcause: str = "") -> dict:
     r = store.r
     if records.get(r, call_id) is None:
         raise LookupError(f"no call record {call_id}")
@@ -27,6 +43,12 @@ def settle(store: Store, call_id: str, dialstatus: str = "", hangupsource: str =
     bridged = rec.get("bridged_ms")
     rate = rec.get("rate_cents", 0)
     inmate_hung_up = bool(hangupsource) and hangupsource == inmate_channel
+    cause = system_drop_cause(hangupcause)
+    if bridged and cause and rec.get("settled") != "1":
+        records.record_system_drop(r, call_id, f"hangupcause={cause}", rec["ended_ms"], [
+            {"event": "HangupCause", "time": f"{rec['ended_ms'] / 1000:.3f}", "channel": inmate_channel,
+             "Cause": str(cause), "Cause-txt": SYSTEM_DROP_CAUSES[cause]}])
+        rec = records.get(r, call_id)
 
     if bridged:
         # Billing stops when a rule fired (the parties then hear why, free), and never
@@ -35,9 +57,17 @@ def settle(store: Store, call_id: str, dialstatus: str = "", hangupsource: str =
         end = min(rec["ended_ms"], rec.get("cut_ms") or rec["ended_ms"])
         caps = [ms for ms in (rec.get("limit_s", 0) * 1000, rec.get("paid_minutes", 0) * rating.MINUTE_MS) if ms]
         duration = min([max(0, end - bridged), *caps])
-        if caps and duration >= min(caps) - 1000:
+        ran = rec["ended_ms"] - bridged
+        if caps and not rec.get("cut_ms") and abs(ran - min(caps) - rating.BACKSTOP_MS) <= BACKSTOP_SLACK_MS:
+            # nobody cut it (the listener was down): Asterisk's backstop ended it past the paid time
+            reason = "time_limit"
+            records.record_cut(r, call_id, reason, _backstop_threshold(rec, min(caps)), bridged + min(caps), [
+                {"event": "Backstop", "time": f"{rec['ended_ms'] / 1000:.3f}", "channel": rec.get("channel", ""),
+                 "bridged_ms": str(bridged), "ended_ms": str(rec["ended_ms"])}])
+        elif caps and duration >= min(caps) - 1000 and ran <= min(caps) + rating.BACKSTOP_MS + BACKSTOP_SLACK_MS:
             reason = "time_limit"
         else:
+            # (a bridge that ran past every backstop was still ended by a party: said so, billed to the cap)
             reason = "inmate_hangup" if inmate_hung_up else "called_hangup"
         bill = rating.price(rate, duration, rec.get("tax_bps", 0))  # the same price the hold was
     else:
@@ -68,3 +98,11 @@ def settle(store: Store, call_id: str, dialstatus: str = "", hangupsource: str =
     if credited:
         log.info("call.auto_credited", call_id=call_id, credited_cents=credited)
     return rec
+
+
+def _backstop_threshold(rec: dict, cap_ms: int) -> str:
+    """Which of Asterisk's backstops ended an unwatched call: the paid minutes' TIMEOUT(absolute)
+    on the called leg, or Dial's L() at the call's limit."""
+    paid = rec.get("paid_minutes", 0)
+    which = f"paid_minutes={paid}" if paid and paid * rating.MINUTE_MS == cap_ms else f"limit_s={rec.get('limit_s', 0)}"
+    return f"backstop {which} +{rating.BACKSTOP_MS // 1000}s"

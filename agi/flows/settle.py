@@ -1,6 +1,6 @@
 """Settlement route: the hangup handler ([ics-settle]) of every inmate call.
 
-Arguments: call id, DIALSTATUS, CHANNEL(hangupsource). The work is in
+Arguments: call id, DIALSTATUS, CHANNEL(hangupsource), HANGUPCAUSE. The work is in
 ics.settlement, shared with the AMI listener's safety net.
 """
 
@@ -17,9 +17,9 @@ log = structlog.get_logger("agi")
 
 
 def run(s: Session) -> None:
-    call_id, dialstatus, hangupsource = (s.args + ["", "", ""])[:3]
+    call_id, dialstatus, hangupsource, hangupcause = (s.args + ["", "", "", ""])[:4]
     if not CALL_ID_RE.match(call_id):
         log.warning("call.settle_skipped", why="no call id: the call ended before the flow began")
         return
     structlog.contextvars.bind_contextvars(call_id=call_id)
-    settlement.settle(s.store, call_id, dialstatus, hangupsource, s.env.get("agi_channel", ""))
+    settlement.settle(s.store, call_id, dialstatus, hangupsource, s.env.get("agi_channel", ""), hangupcause)

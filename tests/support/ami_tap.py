@@ -249,6 +249,32 @@ class AmiTap:
         resp = self.action("Command", timeout=timeout, Command=cli)
         return resp.get("Output", resp.get("Message", ""))
 
+    def reconnect(self, secret: str, timeout: float = 30.0) -> None:
+        """Log in again after Asterisk restarted (the events kept so far stay, marks stay valid)."""
+        try:
+            self._sock.close()
+        except OSError:
+            pass
+        self._reader.join(2)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                sock = socket.create_connection((self.host, self.port), timeout=2)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        sock.settimeout(None)
+        with self._cond:
+            self._sock, self._buf, self._error, self._closed = sock, b"", None, False
+        self.banner = self._read_line(timeout)
+        self._reader = threading.Thread(target=self._read_loop, name="ami-tap", daemon=True)
+        self._reader.start()
+        resp = self.action("Login", Username=self.user, Secret=secret, Events="on", timeout=timeout)
+        if resp.get("Response") != "Success":
+            raise AmiError(f"AMI login as {self.user!r} failed: {resp.get('Message')}")
+
     def close(self) -> None:
         with self._cond:
             if self._closed:

@@ -290,14 +290,21 @@ class CallHandle:
         self._op(do)
         return self
 
-    def hangup(self, code: int = 0) -> "CallHandle":
-        """Hang up (or decline with code, e.g. 486/603, before answering). No-op once disconnected."""
+    def hangup(self, code: int = 0, headers: dict[str, str] | None = None) -> "CallHandle":
+        """Hang up (or decline with code, e.g. 486/603, before answering). No-op once disconnected.
+        headers go on the BYE (e.g. Reason: Q.850;cause=38, what a failing trunk sends)."""
         def do():
             if self.state == "DISCONNECTED" or not self._call.isActive():
                 return
             op = pj.CallOpParam()
             if code:
                 op.statusCode = code
+            for name, value in (headers or {}).items():
+                if any(c in name + value for c in "\r\n"):
+                    raise ValueError("header with CR/LF")
+                h = pj.SipHeader()
+                h.hName, h.hValue = name, value
+                op.txOption.headers.append(h)
             self._call.hangup(op)
         self._op(do)
         return self

@@ -1,11 +1,16 @@
-"""Kill and restart one of the lab stack's Python services (ics-fastagi, ics-ami) from a test.
+"""Kill and restart one part of the lab stack from a test: the Python services
+(fastagi, ami), redis-server (redis) and Asterisk (asterisk).
 
     pid = services.kill("fastagi")     # SIGKILL the pid in .stack/run/fastagi.pid, wait until gone
     services.restart("fastagi")        # docker/stack.sh up: starts only what is not running
 
 `restart` goes through docker/stack.sh (the one place that knows how a service
 is started) and waits until the service is ready: the FastAGI port listening
-(stack.sh does that), the listener logged in to AMI (a new ami.connected line).
+(stack.sh does that), Redis answering PING and Asterisk fully booted (stack.sh),
+the listener logged in to AMI (a new ami.connected line; also after an Asterisk
+restart, since the listener reconnects). An Asterisk started by stack.sh has an
+empty registrar: phones must register again. `asterisk_cli("core restart now")`
+restarts it in place instead (same process, registrations kept in astdb).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import time
 
 from tests.support import REPO, stack_dir
 
-NAMES = {"fastagi", "ami"}
+NAMES = {"fastagi", "ami", "redis", "asterisk"}
 
 
 def pid(name: str) -> int | None:
@@ -91,10 +96,30 @@ def restart(name: str, timeout: float = 30) -> int:
     p = pid(name)
     if not alive(p):
         raise RuntimeError(f"{name} did not start (log: {stack_dir() / 'log' / f'{name}.log'})")
-    if name == "ami":
+    if name in ("ami", "asterisk"):
         deadline = time.monotonic() + timeout
         while _events("ami", "ami.connected") <= logins:
             if time.monotonic() > deadline:
                 raise RuntimeError("ics-ami started but did not log in to AMI")
             time.sleep(0.1)
     return p
+
+
+def asterisk_cli(command: str, timeout: float = 10) -> str:
+    """One Asterisk CLI command through the chroot's control socket."""
+    root = stack_dir() / "asterisk"
+    r = subprocess.run(["chroot", str(root), "asterisk", "-rx", command], capture_output=True, text=True,
+                       timeout=timeout)
+    return r.stdout
+
+
+def wait_asterisk_booted(timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if "fully booted" in asterisk_cli("core waitfullybooted", timeout=5).lower():
+                return
+        except subprocess.TimeoutExpired:
+            pass
+        time.sleep(0.25)
+    raise RuntimeError(f"Asterisk not fully booted within {timeout}s")

@@ -1,0 +1,285 @@
+"""Fault paths of settlement (issue 8, items 2-4), on a real Redis:
+
+- the AMI listener keeps a hang-up it could not settle (Redis away) and settles it,
+  dated by the AMI event, once Redis answers; its periodic scan finds calls that
+  ended while nothing could settle them;
+- `ledger check` fails on a stale hold (a call that ended still holding money);
+- the backstop's end is time_limit with a threshold naming it, and a hang-up past
+  every backstop keeps the party's reason;
+- system drops (a network-failure hang-up cause, Asterisk shutting down, Asterisk
+  restarted while AMI was lost) are system_error with evidence, credited once
+  whatever the order of settlement and the drop's record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+import redis
+
+from ami.listener import Listener
+from ami.rules import LiveCall
+from ics import ledger, rating, records, settlement
+from ics.rating import MINUTE_MS
+from ics.store import Store, now_ms
+from tests.unit.test_ledger_money import bridged_call, new_account
+
+
+class StubManager:
+    """What Listener needs of ami.connection.GuardedManager, without a socket."""
+
+    def __init__(self, startup="2026-11-29 17:00:00"):
+        self.login_hooks, self.disconnect_hooks, self.events = [], [], []
+        self.connected_event = asyncio.Event()
+        self.connected_event.set()
+        self.startup = startup
+        self.sent = []
+
+    def register_event(self, name, cb):
+        self.events.append(name)
+
+    def send_action(self, action):
+        self.sent.append(action)
+        fut = asyncio.get_running_loop().create_future()
+        if action["Action"] == "CoreStatus":
+            date, _, tm = self.startup.partition(" ")
+            fut.set_result({"Response": "Success", "CoreStartupDate": date, "CoreStartupTime": tm})
+        elif action["Action"] == "CoreShowChannels":
+            fut.set_result([])
+        else:
+            fut.set_result({"Response": "Success"})
+        return fut
+
+
+def dead_store(store: Store) -> Store:
+    """The same Store, but Redis does not answer (nothing listens on port 1)."""
+    return Store(redis.Redis(host="127.0.0.1", port=1, decode_responses=True, socket_connect_timeout=0.2),
+                 store.cfg)
+
+
+def listener(store: Store, **ami) -> Listener:
+    cfg = store.cfg
+    cfg.values["ami"].update({"settle_retry_ms": 50, "orphan_scan_s": 3600, **ami})
+    return Listener(cfg, store, StubManager())
+
+
+# --- item 2: a hang-up while Redis is down -------------------------------------------------
+
+async def test_a_hangup_while_redis_is_down_is_settled_when_it_returns_dated_by_the_event(store, monkeypatch):
+    monkeypatch.setattr("ami.listener.SETTLE_GRACE_S", 0)
+    aid = new_account(store, deposit=1000)
+    cid = bridged_call(store, aid, rate=25, bridged_s=30)
+    store.r.hdel(f"ics:call:{cid}", "ended_ms")  # nothing recorded the end: Redis was down
+    hung_up = now_ms() - 10_000
+    lis = listener(store)
+    lis.store = dead_store(store)
+    await lis.sweep(cid, hung_up)
+    assert cid in lis.unsettled and lis.unsettled[cid].ended_ms == hung_up
+    await lis.retry_unsettled()  # still down: kept
+    assert lis.unsettled[cid].attempts == 2 and records.get(store.r, cid).get("settled") is None
+    lis.store = store  # Redis is back
+    await lis.retry_unsettled()
+    rec = records.get(store.r, cid)
+    assert rec["settled"] == "1" and rec["ended_ms"] == hung_up and not lis.unsettled
+    assert (rec["billed_cents"], rec["reason"]) == (rating.price(25, 20_000).cents, "called_hangup")
+    await lis.retry_unsettled()  # nothing left to do, nothing done twice
+    assert [e["kind"] for e in store.ledger(aid)] == ["deposit", "charge"]
+    assert ledger.check(store.r)["ok"]
+
+
+async def test_retrying_is_bounded_and_logged(store, monkeypatch, capsys):
+    lis = listener(store, settle_retry_max_s=0)
+    lis.store = dead_store(store)
+    await lis.sweep("20261101120000-deadbeef", 1_000)
+    assert lis.unsettled
+    await asyncio.sleep(0.01)
+    await lis.retry_unsettled()
+    assert not lis.unsettled
+    out = capsys.readouterr()
+    assert "ami.settle_retry" in out.out + out.err and "ami.settle_gave_up" in out.out + out.err
+
+
+async def test_the_periodic_orphan_scan_settles_calls_nobody_saw_end(store, monkeypatch):
+    monkeypatch.setattr("ami.listener.SETTLE_GRACE_S", 0)
+    monkeypatch.setattr("ami.listener.ORPHAN_MIN_AGE_MS", 0)
+    aid = new_account(store, deposit=1000)
+    gone, live = bridged_call(store, aid), bridged_call(store, aid)
+    records.update(store.r, gone, uniqueid="1.1")
+    records.update(store.r, live, uniqueid="2.1")
+    lis = listener(store, orphan_scan_s=0)
+    await lis.scan_orphans()  # live calls not rebuilt yet: nothing is trusted, nothing settled
+    assert records.get(store.r, gone).get("settled") is None
+    lis.rebuilt = True
+    lis.calls["2.1"] = LiveCall("2.1")
+    task = asyncio.get_running_loop().create_task(lis.upkeep())
+    try:
+        for _ in range(100):
+            if records.get(store.r, gone).get("settled") == "1":
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        task.cancel()
+    assert records.get(store.r, gone)["settled"] == "1"
+    assert records.get(store.r, live).get("settled") is None
+
+
+# --- ledger check: stale holds -------------------------------------------------------------
+
+def test_ledger_check_fails_on_a_stale_hold_and_passes_otherwise(store):
+    aid = new_account(store, deposit=1000)
+    live = f"20261101120000-{1:08x}"
+    assert store.reserve(aid, live, 25)            # a live call's hold: fine
+    just_ended = bridged_call(store, aid)          # ended a moment ago, being settled: fine
+    assert ledger.check(store.r)["ok"]
+    stale = bridged_call(store, aid)
+    records.update(store.r, stale, ended_ms=now_ms() - ledger.STALE_HOLD_GRACE_MS - 5_000)
+    doc = ledger.check(store.r)
+    assert not doc["ok"] and doc["failed"] == [aid]
+    problems = " ".join(next(d for d in doc["accounts"] if d["account"] == aid)["problems"])
+    assert "stale hold" in problems and stale in problems and just_ended not in problems
+    settlement.settle(store, stale)
+    settlement.settle(store, just_ended)
+    assert ledger.check(store.r)["ok"]
+
+
+# --- item 3: the backstop's end ---------------------------------------------------------------
+
+def test_an_unwatched_call_ended_by_the_backstop_is_time_limit_naming_it(store):
+    aid = new_account(store, deposit=1000)
+    cid = bridged_call(store, aid, rate=25, bridged_s=(MINUTE_MS + rating.BACKSTOP_MS + 400) / 1000)
+    records.update(store.r, cid, paid_minutes=1)
+    rec = settlement.settle(store, cid)
+    assert rec["reason"] == "time_limit" and rec["rule"] == "time_limit"
+    assert rec["rule_threshold"] == "backstop paid_minutes=1 +8s"
+    assert rec["cut_ms"] - rec["bridged_ms"] == MINUTE_MS
+    assert (rec["billed_minutes"], rec["billed_cents"]) == (1, 25)
+
+
+def test_a_hangup_long_past_every_backstop_keeps_the_partys_reason(store):
+    aid = new_account(store, deposit=1000)
+    cid = bridged_call(store, aid, rate=25, bridged_s=85)
+    records.update(store.r, cid, paid_minutes=1)
+    rec = settlement.settle(store, cid)
+    assert rec["reason"] == "called_hangup" and "rule" not in rec
+    assert (rec["billed_minutes"], rec["billed_cents"]) == (1, 25)  # never past the minutes held
+
+
+# --- item 4: system drops -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("cause", ["27", "34", "38", "41", "42", "47"])
+def test_a_network_failure_cause_is_a_credited_system_error(store, cause):
+    aid = new_account(store, deposit=1000)
+    cid = bridged_call(store, aid, rate=25, bridged_s=20)
+    rec = settlement.settle(store, cid, "ANSWER", "", "PJSIP/inmate1-1", cause)
+    assert rec["reason"] == "system_error" and rec["rule_threshold"] == f"hangupcause={cause}"
+    assert json.loads(rec["evidence"])[0]["Cause"] == cause
+    assert (rec["billed_cents"], rec["credited_cents"]) == (25, 25)
+    assert store.account(aid).balance_cents == 1000 and ledger.check(store.r)["ok"]
+
+
+@pytest.mark.parametrize("cause", ["16", "17", "0", ""])
+def test_ordinary_causes_are_plain_hangups(store, cause):
+    aid = new_account(store, deposit=1000)
+    cid = bridged_call(store, aid, rate=25, bridged_s=20)
+    rec = settlement.settle(store, cid, "ANSWER", "", "PJSIP/inmate1-1", cause)
+    assert rec["reason"] == "called_hangup" and "credited_cents" not in rec
+
+
+@pytest.mark.parametrize("settled_first", [True, False])
+async def test_a_shutdown_drop_is_credited_once_whatever_the_order(store, settled_first):
+    aid = new_account(store, deposit=1000)
+    cid = bridged_call(store, aid, rate=25, bridged_s=20)
+    if settled_first:  # the hangup handler ran first and could only say called_hangup
+        assert settlement.settle(store, cid, "ANSWER", "", "PJSIP/inmate1-1", "16")["reason"] == "called_hangup"
+    lis = listener(store)
+    call = lis.calls["9.1"] = LiveCall("9.1")
+    call.call_id, call.bridged = cid, True
+    t = now_ms() / 1000
+    lis.on_softhanguprequest({"Event": "SoftHangupRequest", "Channel": "PJSIP/inmate1-1", "Linkedid": "9.1",
+                              "Uniqueid": "9.1", "Cause": "4", "Timestamp": f"{t:.6f}"})
+    lis.on_softhanguprequest({"Event": "SoftHangupRequest", "Channel": "PJSIP/inmate1-1", "Linkedid": "9.1",
+                              "Uniqueid": "9.1", "Cause": "4", "Timestamp": f"{t + 0.001:.6f}"})
+    lis.on_shutdown({"Event": "Shutdown", "Shutdown": "Cleanly", "Restart": "True", "Timestamp": f"{t + 1:.6f}"})
+    while lis._tasks:
+        await asyncio.sleep(0.01)
+    if not settled_first:  # the hangup handler's settlement comes after the listener's record
+        settlement.settle(store, cid, "ANSWER", "", "PJSIP/inmate1-1", "16")
+    rec = records.get(store.r, cid)
+    assert rec["reason"] == "system_error" and rec["rule_threshold"] == "asterisk_shutdown"
+    assert [e["event"] for e in json.loads(rec["evidence"])] == ["SoftHangupRequest", "Shutdown"]
+    assert (rec["billed_cents"], rec["credited_cents"]) == (25, 25)
+    assert [e["kind"] for e in store.ledger(aid)] == ["deposit", "charge", "credit"]
+    assert store.account(aid).balance_cents == 1000 and ledger.check(store.r)["ok"]
+
+
+async def test_other_softhangups_are_not_drops(store):
+    lis = listener(store)
+    call = lis.calls["9.1"] = LiveCall("9.1")
+    call.call_id, call.bridged = "20261101120000-0000abcd", True
+    for cause in ("1", "8", "16", "32"):
+        lis.on_softhanguprequest({"Event": "SoftHangupRequest", "Linkedid": "9.1", "Cause": cause})
+    assert not lis._tasks and not lis.dropped
+
+
+async def test_calls_gone_after_asterisk_restarted_while_ami_was_lost_are_system_drops(store, monkeypatch):
+    monkeypatch.setattr("ami.listener.SETTLE_GRACE_S", 0)
+    aid = new_account(store, deposit=1000)
+    cid = bridged_call(store, aid, rate=25, bridged_s=20)
+    store.r.hdel(f"ics:call:{cid}", "ended_ms")
+    monkeypatch.setattr("ami.listener.ORPHAN_MIN_AGE_MS", 10**12)  # only the call under test
+    lis = listener(store)
+    await lis.rebuild()  # the first login: Asterisk's start time noted
+    call = lis.calls["9.1"] = LiveCall("9.1")
+    call.call_id, call.bridged = cid, True
+    lis.on_ami_lost()   # kill -9: no Shutdown event, the connection just goes
+    lost_at = lis.ami_lost[0]
+    lis.manager.startup = "2026-11-29 17:05:00"  # a new Asterisk
+    await lis.rebuild()
+    while lis._tasks:
+        await asyncio.sleep(0.01)
+    rec = records.get(store.r, cid)
+    assert rec["reason"] == "system_error" and rec["rule_threshold"] == "asterisk_restart"
+    assert rec["ended_ms"] == lost_at
+    assert [e["event"] for e in json.loads(rec["evidence"])] == ["AMIConnectionLost", "CoreStatus"]
+    assert rec["credited_cents"] == 25 and ledger.check(store.r)["ok"]
+
+
+async def test_calls_gone_after_an_ami_blip_are_plain_sweeps(store, monkeypatch):
+    monkeypatch.setattr("ami.listener.SETTLE_GRACE_S", 0)
+    aid = new_account(store, deposit=1000)
+    cid = bridged_call(store, aid, rate=25, bridged_s=20)
+    monkeypatch.setattr("ami.listener.ORPHAN_MIN_AGE_MS", 10**12)
+    lis = listener(store)
+    await lis.rebuild()
+    call = lis.calls["9.1"] = LiveCall("9.1")
+    call.call_id, call.bridged = cid, True
+    lis.on_ami_lost()   # the same Asterisk afterwards: the call simply ended meanwhile
+    await lis.rebuild()
+    while lis._tasks:
+        await asyncio.sleep(0.01)
+    rec = records.get(store.r, cid)
+    assert rec["reason"] == "called_hangup" and "credited_cents" not in rec
+
+
+async def test_a_called_leg_hung_up_by_a_failing_network_is_a_system_drop(store):
+    aid = new_account(store, deposit=1000)
+    cid = bridged_call(store, aid, rate=25, bridged_s=20)
+    # the hangup handler settled first: it saw only the inmate channel's own cause (16)
+    assert settlement.settle(store, cid, "ANSWER", "PJSIP/3125550100-2", "PJSIP/inmate1-1", "16")["reason"] \
+        == "called_hangup"
+    lis = listener(store)
+    call = lis.calls["9.1"] = LiveCall("9.1")
+    call.call_id, call.bridged = cid, True
+    call.channels = {"PJSIP/inmate1-1": "9.1", "PJSIP/3125550100-2": "9.2"}
+    lis.on_hangup({"Event": "Hangup", "Channel": "PJSIP/3125550100-2", "Linkedid": "9.1", "Uniqueid": "9.2",
+                   "Cause": "38", "Cause-txt": "Network out of order", "Timestamp": f"{now_ms() / 1000:.6f}"})
+    while lis._tasks:
+        await asyncio.sleep(0.01)
+    rec = records.get(store.r, cid)
+    assert (rec["reason"], rec["rule_threshold"]) == ("system_error", "hangupcause=38")
+    assert json.loads(rec["evidence"])[0] | {"time": ""} == {
+        "event": "Hangup", "time": "", "channel": "PJSIP/3125550100-2", "Cause": "38",
+        "Cause-txt": "Network out of order"}
+    assert (rec["billed_cents"], rec["credited_cents"]) == (25, 25) and ledger.check(store.r)["ok"]
