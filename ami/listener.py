@@ -37,7 +37,7 @@ from ics.rating import MINUTE_MS
 from ics.store import Store, connect
 
 from .connection import GuardedManager
-from .rules import Cut, LiveCall, Policy, event_ms
+from .rules import Cut, LiveCall, Noted, Policy, event_ms, evidence
 
 log = structlog.get_logger("ami")
 
@@ -48,7 +48,9 @@ RESERVE_AHEAD_MS = 10_000  # the next minute is held this long before the paid o
 NOTICE_CONTEXT = "ics-notice"
 CALL_EVENTS = ("Newchannel", "Hangup", "BridgeEnter", "BridgeLeave", "Hold", "Unhold", "Flash",
                "BlindTransfer", "AttendedTransfer", "ConfbridgeJoin", "DTMFEnd",
-               "ChannelTalkingStart", "ChannelTalkingStop")
+               "ChannelTalkingStart", "ChannelTalkingStop", "HangupRequest", "SoftHangupRequest")
+INMATE_LEFT = "inmate_hangup_before_accept"   # reason, and the [ics-cut] exten the called leg hears
+PRE_BRIDGE_OUTCOMES = ("announcing", "accepted")  # the called leg is in the announcement / menu gosub
 
 
 def chan_var(event, name: str) -> str:
@@ -108,6 +110,7 @@ class Listener:
         cid = chan_var(event, "ICS_CALL_ID")
         if cid and not call.call_id:
             call.call_id = cid
+            self.spawn(self.load_policy(call))  # the facility's rules apply before the bridge too
         return call
 
     @staticmethod
@@ -174,7 +177,10 @@ class Listener:
     def _transfer(self, event):
         # transfer events carry several channels of possibly different calls
         for call in list(self.calls.values()):
-            if self._observe(call, event) is not None:
+            if not call.bridged:
+                if self._before_accept(call, event) is not None:
+                    return call
+            elif self._observe(call, event) is not None:
                 return call
         return None
 
@@ -194,10 +200,66 @@ class Listener:
         return None
 
     def _leg_event(self, event):
-        return self._observe(self._call(event), event)
+        call = self._call(event)
+        if call is not None and not call.bridged:
+            return self._before_accept(call, event)
+        return self._observe(call, event)
 
     on_hold = on_unhold = on_flash = on_confbridgejoin = on_dtmfend = _leg_event
     on_channeltalkingstart = on_channeltalkingstop = _leg_event
+
+    # --- before the bridge (announcement, menu: the called leg is in Dial's U() gosub) ----
+    def _before_accept(self, call: LiveCall, event) -> LiveCall | None:
+        """A flash, hold or transfer before the bridge: the call to cut, or a note to record."""
+        if not call.call_id:
+            return None
+        decided = call.before_accept(event)
+        if isinstance(decided, Noted):
+            log.warning("enforce.before_accept_noted", call_id=call.call_id, reason=decided.reason,
+                        evidence=list(decided.events))
+            self.spawn(asyncio.to_thread(records.note_before_accept, self.store.r, call.call_id,
+                                         decided.reason, decided.events))
+            return None
+        return call if decided is not None else None
+
+    def on_hanguprequest(self, event):
+        call = self._call(event)
+        if call is not None and call.call_id and call.inmate_left_before_bridge(event):
+            self.spawn(self.release_called(call, event, time.perf_counter()))
+        return None
+
+    on_softhanguprequest = on_hanguprequest
+
+    async def load_policy(self, call: LiveCall) -> None:
+        """The facility's settings as soon as the call id is known (the bridge reloads them)."""
+        try:
+            rec = await asyncio.to_thread(records.get, self.store.r, call.call_id)
+            facility = await asyncio.to_thread(self.store.facility, rec["facility"]) if rec else None
+        except Exception as exc:  # Redis away: the defaults keep applying
+            log.error("enforce.load_failed", call_id=call.call_id, error=repr(exc), where="before_accept")
+            return
+        if facility is not None and not call.bridged:
+            call.policy = Policy.from_facility(facility)
+
+    async def release_called(self, call: LiveCall, event, received: float) -> None:
+        """The inmate hung up while the called party hears the announcement or menu. Asterisk
+        would notice only when the gosub returns (the whole menu later): send the called leg to
+        [ics-cut] now, where it hears that the caller hung up and is released. Not while the
+        phone still rings (Dial itself sees the caller go) nor once bridged."""
+        try:
+            rec = await asyncio.to_thread(records.get, self.store.r, call.call_id) or {}
+        except Exception as exc:  # Redis away: the call flow's own check ends the leg
+            log.error("enforce.release_failed", call_id=call.call_id, error=repr(exc))
+            return
+        legs = call.other_legs()
+        if rec.get("bridged_ms") or rec.get("outcome") not in PRE_BRIDGE_OUTCOMES or not legs:
+            return
+        await asyncio.to_thread(records.set_reason, self.store.r, call.call_id, INMATE_LEFT)
+        ok = await _succeeded(self.manager.send_action({"Action": "Redirect", **cut_redirect(legs, INMATE_LEFT)}))
+        log.warning("enforce.inmate_left", call_id=call.call_id, legs=legs, redirected=ok,
+                    evidence=evidence(event), latency_ms=round((time.perf_counter() - received) * 1000, 3))
+        if not ok:
+            await self.hangup(call, legs)
 
     # --- clock -------------------------------------------------------------------
     async def ticker(self) -> None:
