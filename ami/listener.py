@@ -177,10 +177,9 @@ class Listener:
     def _transfer(self, event):
         # transfer events carry several channels of possibly different calls
         for call in list(self.calls.values()):
-            if not call.bridged:
-                if self._before_accept(call, event) is not None:
-                    return call
-            elif self._observe(call, event) is not None:
+            if not call.bridged and self._before_accept(call, event) is not None:
+                return call
+            if self._observe(call, event) is not None:
                 return call
         return None
 
@@ -201,8 +200,8 @@ class Listener:
 
     def _leg_event(self, event):
         call = self._call(event)
-        if call is not None and not call.bridged:
-            return self._before_accept(call, event)
+        if call is not None and not call.bridged and self._before_accept(call, event) is not None:
+            return call
         return self._observe(call, event)
 
     on_hold = on_unhold = on_flash = on_confbridgejoin = on_dtmfend = _leg_event
@@ -252,7 +251,8 @@ class Listener:
             log.error("enforce.release_failed", call_id=call.call_id, error=repr(exc))
             return
         legs = call.other_legs()
-        if rec.get("bridged_ms") or rec.get("outcome") not in PRE_BRIDGE_OUTCOMES or not legs:
+        if (rec.get("bridged_ms") or rec.get("outcome") not in PRE_BRIDGE_OUTCOMES or not legs
+                or rec.get("rule")):  # a deliberate cut (rule, lockdown, cut-off) already sends the legs
             return
         await asyncio.to_thread(records.set_reason, self.store.r, call.call_id, INMATE_LEFT)
         ok = await _succeeded(self.manager.send_action({"Action": "Redirect", **cut_redirect(legs, INMATE_LEFT)}))

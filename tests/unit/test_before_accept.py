@@ -245,12 +245,16 @@ async def until(pred, timeout=3.0):
 CID = "20261122000000-0000abcd"
 
 
-@pytest.mark.parametrize("outcome, redirected", [("announcing", True), ("accepted", True), ("dialing", False)])
+@pytest.mark.parametrize("outcome, rule, redirected", [
+    ("announcing", None, True), ("accepted", None, True),
+    ("dialing", None, False),                # still ringing: Dial itself sees the caller go
+    ("announcing", "lockdown_ended", False),  # a deliberate cut already sends both legs
+])
 async def test_listener_sends_the_called_leg_to_ics_cut_when_the_inmate_leaves_before_the_bridge(
-        wired, store, outcome, redirected):
+        wired, store, outcome, rule, redirected):
     fake, listener = wired
     store.create_facility("main", "Main")
-    records.create(store.r, CID, facility="main", number="3125550100", outcome=outcome)
+    records.create(store.r, CID, facility="main", number="3125550100", outcome=outcome, rule=rule)
     fake.send(INMATE_UP.replace("{cid}", CID))
     assert await until(lambda: CALLED in getattr(listener.calls.get("10.1"), "channels", {}))
     fake.send(f"Event: HangupRequest\nChannel: {INMATE_CHAN}\nUniqueid: 10.1\nLinkedid: 10.1\n"
