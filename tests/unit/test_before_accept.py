@@ -23,6 +23,7 @@ from ics.store import Store, connect
 
 from .test_ami_connection import FakeAMI
 from .test_flows_billing import CalledParty
+from .test_cli import run, sounds  # noqa: F401
 from .test_flows_scripted import INMATE, NUMBER, PIN, env_block, fastagi
 
 INMATE_CHAN, CALLED = "PJSIP/inmate1-00000001", "PJSIP/3125550100-00000002"
@@ -299,3 +300,18 @@ async def test_listener_only_records_a_flash_when_the_facility_says_record(wired
                                                           "channel": CALLED}]}]
     assert not any(a.get("Action") == "Redirect" for a in fake.actions)
     assert "reason" not in records.get(store.r, CID)
+
+
+# --- icsctl -------------------------------------------------------------------------------
+
+def test_icsctl_sets_and_shows_before_accept(run, store):
+    status, _, _ = run("facility", "create", "main", "--name", "Main", "--no-audio")
+    assert status == 0
+    status, out, _ = run("facility", "show", "main")
+    assert "flash, hold, transfer end the call  (default)" in out
+    status, _, _ = run("facility", "create", "rec", "--name", "Rec", "--no-audio", "--before-accept", "record")
+    assert status == 0 and store.facility("rec")["before_accept"] == "record"
+    status, out, _ = run("facility", "show", "rec")
+    assert "flash, hold, transfer only recorded  (facility)" in out
+    status, _, err = run("facility", "create", "bad", "--name", "Bad", "--no-audio", "--before-accept", "maybe")
+    assert status == 1 and "before_accept" in err and "bad" not in store.facilities()
