@@ -7,9 +7,9 @@ quote (then the menu again), block. No key or a wrong key: one reprompt, then
 goodbye. Only "accept" leaves GOSUB_RESULT unset, which lets Dial bridge.
 
 On a recorded call the recording notice is always heard in full before the
-bridge: a key pressed during it still counts, and the notice plays on to its
-end; a key pressed before it (accept at the first word) makes the notice play,
-uninterrupted, before "Connecting".
+bridge: a key pressed during or before it still counts as the choice; on
+"accept" the notice then plays, uninterrupted, before "Connecting" (from where
+the key stopped it, when the key came during the notice; else all of it).
 
 Asterisk does not notice the inmate hanging up while this gosub runs. The AMI
 listener ends the called leg for it at once (ami/listener.py); as a fallback,
@@ -50,6 +50,7 @@ class Menu:
         self.inmate_channel = rec.get("channel", "")
         self.notice_due = rec.get("privileged") != "1"   # an attorney call is never recorded
         self.notice_heard = False
+        self.notice_stopped_at: int | None = None  # where a key stopped the notice, until another prompt
 
     def check_inmate(self) -> None:
         if inmate_gone(self.s, self.inmate_channel):
@@ -57,21 +58,28 @@ class Menu:
 
     def stream(self, sound: str, escape: str = "") -> str:
         self.check_inmate()
+        self.notice_stopped_at = None
         return self.s.agi.stream(sound, escape)
 
     def play(self, key: str, escape: str = "") -> str:
         return self.stream(prompts.sound(key), escape)
 
-    def notice(self, escape: str = "") -> str:
-        """The recording notice, to its end: a key during it is returned (it is the choice)
-        but the notice plays on from where the key stopped it, uninterrupted."""
+    def notice(self, escape: str) -> str:
+        """The recording notice in the announcement; a key stops it (the key is the choice)."""
         self.check_inmate()
         digit, endpos = self.s.agi.stream_at(prompts.sound("announce-recorded"), escape, 0)
         if digit:
-            self.check_inmate()
-            self.s.agi.stream_at(prompts.sound("announce-recorded"), "", endpos)
-        self.notice_heard = True
+            self.notice_stopped_at = endpos
+        else:
+            self.notice_heard = True
         return digit
+
+    def finish_notice(self) -> None:
+        """Before the bridge: the rest of the notice a key stopped just now (or all of it),
+        with no escape digits, so that it is heard in full whatever is pressed."""
+        self.check_inmate()
+        self.s.agi.stream_at(prompts.sound("announce-recorded"), "", self.notice_stopped_at or 0)
+        self.notice_heard = True
 
 
 def inmate_gone(s: Session, channel: str) -> bool:
@@ -102,8 +110,8 @@ def run(s: Session) -> None:
         choice = menu(m, facility, rec)
         if choice == "accept":
             records.update(s.r, call_id, outcome="accepted")
-            if m.notice_due and not m.notice_heard:  # a key before the notice: it still plays in full
-                m.notice()
+            if m.notice_due and not m.notice_heard:  # a key stopped or preceded it: it is heard in full
+                m.finish_notice()
             m.play("connecting")
             m.check_inmate()
             if rec.get("recording"):

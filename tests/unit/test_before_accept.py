@@ -191,6 +191,23 @@ def test_a_key_during_the_notice_is_the_choice_and_the_notice_plays_on_from_ther
     assert not streams(cmds, "menu-accept") and 'SET VARIABLE "GOSUB_RESULT" ""' in cmds
 
 
+def test_refuse_during_the_notice_is_not_held_up_by_it(port, world):
+    cfg, store = world
+    call_id = placed(port, store)
+    cmds = callee(port, call_id, Caller(presses=[("announce-recorded", "2")]))
+    assert streams(cmds, "announce-recorded") == ['STREAM FILE "ics/prompts/announce-recorded" "1239" "0"']
+    assert streams(cmds, "prompts/refused") and records.get(store.r, call_id)["reason"] == "refused"
+
+
+def test_quote_during_the_notice_then_accept_plays_the_whole_notice_again(port, world):
+    cfg, store = world
+    call_id = placed(port, store)
+    cmds = callee(port, call_id, Caller(presses=[("announce-recorded", "3"), ("menu-accept", "1")]))
+    assert streams(cmds, "announce-recorded")[-1] == 'STREAM FILE "ics/prompts/announce-recorded" "" "0"'
+    assert cmds.index(streams(cmds, "announce-recorded")[-1]) > cmds.index(streams(cmds, "rate-is")[0])
+    assert 'SET VARIABLE "GOSUB_RESULT" ""' in cmds
+
+
 def test_a_privileged_call_never_hears_the_notice(port, world):
     cfg, store = world
     call_id = placed(port, store)
