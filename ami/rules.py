@@ -139,6 +139,7 @@ class LiveCall:
     paid_ms: int = 0                       # 0: the call holds no per-minute funds
     extending: bool = False
     funds_short: bool = False              # the next minute could not be held: limit_ms = paid_ms
+    inmate_left: bool = False              # the inmate's hang-up request before the bridge was seen
 
     def other_legs(self) -> list[str]:
         return [c for c in self.channels if c != self.inmate]
@@ -199,9 +200,12 @@ class LiveCall:
         """The inmate's channel asked to hang up while the called party is still in the
         announcement or menu: the called leg must be told and released (Asterisk would
         only notice when the U() gosub returns)."""
-        return (event.get("Event") in ("HangupRequest", "SoftHangupRequest") and not self.bridged
-                and self.cut is None and bool(self.inmate) and str(event.get("Channel", "")) == self.inmate
-                and bool(self.other_legs()))
+        if (event.get("Event") in ("HangupRequest", "SoftHangupRequest") and not self.bridged
+                and not self.inmate_left and self.cut is None and bool(self.inmate)
+                and str(event.get("Channel", "")) == self.inmate and bool(self.other_legs())):
+            self.inmate_left = True  # once: a HangupRequest is often followed by a SoftHangupRequest
+            return True
+        return False
 
     def before_accept(self, event: Mapping[str, Any]) -> Cut | Noted | None:
         """A hook flash, hold or transfer on a leg before the bridge: a Cut when the facility

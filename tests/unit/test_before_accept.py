@@ -77,9 +77,11 @@ def test_before_accept_ignores_other_events_other_calls_and_bridged_calls():
 
 def test_the_inmate_leaving_before_the_bridge_is_noticed_only_for_the_inmate_channel():
     call = unbridged()
-    assert call.inmate_left_before_bridge(ev("HangupRequest", chan=INMATE_CHAN))
-    assert call.inmate_left_before_bridge(ev("SoftHangupRequest", chan=INMATE_CHAN))
     assert not call.inmate_left_before_bridge(ev("HangupRequest", chan=CALLED))
+    assert call.inmate_left_before_bridge(ev("HangupRequest", chan=INMATE_CHAN))
+    assert not call.inmate_left_before_bridge(ev("SoftHangupRequest", chan=INMATE_CHAN))  # once only
+    assert unbridged().inmate_left_before_bridge(ev("SoftHangupRequest", chan=INMATE_CHAN))
+    call = unbridged()
     ringing_only = LiveCall("1.1", call_id="c1", inmate=INMATE_CHAN, channels={INMATE_CHAN: "1.1"})
     assert not ringing_only.inmate_left_before_bridge(ev("HangupRequest", chan=INMATE_CHAN))
     call.start(now=0.0)
@@ -285,6 +287,11 @@ async def test_listener_sends_the_called_leg_to_ics_cut_when_the_inmate_leaves_b
             (CALLED, "ics-cut", "inmate_hangup_before_accept")
         assert "ExtraChannel" not in redirect  # the inmate's leg is already going
         assert records.get(store.r, CID)["reason"] == "inmate_hangup_before_accept"
+        # Asterisk follows with a SoftHangupRequest: the called leg is not sent again
+        fake.send(f"Event: SoftHangupRequest\nChannel: {INMATE_CHAN}\nUniqueid: 10.1\nLinkedid: 10.1\n"
+                  f"Cause: 16\nTimestamp: 1795378273.320000\n\n")
+        await asyncio.sleep(0.3)
+        assert sum(1 for a in fake.actions if a.get("Action") == "Redirect") == 1
 
 
 async def test_listener_cuts_a_flash_before_the_bridge_and_records_it(wired, store):
