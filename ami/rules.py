@@ -12,7 +12,8 @@ Rules (per-facility settings in ics.config [facility_defaults]):
   transfer    BlindTransfer / AttendedTransfer touching a leg of the call
   conference  the call's bridge gains a third channel, a leg joins a
               ConfBridge, or a new channel is linked to the bridged call
-  silence     no ChannelTalkingStart/Stop on either leg for silence_s
+  silence     no ChannelTalkingStart/Stop on either leg for silence_s, and
+              neither leg talking (talk that began before the bridge counts)
   extra_digits  more than digits_max DTMF digits from the called side in
               digits_window_s
   time_limit  the call's limit (facility limit or what the balance bought),
@@ -146,8 +147,16 @@ class LiveCall:
 
     # --- events ---------------------------------------------------------------
     def observe(self, event: Mapping[str, Any], now: float | None = None) -> Cut | None:
-        """One AMI event of this call. Returns a Cut when a rule says the call must end."""
-        if self.cut is not None or not self.bridged:
+        """One AMI event of this call. Returns a Cut when a rule says the call must end.
+
+        Before the bridge no rule applies, but who is talking is tracked: TALK_DETECT
+        runs from before the bridge and reports a start once, so a leg already talking
+        when the call is bridged must count as talking for the silence rule."""
+        if self.cut is not None:
+            return None
+        if not self.bridged:
+            if event.get("Event") in ("ChannelTalkingStart", "ChannelTalkingStop"):
+                self._talk(event, time.monotonic() if now is None else now)
             return None
         broken = self._rule_broken(event, time.monotonic() if now is None else now)
         # dated by the event's own time, not when the listener got to it: a leg can hang up
@@ -179,12 +188,8 @@ class LiveCall:
         elif name == "Newchannel" and p.transfer and chan not in self.channels:
             # a new channel linked to a bridged inmate call: someone is dialing out of it
             return "conference", "linked_channels_max=2", [evidence(event)]
-        elif name == "ChannelTalkingStart":
-            self.talking.add(chan)
-            self.quiet_since, self.quiet_event = now, evidence(event)
-        elif name == "ChannelTalkingStop":
-            self.talking.discard(chan)
-            self.quiet_since, self.quiet_event = now, evidence(event)
+        elif name in ("ChannelTalkingStart", "ChannelTalkingStop"):
+            self._talk(event, now)
         elif (name == "DTMFEnd" and p.extra_digits and chan in self.channels and chan != self.inmate
               and event.get("Direction") == "Received"):
             self.digits.append((now, evidence(event)))
@@ -194,6 +199,14 @@ class LiveCall:
                 return ("extra_digits", f"digits_max={p.digits_max} in digits_window_s={p.digits_window_s}",
                         [e for _, e in self.digits])
         return None
+
+    def _talk(self, event: Mapping[str, Any], now: float) -> None:
+        chan = str(event.get("Channel", ""))
+        if event.get("Event") == "ChannelTalkingStart":
+            self.talking.add(chan)
+        else:
+            self.talking.discard(chan)
+        self.quiet_since, self.quiet_event = now, evidence(event)
 
     # --- before the bridge ------------------------------------------------------------
     def inmate_left_before_bridge(self, event: Mapping[str, Any]) -> bool:
@@ -229,7 +242,8 @@ class LiveCall:
         return Noted(reason, (evidence(event),))
 
     def start(self, now: float | None = None, event: Mapping[str, Any] | None = None) -> None:
-        """Both legs are in one bridge: the rules apply from now."""
+        """Both legs are in one bridge: the rules apply from now. Legs talking since
+        before the bridge (self.talking) still count; the quiet time starts here."""
         self.bridged = True
         self.quiet_since = time.monotonic() if now is None else now
         self.quiet_event = evidence(event) if event else None

@@ -338,11 +338,9 @@ def inmate_create(store: Store, a) -> int:
     check_id("inmate number", a.iid, INMATE_ID_RE)
     name = one_line("inmate name", a.name)
     need_facility(store, a.facility)
-    if store.inmate(a.iid) is not None:
-        raise CliError(f"inmate {a.iid} already exists")
-    store.create_inmate(a.iid, a.facility, name, a.pin)
-    log.info("ops.inmate_create", inmate=a.iid, facility=a.facility, name=name)
-    out(f"created inmate {a.iid} ({name}) at facility {a.facility}")
+    replaced = store.create_inmate(a.iid, a.facility, name, a.pin, replace=a.replace)  # refuses an existing id
+    log.info("ops.inmate_create", inmate=a.iid, facility=a.facility, name=name, replaced=replaced)
+    out(f"{'replaced' if replaced else 'created'} inmate {a.iid} ({name}) at facility {a.facility}")
     out(f"name not recorded yet: the inmate records it on the first call, "
         f"or: {PROG} inmate import-name {a.iid} FILE.wav")
     return 0
@@ -1038,6 +1036,8 @@ def build_parser() -> Parser:
     c.add_argument("--facility", required=True, metavar="FID")
     c.add_argument("--name", required=True)
     c.add_argument("--pin", required=True, help="4 to 8 digits")
+    c.add_argument("--replace", action="store_true",
+                   help="the inmate exists: set this new PIN and name (a locked PIN is unlocked)")
     c = command(inm, "show", inmate_show, "an inmate's state (never the PIN)", json_out=True)
     c.add_argument("iid", metavar="IID")
     c = command(inm, "unlock", inmate_unlock, "unlock a locked PIN and clear wrong-PIN count")

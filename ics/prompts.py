@@ -5,7 +5,9 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
-MANIFEST_PATH = Path(__file__).resolve().parents[1] / "prompts" / "manifest.toml"
+# prompts/manifest.toml, the one list; ics/manifest.toml links to it in a checkout and is the
+# file itself once installed (package data), so the installed services need no checkout
+MANIFEST_PATH = (Path(__file__).resolve().parent / "manifest.toml").resolve()
 ASTERISK_DIR = "ics"  # the sounds.dir as Asterisk names it, relative to its sounds directory
 
 

@@ -34,6 +34,14 @@ class StoreError(ValueError):
     """Bad input to a store operation: the message is for a human."""
 
 
+class AccountExpired(StoreError):
+    """The account is flagged expired (FCC 64.6130): it holds nothing for a call."""
+
+    def __init__(self, aid: str):
+        super().__init__(f"account {aid} is expired; a deposit reactivates it")
+        self.account = aid
+
+
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -99,13 +107,15 @@ local function available(acct, month)
 end
 """
 
-# Hold funds for a call before it rings. Fails (0) if the account cannot cover it.
+# Hold funds for a call before it rings. Fails (0) if the account cannot cover it,
+# refuses (-3) an account flagged expired (expired_ms, cleared by a deposit).
 # ARGV[3], when not empty, is how many whole minutes the hold pays for.
 _RESERVE = _AVAILABLE + """
 local acct, call, month = KEYS[1], KEYS[2], KEYS[3]
 local amount = tonumber(ARGV[1])
 if redis.call('EXISTS', acct) == 0 then return -1 end
 if redis.call('HEXISTS', call, 'held_cents') == 1 then return -2 end
+if redis.call('HEXISTS', acct, 'expired_ms') == 1 then return -3 end  -- flagged expired: no calls
 if available(acct, month) < amount then return 0 end
 redis.call('HINCRBY', acct, 'held_cents', amount)
 redis.call('HSET', call, 'held_cents', amount, 'account', ARGV[2])
@@ -350,7 +360,10 @@ class Store:
         return settings
 
     # --- inmates -----------------------------------------------------------
-    def create_inmate(self, iid: str, facility: str, name: str, pin: str) -> None:
+    def create_inmate(self, iid: str, facility: str, name: str, pin: str, replace: bool = False) -> bool:
+        """Create an inmate; an existing inmate number is refused (StoreError) unless
+        replace, which sets a new PIN, name and facility and keeps the rest (approved
+        numbers, status, unit). Returns True if the inmate existed (was replaced)."""
         check_id("inmate number", iid, INMATE_ID_RE)
         check_id("PIN", pin, PIN_RE)
         if not self.r.sismember(keys.FACILITIES, facility):
@@ -358,13 +371,22 @@ class Store:
         if not name or any(c in name for c in "\r\n\0"):
             raise StoreError("inmate name must be non-empty, one line")
         salt = secrets.token_hex(8)
-        with self.r.pipeline() as p:
-            p.hset(keys.inmate(iid), mapping={
+        key = keys.inmate(iid)
+
+        def create(p) -> bool:  # WATCH key: a concurrent create of the same number retries
+            existed = bool(p.exists(key))
+            if existed and not replace:
+                raise StoreError(f"inmate {iid} already exists (--replace to replace its PIN and name)")
+            p.multi()
+            p.hset(key, mapping={
                 "facility": facility, "name": name, "pin_salt": salt,
                 "pin_hash": pin_hash(pin, salt), "pin_locked": "0", "name_recorded": "0",
             })
             p.sadd(keys.INMATES, iid)
-            p.execute()
+            p.delete(keys.pin_failures(iid))
+            return existed
+
+        return self.r.transaction(create, key, value_from_callable=True)
 
     def inmate(self, iid: str) -> dict[str, str] | None:
         return self.r.hgetall(keys.inmate(iid)) or None
@@ -579,7 +601,10 @@ class Store:
         return int(bal)
 
     def reserve(self, aid: str, call_id: str, amount_cents: int, minutes: int | None = None) -> bool:
-        """Hold amount_cents for a call (that pays for `minutes` whole minutes, if given)."""
+        """Hold amount_cents for a call (that pays for `minutes` whole minutes, if given).
+
+        False if the account cannot cover it; AccountExpired if it is flagged expired
+        (checked in the same script as the hold, whatever the balance)."""
         month = keys.account_month(aid, month_of(now_ms()))
         res = self._reserve(keys=[keys.account(aid), keys.call(call_id), month],
                             args=[amount_cents, aid, "" if minutes is None else minutes])
@@ -587,6 +612,8 @@ class Store:
             raise StoreError(f"no account {aid!r}")
         if res == -2:
             raise StoreError(f"call {call_id} already holds funds")
+        if res == -3:
+            raise AccountExpired(aid)
         return res == 1
 
     def extend_hold(self, aid: str, call_id: str, amount_cents: int, paid_minutes: int) -> str:
@@ -635,8 +662,8 @@ class Store:
     def account_usable(self, account: "Account | str") -> str | None:
         """Why an existing account may not pay for a new call (a reason code), or None.
 
-        The call flow asks this before it holds funds: an expired account refuses calls
-        with `account_expired` until a deposit reactivates it."""
+        An expired account refuses calls with `account_expired` until a deposit
+        reactivates it; the hold itself (reserve) enforces that atomically."""
         aid = account if isinstance(account, str) else account.id
         if self.r.hexists(keys.account(aid), "expired_ms"):
             return "account_expired"

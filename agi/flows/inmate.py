@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import structlog
 
 from ics import policy, prompts, rating, records
-from ics.store import Account, now_ms, valid_destination
+from ics.store import Account, AccountExpired, now_ms, valid_destination
 
 from .. import channelvars as V
 from ..session import Session
@@ -60,9 +60,11 @@ def run(s: Session) -> None:
         inmate_id = identify(s, facility)
         records.update(s.r, call_id, inmate=inmate_id, outcome="checks")
         inmate = s.store.inmate(inmate_id)
+        go = check_call(s, facility, inmate_id, inmate, number, call_id)
+        # first use: only an inmate whose call may go ahead records a name (never one
+        # who is then refused); the first minute is held meanwhile, released if they hang up
         if inmate.get("name_recorded") != "1":
             record_name(s, inmate_id)
-        go = check_call(s, facility, inmate_id, inmate, number, call_id)
     except Refused as refusal:
         records.set_reason(s.r, call_id, refusal.reason)
         records.update(s.r, call_id, outcome="refused")
@@ -218,11 +220,17 @@ def check_call(s: Session, facility: dict, inmate_id: str, inmate: dict, number:
             break
         # Only the first minute is held now; the AMI listener holds each next one
         # before it starts, so calls sharing an account draw on it minute by minute.
-        if s.store.reserve(account.id, call_id, one_minute, minutes=1):
-            return Go(account.id, one_minute, limit_ms, rate, tax, dest_class)
+        # The hold script also refuses an account flagged expired.
+        try:
+            if s.store.reserve(account.id, call_id, one_minute, minutes=1):
+                return Go(account.id, one_minute, limit_ms, rate, tax, dest_class)
+        except AccountExpired:
+            raise Refused("account_expired", "account-expired") from None
         account = s.store.account(account.id)
         if account is None:
             raise LookupError("the paying account vanished while the call was checked")
+    if s.store.account_usable(account) == "account_expired":  # too little to try a hold, and expired
+        raise Refused("account_expired", "account-expired")
     if account.type == "direct_bill":
         raise Refused("direct_bill_limit", "direct-bill-limit")
     raise Refused("insufficient_funds", "insufficient-funds")

@@ -195,6 +195,55 @@ def test_talking_resets_the_silence_clock(ami, lines, speech):
     assert ev[0]["time"] == stop["Timestamp"]
 
 
+@pytest.fixture(scope="module")
+def conversation(tmp_path_factory) -> Path:
+    """Speech (espeak-ng) 3 s on, 2 s off, 8 kHz mono 16-bit: its pauses are shorter than
+    TALK_DETECT's 2.5 s silence threshold, so a talker gets one ChannelTalkingStart, no stop."""
+    from pydub import AudioSegment
+    from pydub.silence import detect_leading_silence
+
+    from ics import audio
+    d = tmp_path_factory.mktemp("conversation")
+    said = AudioSegment.from_wav(audio.speak("I am fine, how are the kids doing at school these days", d / "s.wav"))
+    said = said[detect_leading_silence(said):len(said) - detect_leading_silence(said.reverse())]
+    on = (said * 4)[:3000]  # loop the words to fill 3 s exactly
+    turn = on + AudioSegment.silent(2000, frame_rate=8000)
+    path = d / "conversation.wav"
+    (turn * 8).set_frame_rate(8000).set_channels(1).set_sample_width(2).export(path, format="wav")
+    return path
+
+
+@pytest.mark.parametrize("talking", [True, False], ids=["both-talk", "nobody-talks"])
+def test_a_conversation_that_began_before_the_bridge_is_not_silence(ami, lines, conversation, talking):
+    """Both parties talk 3 s on / 2 s off from before the called party accepts: TALK_DETECT
+    (from before the bridge) reports each one start and no stop. The call is never cut for
+    silence; the control, where nobody talks, is cut at silence_s."""
+    inmate, family, _ = lines
+    world = make_world(balance_cents=500, **dict(ALL_OFF, rule_silence=True, silence_s=6))
+    mark = ami.mark()
+    call = inmate.call(NUMBER)
+    login(ami, call, mark)
+    callee = family.wait_incoming(15)
+    callee.answer()
+    if talking:
+        call.talk(conversation)
+        callee.talk(conversation)
+    press_when(ami, callee, "menu-accept", "1", mark, channel_prefix=f"PJSIP/{NUMBER}")
+    ami.wait_for({"Event": "BridgeEnter", "Channel": chan(f"PJSIP/{NUMBER}")}, 15, since=mark)
+    if not talking:
+        rec, _ = assert_cut(ami, world, mark, "silence", "silence_s=6", "BridgeEnter", call, callee)
+        assert 6000 <= rec["cut_ms"] - rec["bridged_ms"] <= 11000
+        return
+    started = {e["Channel"].split("-")[0] for e in ami.events({"Event": "ChannelTalkingStart"}, since=mark)}
+    assert started == {"PJSIP/inmate1", f"PJSIP/{NUMBER}"}, started  # both talked before the bridge
+    time.sleep(14)  # more than twice silence_s
+    still_up(ami, mark, call, callee)
+    assert not ami.events({"Event": "ChannelTalkingStop"}, since=mark)  # the pauses never reach 2.5 s
+    call.quiet()
+    callee.quiet()
+    rec, _ = assert_cut(ami, world, mark, "silence", "silence_s=6", "ChannelTalkingStop", call, callee)
+
+
 def test_extra_digits_with_only_the_digits_rule_on(ami, lines):
     settings = dict(ALL_OFF, rule_extra_digits=True, digits_max=3, digits_window_s=10)
     world, call, callee, mark, enter = bridged(ami, lines, **settings)

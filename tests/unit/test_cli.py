@@ -18,7 +18,7 @@ import pytest
 import structlog
 
 from ics import cli, keys, records
-from ics.store import Store
+from ics.store import Store, StoreError
 
 INMATE, PIN, NUMBER, OTHER = "123456", "4321", "3125550100", "3125550101"
 ICSCTL = Path(sys.executable).parent / "icsctl"
@@ -155,6 +155,25 @@ def test_inmate_create_and_show_never_reveal_the_pin(run, world):
     _, text, _ = run("inmate", "show", INMATE)
     for secret in (inmate["pin_hash"], inmate["pin_salt"]):
         assert secret not in out and secret not in text
+
+
+def test_creating_an_existing_inmate_is_refused_unless_replace(run, world):
+    """The store refuses a second create (not only the CLI): the PIN is never replaced by
+    accident. --replace sets a new PIN (and name) on purpose."""
+    before = world.inmate(INMATE)
+    with pytest.raises(StoreError, match="already exists"):
+        world.create_inmate(INMATE, "main", "Someone Else", "9999")
+    assert world.inmate(INMATE) == before
+    status, out, err = run("inmate", "create", INMATE, "--facility", "main", "--name", "X", "--pin", "9999")
+    assert status == 1 and out == ""
+    one_line_error(err, f"inmate {INMATE} already exists (--replace to replace its PIN and name)")
+    assert world.inmate(INMATE) == before and world.check_pin(world.inmate(INMATE), PIN)
+    status, out, _ = run("inmate", "create", INMATE, "--facility", "main", "--name", "Alex Q Doe",
+                         "--pin", "9999", "--replace")
+    assert status == 0 and "replaced" in out
+    inmate = world.inmate(INMATE)
+    assert world.check_pin(inmate, "9999") and not world.check_pin(inmate, PIN) and inmate["name"] == "Alex Q Doe"
+    assert world.number_state(INMATE, NUMBER) == "approved"  # the rest of the inmate is kept
 
 
 def test_missing_inmate_is_one_line_and_status_1(run, world):

@@ -161,6 +161,23 @@ def test_no_choice_without_funds_for_a_minute(port, world):
     assert not played_choice(cmds) and dialed(cmds) and rec["account"] == "fam1"
 
 
+@pytest.mark.parametrize("cents", [10_000, 0])
+def test_an_expired_prepaid_account_refuses_the_call(port, world, cents):
+    """README: an account flagged expired refuses calls (account_expired, its own prompt),
+    whatever its balance, and holds nothing; a deposit reactivates it."""
+    cfg, store = world
+    store.create_account("fam1", "Sam", [NUMBER])
+    if cents:
+        store.adjust("fam1", "deposit", cents)
+    store.r.hset(keys.account("fam1"), "expired_ms", now_ms())  # as `icsctl accounts expire` flags it
+    cmds, rec = run_call(port, store, NUMBER)
+    assert not dialed(cmds) and rec["reason"] == "account_expired" and played(cmds, "account-expired")
+    assert store.account("fam1").held_cents == 0 and not rec.get("held_cents")
+    store.adjust("fam1", "deposit", 500)
+    cmds, rec = run_call(port, store, NUMBER)
+    assert dialed(cmds) and rec["account"] == "fam1"
+
+
 def played_choice(cmds) -> bool:
     return any(c.startswith('GET DATA "ics/prompts/pay-choice"') for c in cmds)
 

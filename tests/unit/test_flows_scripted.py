@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from agi.server import FastAGIServer
-from ics import config, records
+from ics import config, keys, records
 from ics.store import Store, connect
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -172,3 +172,34 @@ def test_settle_route_is_idempotent(server, world):
     assert store.account("fam1").balance_cents == 500 - rec["billed_cents"]
     assert store.account("fam1").held_cents == 0
     assert [e["kind"] for e in store.ledger("fam1")].count("charge") == 1
+
+
+def recorded(cmds) -> bool:
+    return any(c.startswith("RECORD FILE") for c in cmds) or any('"ics/prompts/record-name"' in c for c in cmds)
+
+
+@pytest.mark.parametrize("refusal, setup", [
+    ("inmate_suspended", lambda store: store.set_inmate_status(INMATE, "suspended")),
+    ("not_approved", lambda store: store.r.delete(keys.approved(INMATE))),
+    ("insufficient_funds", lambda store: store.refund("fam1", None)),
+])
+def test_a_refused_inmate_records_no_name(server, world, refusal, setup):
+    """First use: the name is recorded only once every check passed (never by an inmate
+    who is then refused, e.g. a suspended one)."""
+    cfg, store = world
+    store.r.hset(keys.inmate(INMATE), "name_recorded", "0")
+    setup(store)
+    cmds = fastagi(server, ScriptedAsterisk(), env_block("inmate"))
+    assert decision(cmds) == 'SET VARIABLE "ICS_RESULT" "refused"'
+    assert records.recent(store.r, 1)[0]["reason"] == refusal
+    assert not recorded(cmds) and store.inmate(INMATE)["name_recorded"] == "0"
+
+
+def test_the_name_is_recorded_after_the_checks_then_the_call_dials(server, world):
+    cfg, store = world
+    store.r.hset(keys.inmate(INMATE), "name_recorded", "0")
+    cmds = fastagi(server, ScriptedAsterisk(), env_block("inmate"))
+    assert decision(cmds) == 'SET VARIABLE "ICS_RESULT" "dial"' and recorded(cmds)
+    rec = [i for i, c in enumerate(cmds) if c.startswith("RECORD FILE")][0]
+    assert INMATE in cmds[rec] and rec < cmds.index('SET VARIABLE "ICS_RESULT" "dial"')
+    assert store.inmate(INMATE)["name_recorded"] == "1"

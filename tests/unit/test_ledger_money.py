@@ -16,7 +16,7 @@ import pytest
 import structlog
 
 from ics import cli, keys, ledger, rating, records, settlement, statements
-from ics.store import AUTO_CREDIT_MS, INACTIVITY_MS, Store, StoreError, now_ms
+from ics.store import AUTO_CREDIT_MS, INACTIVITY_MS, AccountExpired, Store, StoreError, now_ms
 
 DAY_MS = 86_400_000
 _ids = itertools.count()
@@ -322,4 +322,20 @@ def test_100_concurrent_calls_drain_one_prepaid_account(store):
     assert acct.balance_cents >= 0 and acct.held_cents == 0
     charges = sum(int(e["amount_cents"]) for e in store.ledger(aid) if e["kind"] == "charge")
     assert charges == charged == deposit - acct.balance_cents
+    assert ledger.check(store.r)["ok"]
+
+
+def test_an_expired_account_refuses_the_hold_atomically_until_a_deposit(store):
+    """The expiry check is part of the hold script (no check-then-hold race): a flagged
+    account holds nothing, whatever its balance; a deposit reactivates it."""
+    aid = new_account(store, deposit=5000)
+    t0 = int(store.ledger(aid)[-1]["ts"])
+    assert store.expire_account(aid, t0 + INACTIVITY_MS)[0] == "flagged"
+    cid = new_call()
+    with pytest.raises(AccountExpired):
+        store.reserve(aid, cid, 100, minutes=1)
+    assert store.account(aid).held_cents == 0 and store.r.hget(keys.call(cid), "held_cents") is None
+    store.adjust(aid, "deposit", 100, "back again")
+    assert store.reserve(aid, cid, 100, minutes=1)
+    store.settle(cid, aid, 100, 1, 100)
     assert ledger.check(store.r)["ok"]

@@ -99,6 +99,34 @@ def test_silence_counts_from_the_last_talking_change():
     assert cut.reason == "silence" and cut.events[0]["event"] == "ChannelTalkingStop"
 
 
+def unbridged() -> LiveCall:
+    return LiveCall("1.1", call_id="c1", inmate=INMATE, channels={INMATE: "1.1", CALLED: "1.2"},
+                    bridge="b1", policy=Policy(silence_s=30))
+
+
+@pytest.mark.parametrize("chan", [INMATE, CALLED])
+def test_talking_that_began_before_the_bridge_counts_as_talking(chan):
+    """TALK_DETECT runs from before the bridge; with pauses under its 2.5 s threshold it
+    reports one start and no stop, so a leg talking at the bridge is talking after it."""
+    call = unbridged()
+    assert call.observe(ev("ChannelTalkingStart", chan), now=1) is None
+    call.start(now=10.0, event={"Event": "BridgeEnter", "Channel": CALLED, "Timestamp": "10.0"})
+    assert call.tick(now=500)[0] is None  # still talking, never a silence cut
+    call.observe(ev("ChannelTalkingStop", chan, Duration="490000"), now=500)
+    assert call.tick(now=529.9)[0] is None
+    assert call.tick(now=530)[0].reason == "silence"
+
+
+def test_talk_that_stopped_before_the_bridge_does_not_count():
+    call = unbridged()
+    call.observe(ev("ChannelTalkingStart", INMATE), now=1)
+    call.observe(ev("ChannelTalkingStop", INMATE, Duration="2000"), now=3)
+    call.start(now=10.0, event={"Event": "BridgeEnter", "Channel": CALLED, "Timestamp": "10.0"})
+    assert call.tick(now=39.9)[0] is None
+    cut = call.tick(now=40)[0]
+    assert cut.reason == "silence" and cut.events[0]["event"] == "BridgeEnter"  # quiet since the bridge
+
+
 def test_time_limit_warnings_then_the_cut_at_the_limit():
     call = live(silence=False, warn_before_s=(60, 30))
     call.bridged_ms, call.limit_ms = 1_000_000, 900_000
