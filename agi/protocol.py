@@ -151,10 +151,13 @@ class SafeAGI(pyst2.AGI):
             r = RESULT.match(rest)
             if not r:
                 raise ProtocolError(f"malformed 200 reply {line[:80]!r}")
-            value, data, _endpos = r.groups()
+            value, data, endpos = r.groups()
             if value == "-1":
                 raise ChannelGone(f"command failed on a hung-up channel ({line[:60]})")
-            return {"result": (value, data or "")}
+            out = {"result": (value, data or "")}
+            if endpos is not None:
+                out["endpos"] = int(endpos)
+            return out
         if code == 511:
             raise ChannelGone(rest or "dead channel")
         if code == 510:
@@ -183,6 +186,12 @@ class SafeAGI(pyst2.AGI):
         """Play a sound; returns the digit that interrupted it, or ''."""
         res = self.execute("STREAM FILE", sound, escape_digits, 0)
         return _digit(res["result"][0])
+
+    def stream_at(self, sound: str, escape_digits: str, offset: int) -> tuple[str, int]:
+        """Play a sound from a sample offset; returns (the digit that interrupted it or '',
+        the sample it stopped at)."""
+        res = self.execute("STREAM FILE", sound, escape_digits, int(offset))
+        return _digit(res["result"][0]), res.get("endpos", 0)
 
     def wait_digit(self, timeout_ms: int) -> str:
         res = self.execute("WAIT FOR DIGIT", timeout_ms)

@@ -43,7 +43,7 @@ from ics.rating import MINUTE_MS
 from ics.store import Store, connect
 
 from .connection import GuardedManager
-from .rules import Cut, LiveCall, Policy, event_ms, evidence
+from .rules import Cut, LiveCall, Noted, Policy, event_ms, evidence
 
 log = structlog.get_logger("ami")
 
@@ -54,11 +54,13 @@ RESERVE_AHEAD_MS = 10_000  # the next minute is held this long before the paid o
 NOTICE_CONTEXT = "ics-notice"
 CALL_EVENTS = ("Newchannel", "Hangup", "BridgeEnter", "BridgeLeave", "Hold", "Unhold", "Flash",
                "BlindTransfer", "AttendedTransfer", "ConfbridgeJoin", "DTMFEnd",
-               "ChannelTalkingStart", "ChannelTalkingStop")
+               "ChannelTalkingStart", "ChannelTalkingStop", "HangupRequest", "SoftHangupRequest")
+INMATE_LEFT = "inmate_hangup_before_accept"   # reason, and the [ics-cut] exten the called leg hears
+PRE_BRIDGE_OUTCOMES = ("announcing", "accepted")  # the called leg is in the announcement / menu gosub
 # Asterisk going down (issue 8: system drops): SoftHangupRequest says why a channel is being
 # hung up (Cause is Asterisk's softhangup flag, 4 = the whole system is shutting down),
 # Shutdown is sent just before AMI closes on a stop or restart
-SYSTEM_EVENTS = ("SoftHangupRequest", "Shutdown")
+SYSTEM_EVENTS = ("Shutdown",)  # SoftHangupRequest is a call event (above)
 SOFTHANGUP_SHUTDOWN = "4"    # AST_SOFTHANGUP_SHUTDOWN
 SHUTDOWN_WAIT_S = 2.0        # a dropped call's record waits this long for the Shutdown event's evidence
 
@@ -130,6 +132,7 @@ class Listener:
         cid = chan_var(event, "ICS_CALL_ID")
         if cid and not call.call_id:
             call.call_id = cid
+            self.spawn(self.load_policy(call))  # the facility's rules apply before the bridge too
         return call
 
     @staticmethod
@@ -196,6 +199,8 @@ class Listener:
     def _transfer(self, event):
         # transfer events carry several channels of possibly different calls
         for call in list(self.calls.values()):
+            if not call.bridged and self._before_accept(call, event) is not None:
+                return call
             if self._observe(call, event) is not None:
                 return call
         return None
@@ -217,10 +222,66 @@ class Listener:
         return None
 
     def _leg_event(self, event):
-        return self._observe(self._call(event), event)
+        call = self._call(event)
+        if call is not None and not call.bridged and self._before_accept(call, event) is not None:
+            return call
+        return self._observe(call, event)
 
     on_hold = on_unhold = on_flash = on_confbridgejoin = on_dtmfend = _leg_event
     on_channeltalkingstart = on_channeltalkingstop = _leg_event
+
+    # --- before the bridge (announcement, menu: the called leg is in Dial's U() gosub) ----
+    def _before_accept(self, call: LiveCall, event) -> LiveCall | None:
+        """A flash, hold or transfer before the bridge: the call to cut, or a note to record."""
+        if not call.call_id:
+            return None
+        decided = call.before_accept(event)
+        if isinstance(decided, Noted):
+            log.warning("enforce.before_accept_noted", call_id=call.call_id, reason=decided.reason,
+                        evidence=list(decided.events))
+            self.spawn(asyncio.to_thread(records.note_before_accept, self.store.r, call.call_id,
+                                         decided.reason, decided.events))
+            return None
+        return call if decided is not None else None
+
+    def on_hanguprequest(self, event):
+        call = self._call(event)
+        if call is not None and call.call_id and call.inmate_left_before_bridge(event):
+            self.spawn(self.release_called(call, event, time.perf_counter()))
+        return None
+
+
+    async def load_policy(self, call: LiveCall) -> None:
+        """The facility's settings as soon as the call id is known (the bridge reloads them)."""
+        try:
+            rec = await asyncio.to_thread(records.get, self.store.r, call.call_id)
+            facility = await asyncio.to_thread(self.store.facility, rec["facility"]) if rec else None
+        except Exception as exc:  # Redis away: the defaults keep applying
+            log.error("enforce.load_failed", call_id=call.call_id, error=repr(exc), where="before_accept")
+            return
+        if facility is not None and not call.bridged:
+            call.policy = Policy.from_facility(facility)
+
+    async def release_called(self, call: LiveCall, event, received: float) -> None:
+        """The inmate hung up while the called party hears the announcement or menu. Asterisk
+        would notice only when the gosub returns (the whole menu later): send the called leg to
+        [ics-cut] now, where it hears that the caller hung up and is released. Not while the
+        phone still rings (Dial itself sees the caller go) nor once bridged."""
+        try:
+            rec = await asyncio.to_thread(records.get, self.store.r, call.call_id) or {}
+        except Exception as exc:  # Redis away: the call flow's own check ends the leg
+            log.error("enforce.release_failed", call_id=call.call_id, error=repr(exc))
+            return
+        legs = call.other_legs()
+        if (rec.get("bridged_ms") or rec.get("outcome") not in PRE_BRIDGE_OUTCOMES or not legs
+                or rec.get("rule")):  # a deliberate cut (rule, lockdown, cut-off) already sends the legs
+            return
+        await asyncio.to_thread(records.set_reason, self.store.r, call.call_id, INMATE_LEFT)
+        ok = await _succeeded(self.manager.send_action({"Action": "Redirect", **cut_redirect(legs, INMATE_LEFT)}))
+        log.warning("enforce.inmate_left", call_id=call.call_id, legs=legs, redirected=ok,
+                    evidence=evidence(event), latency_ms=round((time.perf_counter() - received) * 1000, 3))
+        if not ok:
+            await self.hangup(call, legs)
 
     # --- clock -------------------------------------------------------------------
     async def ticker(self) -> None:
@@ -478,9 +539,10 @@ class Listener:
 
     def on_softhanguprequest(self, event):
         """Asterisk hangs every channel up on a stop or restart (Cause 4, before the hangup
-        handlers run): the bridged calls it ends are system drops, dated by this event."""
+        handlers run): the bridged calls it ends are system drops, dated by this event. Any
+        other soft hang-up of the inmate's channel is the inmate leaving (on_hanguprequest)."""
         if str(event.get("Cause", "")) != SOFTHANGUP_SHUTDOWN:
-            return None
+            return self.on_hanguprequest(event)
         call = self.calls.get(str(event.get("Linkedid") or event.get("Uniqueid") or ""))
         if call is not None and call.call_id and call.bridged and call.call_id not in self.dropped:
             self.dropped.add(call.call_id)

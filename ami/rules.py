@@ -18,6 +18,15 @@ Rules (per-facility settings in ics.config [facility_defaults]):
               digits_window_s
   time_limit  the call's limit (facility limit or what the balance bought),
               after the warn_before_s notices
+
+Before the bridge (the called party hears the announcement and menu inside
+Dial's U() gosub) two small decisions apply instead (`before_accept`):
+  the inmate's HangupRequest: Asterisk itself notices only when the gosub
+              returns, so the called leg must be ended for it
+              (inmate_hangup_before_accept)
+  a Flash, Hold or transfer on either leg: recorded with its evidence and,
+              per facility (before_accept = "end", the default), the call ends
+              with that rule's reason; "record" only notes it on the record
 """
 
 from __future__ import annotations
@@ -76,13 +85,15 @@ class Policy:
     digits_max: int = 3
     digits_window_s: int = 10
     warn_before_s: tuple[int, ...] = (60, 30)
+    before_accept: str = "end"             # a fault before the bridge: "end" the call or only "record" it
 
     @classmethod
     def from_facility(cls, f: Mapping[str, Any]) -> "Policy":
         return cls(hold=f["rule_hold"], hold_grace_s=f["hold_grace_s"], hook_flash=f["rule_hook_flash"],
                    transfer=f["rule_transfer"], silence=f["rule_silence"], silence_s=f["silence_s"],
                    extra_digits=f["rule_extra_digits"], digits_max=f["digits_max"],
-                   digits_window_s=f["digits_window_s"], warn_before_s=parse_warnings(f["warn_before_s"]))
+                   digits_window_s=f["digits_window_s"], warn_before_s=parse_warnings(f["warn_before_s"]),
+                   before_accept=f["before_accept"])
 
 
 @dataclass(frozen=True)
@@ -91,6 +102,17 @@ class Cut:
     threshold: str         # the setting that was crossed, e.g. "hold_grace_s=3"
     events: tuple[dict, ...]
     at_ms: int             # when the rule fired (epoch ms): billing stops here
+
+
+@dataclass(frozen=True)
+class Noted:
+    """A fault before the bridge that the facility only records (before_accept = "record")."""
+    reason: str
+    events: tuple[dict, ...]
+
+
+BEFORE_ACCEPT_FAULTS = {"Flash": ("hook_flash", "hook_flash"), "Hold": ("hold", "hold"),
+                        "BlindTransfer": ("transfer", "transfer"), "AttendedTransfer": ("transfer", "transfer")}
 
 
 @dataclass
@@ -118,6 +140,7 @@ class LiveCall:
     paid_ms: int = 0                       # 0: the call holds no per-minute funds
     extending: bool = False
     funds_short: bool = False              # the next minute could not be held: limit_ms = paid_ms
+    inmate_left: bool = False              # the inmate's hang-up request before the bridge was seen
 
     def other_legs(self) -> list[str]:
         return [c for c in self.channels if c != self.inmate]
@@ -184,6 +207,39 @@ class LiveCall:
         else:
             self.talking.discard(chan)
         self.quiet_since, self.quiet_event = now, evidence(event)
+
+    # --- before the bridge ------------------------------------------------------------
+    def inmate_left_before_bridge(self, event: Mapping[str, Any]) -> bool:
+        """The inmate's channel asked to hang up while the called party is still in the
+        announcement or menu: the called leg must be told and released (Asterisk would
+        only notice when the U() gosub returns)."""
+        if (event.get("Event") in ("HangupRequest", "SoftHangupRequest") and not self.bridged
+                and not self.inmate_left and self.cut is None and bool(self.inmate)
+                and str(event.get("Channel", "")) == self.inmate and bool(self.other_legs())):
+            self.inmate_left = True  # once: a HangupRequest is often followed by a SoftHangupRequest
+            return True
+        return False
+
+    def before_accept(self, event: Mapping[str, Any]) -> Cut | Noted | None:
+        """A hook flash, hold or transfer on a leg before the bridge: a Cut when the facility
+        ends the call for it (its rule on and before_accept = "end"), else a Noted to record."""
+        if self.bridged or self.cut is not None:
+            return None
+        name = str(event.get("Event", ""))
+        if name not in BEFORE_ACCEPT_FAULTS:
+            return None
+        if name in ("BlindTransfer", "AttendedTransfer"):
+            involved = {str(v) for k, v in event.items() if k.endswith("Channel")}
+        else:
+            involved = {str(event.get("Channel", ""))}
+        if not involved & set(self.channels):
+            return None
+        reason, rule = BEFORE_ACCEPT_FAULTS[name]
+        p = self.policy
+        on = {"hook_flash": p.hook_flash, "hold": p.hold, "transfer": p.transfer}[rule]
+        if on and p.before_accept == "end":
+            return self._cut(reason, "before_accept=end", [evidence(event)], event_ms(event))
+        return Noted(reason, (evidence(event),))
 
     def start(self, now: float | None = None, event: Mapping[str, Any] | None = None) -> None:
         """Both legs are in one bridge: the rules apply from now. Legs talking since

@@ -47,6 +47,7 @@ SETTING_HELP = {
     "tax_bps": "taxes passed through, basis points (100 = 1%%); ",
     "warn_before_s": "notices before the time limit, seconds, comma-separated; ",
     "hold_grace_s": "a hold undone within this is forgiven, 0 = none; ",
+    "before_accept": "a hook flash, hold or transfer before the bridge: end (the call) or record (only); ",
     "local_npas": "comma-separated local area codes; ",
     "state_npas": "comma-separated in-state area codes; ",
     "timezone": "IANA time zone of schedules and dates; ",
@@ -324,6 +325,8 @@ def facility_show(store: Store, a) -> int:
         ("rule extra digits", rule_text(doc, "rule_extra_digits",
                                         f"more than {doc['digits_max']} in {doc['digits_window_s']} s", src)),
         ("time-limit notices", f"{doc['warn_before_s']} s before  ({src('warn_before_s')})"),
+        ("before accept", ("flash, hold, transfer end the call" if doc["before_accept"] == "end"
+                           else "flash, hold, transfer only recorded") + f"  ({src('before_accept')})"),
     ]
     fields(pairs)
     return 0

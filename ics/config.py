@@ -102,6 +102,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "digits_max": 3,  # more keypad digits than this from the called side ...
         "digits_window_s": 10,  # ... within this many seconds
         "warn_before_s": "60,30",  # notices to both parties this many seconds before the time limit
+        # a hook flash, hold or transfer before the bridge (announcement, menu): "end" the call
+        # (that rule's reason, nothing billed) or only "record" it on the call; a rule that is off never ends it
+        "before_accept": "end",
         # Policy (ics.policy): schedules are read in the facility's time zone; a living
         # unit's schedule replaces the facility's; "" = calls at any time.
         "timezone": "UTC",  # IANA name, e.g. America/Chicago
@@ -112,6 +115,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     },
 }
 
+BEFORE_ACCEPT = ("end", "record")  # facility_defaults before_accept
 FACILITY_DIGIT_KEYS = ("accept_digit", "refuse_digit", "quote_digit", "block_digit")
 
 
@@ -149,6 +153,9 @@ def _check_facility(values: Mapping[str, Any], where: str) -> None:
         raise ConfigError(f"{where}: pin_lock_after must be >= pin_max_tries")
     if values["hold_grace_s"] < 0:
         raise ConfigError(f"{where}: hold_grace_s must not be negative, got {values['hold_grace_s']}")
+    if values["before_accept"] not in BEFORE_ACCEPT:
+        raise ConfigError(f"{where}: before_accept must be one of {', '.join(BEFORE_ACCEPT)}, "
+                          f"got {values['before_accept']!r}")
     try:
         parse_warnings(values["warn_before_s"])
     except ValueError as exc:

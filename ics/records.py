@@ -19,6 +19,8 @@ Fields (times are epoch ms, money integer cents):
                on what grounds, when (billing stops there: the triggering event's own
                Asterisk time, or the deadline; never after ended_ms) and the AMI events that
                triggered it (JSON list of {event, time, channel, headers})
+  before_accept  JSON list of {reason, events} for each hook flash, hold or transfer before
+               the bridge that the facility only records (before_accept = "record")
   unit         the inmate's living unit when the call was placed
   privileged   1 for a registered attorney number: never recorded, never monitored
   recording    MixMonitor file, relative to the recordings dir (absent when privileged)
@@ -41,7 +43,7 @@ FIELDS = (
     "rate_cents", "dest_class", "tax_bps", "limit_s", "held_cents", "outcome", "reason", "detail",
     "billed_minutes", "billed_cents", "tax_cents", "settled", "credited_cents", "credit_reason",
     "rule", "rule_threshold", "cut_ms", "evidence", "paid_minutes",
-    "unit", "privileged", "recording",
+    "unit", "privileged", "recording", "before_accept",
 )
 
 INT_FIELDS = {
@@ -101,6 +103,23 @@ def record_system_drop(r: redis.Redis, call_id: str, threshold: str, at_ms: int,
         return False
     record_cut(r, call_id, "system_error", threshold, at_ms, events)
     return True
+
+
+def note_before_accept(r: redis.Redis, call_id: str, reason: str, events: list[dict] | tuple) -> None:
+    """A fault before the bridge the facility only records: appended to the call's list."""
+    key = keys.call(call_id)
+    with r.pipeline() as p:  # optimistic: a concurrent note retries, none is lost
+        while True:
+            try:
+                p.watch(key)
+                noted = json.loads(p.hget(key, "before_accept") or "[]")
+                noted.append({"reason": reason, "events": list(events)})
+                p.multi()
+                p.hset(key, "before_accept", json.dumps(noted, separators=(",", ":")))
+                p.execute()
+                return
+            except redis.WatchError:
+                continue
 
 
 def mark_ended(r: redis.Redis, call_id: str, when_ms: int) -> None:

@@ -5,6 +5,17 @@ subject to recording and monitoring." (not said on a privileged, attorney call,
 which is never recorded). Then the menu: accept, refuse, rate
 quote (then the menu again), block. No key or a wrong key: one reprompt, then
 goodbye. Only "accept" leaves GOSUB_RESULT unset, which lets Dial bridge.
+
+On a recorded call the recording notice is always heard in full before the
+bridge: a key pressed during or before it still counts as the choice; on
+"accept" the notice then plays, uninterrupted, before "Connecting" (from where
+the key stopped it, when the key came during the notice; else all of it).
+
+Asterisk does not notice the inmate hanging up while this gosub runs. The AMI
+listener ends the called leg for it at once (ami/listener.py); as a fallback,
+and always right before the bridge, this flow reads the inmate channel's
+CHANNEL(hangupsource) between prompts: once the inmate is gone the called party
+hears so, the call is not bridged, and nothing is recorded or charged.
 """
 
 from __future__ import annotations
@@ -23,6 +34,62 @@ log = structlog.get_logger("agi")
 
 CALL_ID_RE = re.compile(r"^[0-9]{14}-[0-9a-f]{8}$")
 MAX_QUOTES = 3  # a held-down quote key cannot keep the line open forever
+INMATE_GONE_PROMPT = "cut-inmate_hangup_before_accept"
+
+
+class InmateGone(Exception):
+    """The inmate's channel hung up while the called party was in the announcement or menu."""
+
+
+class Menu:
+    """The called channel's prompts, each preceded by a check that the inmate is still there,
+    and whether the recording notice has been heard in full."""
+
+    def __init__(self, s: Session, rec: dict):
+        self.s = s
+        self.inmate_channel = rec.get("channel", "")
+        self.notice_due = rec.get("privileged") != "1"   # an attorney call is never recorded
+        self.notice_heard = False
+        self.notice_stopped_at: int | None = None  # where a key stopped the notice, until another prompt
+
+    def check_inmate(self) -> None:
+        if inmate_gone(self.s, self.inmate_channel):
+            raise InmateGone(self.inmate_channel)
+
+    def stream(self, sound: str, escape: str = "") -> str:
+        self.check_inmate()
+        self.notice_stopped_at = None
+        return self.s.agi.stream(sound, escape)
+
+    def play(self, key: str, escape: str = "") -> str:
+        return self.stream(prompts.sound(key), escape)
+
+    def notice(self, escape: str) -> str:
+        """The recording notice in the announcement; a key stops it (the key is the choice)."""
+        self.check_inmate()
+        digit, endpos = self.s.agi.stream_at(prompts.sound("announce-recorded"), escape, 0)
+        if digit:
+            self.notice_stopped_at = endpos
+        else:
+            self.notice_heard = True
+        return digit
+
+    def finish_notice(self) -> None:
+        """Before the bridge: the rest of the notice a key stopped just now (or all of it),
+        with no escape digits, so that it is heard in full whatever is pressed."""
+        self.check_inmate()
+        self.s.agi.stream_at(prompts.sound("announce-recorded"), "", self.notice_stopped_at or 0)
+        self.notice_heard = True
+
+
+def inmate_gone(s: Session, channel: str) -> bool:
+    """True once the inmate channel asked to hang up (chan_pjsip sets its hangupsource on the
+    BYE) or no longer exists. Read over this AGI session: works with the AMI listener down."""
+    if not channel:
+        return False
+    res = s.agi.execute("GET FULL VARIABLE", "${CHANNEL(hangupsource)}", channel)
+    value, data = res["result"]
+    return value != "1" or bool(data)
 
 
 def run(s: Session) -> None:
@@ -38,12 +105,29 @@ def run(s: Session) -> None:
     records.update(s.r, call_id, answered_ms=now_ms(), outcome="announcing")
     log.info("callee.announce")
 
-    choice = menu(s, facility, rec)
+    m = Menu(s, rec)
+    try:
+        choice = menu(m, facility, rec)
+        if choice == "accept":
+            records.update(s.r, call_id, outcome="accepted")
+            if m.notice_due and not m.notice_heard:  # a key stopped or preceded it: it is heard in full
+                m.finish_notice()
+            m.play("connecting")
+            m.check_inmate()
+            if rec.get("recording"):
+                start_recording(s, rec["recording"])
+            # the last look before money: an inmate gone by now must never be bridged or charged
+            if inmate_gone(s, m.inmate_channel):
+                if rec.get("recording"):
+                    s.agi.execute("EXEC", "StopMixMonitor", "")
+                raise InmateGone(m.inmate_channel)
+    except InmateGone:
+        records.set_reason(s.r, call_id, "inmate_hangup_before_accept")
+        records.update(s.r, call_id, outcome="not_accepted")
+        log.info("callee.inmate_gone", inmate_channel=m.inmate_channel)
+        s.play(INMATE_GONE_PROMPT)
+        return
     if choice == "accept":
-        records.update(s.r, call_id, outcome="accepted")
-        s.play("connecting")
-        if rec.get("recording"):
-            start_recording(s, rec["recording"])
         # Dial bridges the instant this gosub returns: billing starts here.
         records.update(s.r, call_id, bridged_ms=now_ms())
         # Fail closed on money: without the listener holding the next minute (and
@@ -68,22 +152,23 @@ def run(s: Session) -> None:
     records.update(s.r, call_id, outcome="not_accepted")
 
 
-def announce(s: Session, facility: dict, rec: dict, escape: str) -> str:
+def announce(m: Menu, facility: dict, rec: dict, escape: str) -> str:
     # A missing recording must not break the call (Asterisk answers -1 for a
     # missing file): fall back to a generic phrase, checked on disk first.
+    # A key pressed early is the choice and ends the announcement; the recording notice is
+    # still heard in full before any bridge (run()).
+    sounds_dir = m.s.cfg.sounds_dir
     name = prompts.name_sound(rec["inmate"])
-    if not prompts.exists(s.cfg.sounds_dir, name):
+    if not prompts.exists(sounds_dir, name):
         name = prompts.sound("announce-unknown-name")
     parts = [prompts.sound("announce-from"), name, prompts.sound("announce-at")]
-    if prompts.exists(s.cfg.sounds_dir, prompts.facility_sound(facility["id"])):
+    if prompts.exists(sounds_dir, prompts.facility_sound(facility["id"])):
         parts.append(prompts.facility_sound(facility["id"]))
-    if rec.get("privileged") != "1":  # an attorney call is neither recorded nor monitored
-        parts.append(prompts.sound("announce-recorded"))
     for part in parts:
-        digit = s.agi.stream(part, escape)
+        digit = m.stream(part, escape)
         if digit:
             return digit
-    return ""
+    return m.notice(escape) if m.notice_due else ""
 
 
 RECORD_OPTIONS = "b"  # MixMonitor: only while bridged, both directions mixed
@@ -99,7 +184,7 @@ def start_recording(s: Session, name: str) -> None:
     log.info("callee.recording", file=name)
 
 
-def menu(s: Session, facility: dict, rec: dict) -> str:
+def menu(m: Menu, facility: dict, rec: dict) -> str:
     keys = {
         facility["accept_digit"]: "accept",
         facility["refuse_digit"]: "refuse",
@@ -107,37 +192,38 @@ def menu(s: Session, facility: dict, rec: dict) -> str:
         facility["block_digit"]: "block",
     }
     escape = "".join(keys)
-    digit = announce(s, facility, rec, escape)
+    digit = announce(m, facility, rec, escape)
     misses = quotes = 0
     while True:
         if not digit:
-            digit = offer(s, facility, escape)
+            digit = offer(m, facility, escape)
         choice = keys.get(digit)
         log.info("callee.key", digit=digit or None, choice=choice)
         digit = ""
         if choice == "quote" and quotes < MAX_QUOTES:
             quotes += 1
-            digit = say_rate(s, rec, escape)
+            digit = say_rate(m, rec, escape)
             continue
         if choice in ("accept", "refuse", "block"):
             return choice
         misses += 1
         if misses >= 2:
             return "none"
-        s.play("menu-invalid", escape)
+        m.play("menu-invalid", escape)
 
 
-def offer(s: Session, facility: dict, escape: str) -> str:
+def offer(m: Menu, facility: dict, escape: str) -> str:
     """The menu once, interruptible, then the facility's timeout for a key."""
     for key, digit_field in (("menu-accept", "accept_digit"), ("menu-refuse", "refuse_digit"),
                              ("menu-quote", "quote_digit"), ("menu-block", "block_digit")):
-        digit = s.play(key, escape) or s.agi.stream(_digit_sound(facility[digit_field]), escape)
+        digit = m.play(key, escape) or m.stream(_digit_sound(facility[digit_field]), escape)
         if digit:
             return digit
-    return s.agi.wait_digit(facility["menu_timeout_s"] * 1000)
+    m.check_inmate()
+    return m.s.agi.wait_digit(facility["menu_timeout_s"] * 1000)
 
 
-def say_rate(s: Session, rec: dict, escape: str) -> str:
+def say_rate(m: Menu, rec: dict, escape: str) -> str:
     """Read out this call's per-minute price: the rate the inmate flow chose for its
     destination class (the one that was held and will be billed), through ics.rating.
     Taxes are added to the bill, so they are mentioned only when the call has some."""
@@ -147,17 +233,17 @@ def say_rate(s: Session, rec: dict, escape: str) -> str:
         raise LookupError(f"call {rec.get('call_id')} has no rate to quote (rate_cents={rate!r})")
     cents = rating.quote(rate).cents
     log.info("callee.quote", cents_per_min=cents, tax_bps=tax_bps, dest_class=rec.get("dest_class"))
-    digit = s.play("rate-is", escape)
+    digit = m.play("rate-is", escape)
     dollars, rest = divmod(cents, 100)
     if not digit and dollars:
-        s.agi.say_number(dollars)
-        digit = s.play("rate-dollars", escape) or s.play("rate-and", escape)
+        m.s.agi.say_number(dollars)
+        digit = m.play("rate-dollars", escape) or m.play("rate-and", escape)
     if not digit:
-        s.agi.say_number(rest)
-        digit = s.play("rate-per-minute", escape)
+        m.s.agi.say_number(rest)
+        digit = m.play("rate-per-minute", escape)
     if not digit and tax_bps > 0:
-        digit = s.play("rate-taxes", escape)
-    return digit or s.play("rate-whole-minutes", escape)
+        digit = m.play("rate-taxes", escape)
+    return digit or m.play("rate-whole-minutes", escape)
 
 
 def _digit_sound(d: str) -> str:
