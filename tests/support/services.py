@@ -1,11 +1,14 @@
-"""Kill and restart one of the lab stack's Python services (ics-fastagi, ics-ami) from a test.
+"""Kill and restart one part of the lab stack from a test: redis, asterisk, fastagi (ics-fastagi), ami (ics-ami).
 
     pid = services.kill("fastagi")     # SIGKILL the pid in .stack/run/fastagi.pid, wait until gone
     services.restart("fastagi")        # docker/stack.sh up: starts only what is not running
 
-`restart` goes through docker/stack.sh (the one place that knows how a service
-is started) and waits until the service is ready: the FastAGI port listening
-(stack.sh does that), the listener logged in to AMI (a new ami.connected line).
+`restart` goes through docker/stack.sh (the one place that knows how a part
+is started) and waits until it is ready: Redis answering PING, Asterisk fully
+booted, the FastAGI port listening (stack.sh does those), and for the listener
+and for Asterisk the listener logged in to AMI again (a new ami.connected line).
+After Asterisk restarts its registrar is empty: phones must register again
+(tests.support.phones.Harness.register_all).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import time
 
 from tests.support import REPO, stack_dir
 
-NAMES = {"fastagi", "ami"}
+NAMES = {"fastagi", "ami", "redis", "asterisk"}
 
 
 def pid(name: str) -> int | None:
@@ -91,7 +94,7 @@ def restart(name: str, timeout: float = 30) -> int:
     p = pid(name)
     if not alive(p):
         raise RuntimeError(f"{name} did not start (log: {stack_dir() / 'log' / f'{name}.log'})")
-    if name == "ami":
+    if name in ("ami", "asterisk"):  # the listener reconnects to a restarted Asterisk by itself
         deadline = time.monotonic() + timeout
         while _events("ami", "ami.connected") <= logins:
             if time.monotonic() > deadline:
