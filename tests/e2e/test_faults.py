@@ -85,7 +85,9 @@ def _probe(cell: Cell, ami, phones) -> None:
             p["rang"] = True
             break
         if cell.component != "asterisk":
-            for e in ami.since(mark):
+            evs = ami.since(mark)
+            mark += len(evs)
+            for e in evs:
                 ch = e.get("Channel", "")
                 if not ch.startswith(PROBE_LEG):
                     continue
