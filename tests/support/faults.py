@@ -5,7 +5,9 @@ of a call, brings it back, ends the call, then checks the same five things from
 what Asterisk reported on AMI (the tap's receive time `_t`), the call record,
 the ledger and the services' logs:
 
-  free_talk     bridged time <= paid minutes x 60 s + rating.BACKSTOP_MS (+ TOLERANCE_MS)
+  free_talk     bridged time <= paid minutes x 60 s + rating.BACKSTOP_MS (+ TOLERANCE_MS), and
+                each next minute held (ics-ami's enforce.minute_held) before the talk passed
+                the previous one's end plus the backstop
   charged       nothing charged unless both legs were bridged, never more minutes than
                 were bridged; a system drop (system_error) in its first minute credited in full
   settled       settled exactly once (one call.settled log line, at most one charge),
@@ -15,6 +17,8 @@ the ledger and the services' logs:
                 message (Asterisk's PLAYBACK test event of a refusal prompt on the
                 handset's channel), and its called phone never rang; with Asterisk down
                 the attempt fails at SIP level (the handset never gets 200)
+  explained     a call the system dropped while Asterisk was up: both legs heard a closing
+                prompt (system-error, or [ics-cut]'s when a rule or the time limit ended it)
   ledger        `icsctl ledger check` exits 0
 
 `Cell.failures` lists each broken invariant with the values observed; the test
@@ -28,6 +32,7 @@ import os
 import subprocess
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from ics import rating
 
@@ -38,7 +43,10 @@ COMPONENTS = ("redis", "fastagi", "ami", "asterisk")
 PHASES = ("ringing", "announcement", "menu", "bridged", "paid_end", "settlement")
 SETTLE_S = 10
 TOLERANCE_MS = 2000   # AMI events are dated by the tap's receive time; a loaded 2-core box
-PAID_END_KILL_S = 52  # "within 10 s of the paid minute's end": 8 s before it
+# "the paid minute's end": killed half a second before the listener holds the next minute
+# (ami.listener.RESERVE_AHEAD_MS, 10 s before the end), so the part is down when it is due;
+# killed after the hold, the call would simply have two paid minutes and nothing to prove
+PAID_END_KILL_S = 49.5
 # prompts that refuse a call with a spoken message (dialplan [ics-fail], the flow's refusals)
 REFUSAL_PROMPTS = ("ics/prompts/system-error",)
 
@@ -107,12 +115,37 @@ def observe_bridge(cell: Cell, ami, mark, legs: tuple[str, str]) -> None:
 
 # ------------------------------------------------------------------ invariants
 
+def minutes_held_at(call_id: str) -> dict[int, float]:
+    """paid_minutes -> epoch s when the listener held it (its enforce.minute_held lines)."""
+    out = {}
+    for e in services.log_events("ami", "enforce.minute_held", call_id):
+        ts = datetime.fromisoformat(e["timestamp"].replace("Z", "+00:00")).timestamp()
+        out.setdefault(int(e["paid_minutes"]), ts)
+    return out
+
+
 def check_free_talk(cell: Cell) -> None:
+    """At no moment was the call bridged more than the backstop past the minutes held so far
+    (a minute held late, after the talk it pays for, does not make that talk paid in time)."""
+    if cell.bridged_at is None:
+        return
     paid = int(cell.record.get("paid_minutes") or 0)
     allowed = paid * rating.MINUTE_MS + rating.BACKSTOP_MS + TOLERANCE_MS
-    if cell.bridged_at is not None and cell.bridged_ms > allowed:
+    if cell.bridged_ms > allowed:
         cell.fail("free_talk", f"bridged {cell.bridged_ms} ms, paid_minutes={paid} "
                                f"(allowed {paid} x 60 s + backstop {rating.BACKSTOP_MS} ms)")
+        return
+    held = minutes_held_at(cell.call_id)
+    for minute in range(2, paid + 1):
+        due_ms = (minute - 1) * rating.MINUTE_MS + rating.BACKSTOP_MS  # talk past this needs the minute
+        if cell.bridged_ms <= due_ms + TOLERANCE_MS:
+            break
+        at = held.get(minute)
+        late_ms = int((at - cell.bridged_at) * 1000) - due_ms if at else None
+        if late_ms is None or late_ms > TOLERANCE_MS:
+            cell.fail("free_talk", f"minute {minute} held {'never' if at is None else f'{late_ms} ms'} "
+                                   f"after the backstop ({due_ms} ms bridged), while the call talked on "
+                                   f"({cell.bridged_ms} ms bridged in all)")
 
 
 def check_charged(cell: Cell, charges: list[int]) -> None:
@@ -164,6 +197,24 @@ def check_refused(cell: Cell) -> None:
                              f"spoken message ({p.get('seen', 'no refusal prompt')})")
 
 
+def check_explained(cell: Cell, ami, mark, legs: tuple[str, str]) -> None:
+    """A call the system dropped (the part died, Asterisk still up) is explained to both
+    parties: each leg hears a closing prompt (the system-error prompt, or [ics-cut]'s)."""
+    if cell.ended_by != "system" or cell.component == "asterisk":
+        return
+    paid_ms = int(cell.record.get("paid_minutes") or 0) * rating.MINUTE_MS
+    if cell.bridged_at is not None and cell.bridged_ms >= paid_ms - TOLERANCE_MS:
+        return  # ended at the paid time (the listener's cut or the backstop): not a drop
+    silent = []
+    for prefix in legs:
+        heard = [e.get("Message", "") for e in leg_events(ami, mark, prefix, "TestEvent")
+                 if e.get("State") == "PLAYBACK"]
+        if not any(m in REFUSAL_PROMPTS or m.startswith("ics/prompts/cut-") for m in heard):
+            silent.append(f"{prefix.rstrip('-')} heard {heard[-3:] or 'nothing'}")
+    if silent:
+        cell.fail("explained", "dropped without a closing prompt: " + "; ".join(silent))
+
+
 def ledger_check() -> tuple[int, str]:
     env = dict(os.environ)
     r = subprocess.run([str(REPO / ".venv" / "bin" / "icsctl"), "ledger", "check"], capture_output=True,
@@ -177,8 +228,15 @@ def check_ledger(cell: Cell) -> None:
         cell.fail("ledger", f"icsctl ledger check exit {rc}: {out[-300:]}")
 
 
-def settled_log_lines(call_id: str) -> int:
-    return sum(len(services.log_events(name, "call.settled", call_id)) for name in ("fastagi", "ami"))
+def settled_log_lines(call_id: str, wait_s: float = 3) -> int:
+    """call.settled lines of both services for the call (the line follows the Redis write:
+    wait up to wait_s for the first one)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        n = sum(len(services.log_events(name, "call.settled", call_id)) for name in ("fastagi", "ami"))
+        if n or time.monotonic() > deadline:
+            return n
+        time.sleep(0.1)
 
 
 def write_result(cell: Cell) -> None:

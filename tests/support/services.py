@@ -22,6 +22,7 @@ import time
 from tests.support import REPO, stack_dir
 
 NAMES = {"fastagi", "ami", "redis", "asterisk"}
+last_up_at = 0.0  # epoch s when the last restart's docker/stack.sh up returned (the part is ready)
 
 
 def pid(name: str) -> int | None:
@@ -91,6 +92,8 @@ def restart(name: str, timeout: float = 30) -> int:
     logins = _events("ami", "ami.connected")
     subprocess.run(["bash", str(REPO / "docker" / "stack.sh"), "up"], check=True, timeout=timeout,
                    capture_output=True)
+    global last_up_at
+    last_up_at = time.time()
     p = pid(name)
     if not alive(p):
         raise RuntimeError(f"{name} did not start (log: {stack_dir() / 'log' / f'{name}.log'})")
