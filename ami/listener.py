@@ -300,7 +300,10 @@ class Listener:
                     continue
                 for seconds in warnings:
                     self.spawn(self.notice(call, seconds))
-                if call.extension_due(int(time.time() * 1000), RESERVE_AHEAD_MS):
+                # no next minute for a call we cannot see (AMI lost: Asterisk may have dropped
+                # it); if it lives on, Asterisk's TIMEOUT backstop ends it after the paid ones
+                if call.extension_due(int(time.time() * 1000), RESERVE_AHEAD_MS) \
+                        and self.manager.connected_event.is_set():
                     call.extending = True
                     self.spawn(self.extend(call))
 

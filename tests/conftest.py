@@ -49,11 +49,11 @@ ASTERISK_LOG_ALLOWED: list[tuple[str, str | None, str]] = [
      r"test_fastagi_killed", "FastAGI killed by the test: the listener settles the call"),
     # Asterisk restarted or killed by the test: the lab's network namespace has only lo,
     # so the new process seeds its EID without an ethernet interface (harmless).
-    (r"No ethernet interface found for seeding global EID", r"asterisk_(restart|killed)",
+    (r"No ethernet interface found for seeding global EID", r"asterisk_(restart|killed)|\[asterisk-",
      "Asterisk restarted by the test in a loopback-only namespace"),
     # The listener's AMI ping (every ami.ping_interval_s) can land in the second Asterisk
     # takes to shut down: refused, then the connection closes and is made again.
-    (r"Unable to process manager action 'Ping'\. Asterisk is shutting down\.", r"asterisk_(restart|killed)",
+    (r"Unable to process manager action 'Ping'\. Asterisk is shutting down\.", r"asterisk_(restart|killed)|\[asterisk-",
      "AMI ping during a deliberate Asterisk shutdown"),
 ]
 _LOG_PROBLEM = re.compile(r"\] (ERROR|WARNING)\[")

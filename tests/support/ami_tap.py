@@ -68,8 +68,7 @@ class AmiTap:
     def __init__(self, host: str = "127.0.0.1", port: int = 5038, user: str = "ics",
                  secret: str = "", timeout: float = 10.0, max_events: int = 200_000):
         self.host, self.port, self.user = host, int(port), user
-        self._sock = socket.create_connection((host, self.port), timeout=timeout)
-        self._sock.settimeout(None)
+        self._secret, self._timeout = secret, timeout
         self._wlock = threading.Lock()
         self._cond = threading.Condition()
         self._events: list[Event] = []
@@ -80,16 +79,36 @@ class AmiTap:
         self._closed = False
         self._error: BaseException | None = None
         self._ids = itertools.count(1)
+        self._connect()
+
+    def _connect(self) -> None:
         self._buf = b""
-        self.banner = self._read_line(timeout)
+        self._sock = socket.create_connection((self.host, self.port), timeout=self._timeout)
+        self._sock.settimeout(None)
+        self.banner = self._read_line(self._timeout)
         if not self.banner.startswith("Asterisk Call Manager"):
-            raise AmiError(f"not an AMI server at {host}:{port}: {self.banner!r}")
-        self._reader = threading.Thread(target=self._read_loop, name="ami-tap", daemon=True)
+            raise AmiError(f"not an AMI server at {self.host}:{self.port}: {self.banner!r}")
+        sock = self._sock
+        self._reader = threading.Thread(target=self._read_loop, args=(sock,), name="ami-tap", daemon=True)
         self._reader.start()
-        resp = self.action("Login", Username=user, Secret=secret, Events="on", timeout=timeout)
+        resp = self.action("Login", Username=self.user, Secret=self._secret, Events="on", timeout=self._timeout)
         if resp.get("Response") != "Success":
             self.close()
-            raise AmiError(f"AMI login as {user!r} failed: {resp.get('Message')}")
+            raise AmiError(f"AMI login as {self.user!r} failed: {resp.get('Message')}")
+
+    def reconnect(self) -> None:
+        """Log in again (after an Asterisk restart). Events kept so far, and marks, stay valid."""
+        with self._cond:
+            self._closed = True  # the old reader's error is not reported
+        try:
+            self._sock.close()
+        except OSError:
+            pass
+        self._reader.join(2)
+        with self._cond:
+            self._closed = False
+            self._error = None
+        self._connect()
 
     @classmethod
     def from_env(cls, **kw) -> "AmiTap":
@@ -112,11 +131,11 @@ class AmiTap:
         line, self._buf = self._buf.split(b"\r\n", 1)
         return line.decode("utf-8", "replace")
 
-    def _read_loop(self) -> None:
+    def _read_loop(self, sock: socket.socket) -> None:
         try:
             while True:
                 while b"\r\n\r\n" not in self._buf:
-                    chunk = self._sock.recv(65536)
+                    chunk = sock.recv(65536)
                     if not chunk:
                         raise AmiError("AMI connection closed")
                     self._buf += chunk

@@ -724,6 +724,11 @@ class Harness:
     def phones(self) -> dict[str, Phone]:
         return dict(self._phones)
 
+    def register_all(self, timeout: float = DEFAULT_TIMEOUT) -> None:
+        """Register every phone again (after an Asterisk restart its registrar is empty)."""
+        for phone in list(self._phones.values()):
+            phone.register(timeout)
+
     def active_calls(self) -> list[CallHandle]:
         return [c.handle for c in list(self._calls) if c.handle and c.handle.state != "DISCONNECTED"]
 

@@ -24,6 +24,7 @@ import time
 from tests.support import REPO, stack_dir
 
 NAMES = {"fastagi", "ami", "redis", "asterisk"}
+last_up_at = 0.0  # epoch s when the last restart's docker/stack.sh up returned (the part is ready)
 
 
 def pid(name: str) -> int | None:
@@ -93,10 +94,12 @@ def restart(name: str, timeout: float = 30) -> int:
     logins = _events("ami", "ami.connected")
     subprocess.run(["bash", str(REPO / "docker" / "stack.sh"), "up"], check=True, timeout=timeout,
                    capture_output=True)
+    global last_up_at
+    last_up_at = time.time()
     p = pid(name)
     if not alive(p):
         raise RuntimeError(f"{name} did not start (log: {stack_dir() / 'log' / f'{name}.log'})")
-    if name in ("ami", "asterisk"):
+    if name in ("ami", "asterisk"):  # the listener reconnects to a restarted Asterisk by itself
         deadline = time.monotonic() + timeout
         while _events("ami", "ami.connected") <= logins:
             if time.monotonic() > deadline:
