@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from ics import config as config_mod
-from ics import logs, rating, records, settlement
+from ics import keys, logs, rating, records, settlement
 from ics.livecalls import cut_redirect
 from ics.rating import MINUTE_MS
 from ics.store import Store, connect
@@ -47,6 +47,7 @@ from .rules import Cut, LiveCall, Noted, Policy, event_ms, evidence
 
 log = structlog.get_logger("ami")
 
+HEARTBEAT_S = 1.0       # keys.LISTENER_ALIVE is refreshed this often (it lives keys.LISTENER_ALIVE_MS)
 SETTLE_GRACE_S = 5.0   # the hangup handler normally settles within milliseconds
 TICK_S = 0.2           # clock rules (hold grace, silence, time limit) are checked this often
 CUT_PROMPT_MAX_S = 12  # a leg still up this long after the redirect is hung up outright
@@ -540,6 +541,18 @@ class Listener:
                 except Exception as exc:  # Redis away: the next scan will do
                     log.error("ami.event_error", where="orphan_scan", error=repr(exc))
 
+    async def heartbeat(self) -> None:
+        """Say in Redis that calls are watched (keys.LISTENER_ALIVE), every HEARTBEAT_S while
+        logged in to AMI with the live calls rebuilt; the inmate flow places no call without it."""
+        while True:
+            if self.rebuilt and self.manager.connected_event.is_set():
+                try:
+                    await asyncio.to_thread(self.store.r.set, keys.LISTENER_ALIVE, int(time.time() * 1000),
+                                            px=keys.LISTENER_ALIVE_MS)
+                except Exception as exc:  # Redis away: the flow cannot place calls anyway
+                    log.error("ami.heartbeat_failed", error=repr(exc))
+            await asyncio.sleep(HEARTBEAT_S)
+
     def on_softhanguprequest(self, event):
         """Asterisk hangs every channel up on a stop or restart (Cause 4, before the hangup
         handlers run): the bridged calls it ends are system drops, dated by this event. Any
@@ -690,9 +703,11 @@ def main() -> int:
     manager.connect()
     ticker = loop.create_task(listener.ticker())
     upkeep = loop.create_task(listener.upkeep())
+    beat = loop.create_task(listener.heartbeat())
     loop.run_until_complete(stop.wait())
     ticker.cancel()
     upkeep.cancel()
+    beat.cancel()
     manager.close()
     log.info("service.stop", service="ami")
     return 0

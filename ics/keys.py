@@ -44,6 +44,10 @@ All money fields are integer cents. All times are integer epoch milliseconds.
                                            balance_cents == deposits - charges - refunds
                                            + credits - expiries (icsctl ledger check)
   ics:call:{cid}                    hash   the call record (see ics.records.FIELDS)
+  ics:listener:alive                string the AMI listener's heartbeat: set every second while it is
+                                           logged in to AMI, expires after LISTENER_ALIVE_MS; the
+                                           inmate flow places no call without it (nothing would
+                                           enforce the call's rules)
   ics:calls                         zset   call ids scored by start time
 """
 
@@ -53,6 +57,8 @@ FACILITIES = f"{PREFIX}:facilities"
 INMATES = f"{PREFIX}:inmates"
 ACCOUNTS = f"{PREFIX}:accounts"
 CALLS = f"{PREFIX}:calls"
+LISTENER_ALIVE = f"{PREFIX}:listener:alive"
+LISTENER_ALIVE_MS = 5000
 
 
 def facility(fid: str) -> str:

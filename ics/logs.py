@@ -11,6 +11,8 @@ Event names (the `event` field):
   call.start                 inmate call entered the flow
   call.pin_ok / call.pin_failed / call.pin_locked
   call.refused               refused before ringing (reason)
+  call.listener_down         the AMI listener's heartbeat is missing: the call is refused
+                             (system_unavailable)
   call.name_recorded
   call.dialing               number, limit_s, held_cents
   callee.announce            called party answered, announcement starts
@@ -26,6 +28,7 @@ Event names (the `event` field):
   ami.settle_retry          a hang-up the listener could not settle (Redis away) is kept and retried
                             (ended_ms from the AMI event, attempts, error); ami.settle_gave_up after
                             ami.settle_retry_max_s (the orphan scan may still find it)
+  ami.heartbeat_failed      the listener's heartbeat could not be written (Redis away)
   ami.orphan_scan           the periodic look for ended calls nobody settled (found)
   ami.shutdown              Asterisk announced a shutdown or restart (AMI Shutdown event)
   ami.system_drop           a call that vanished with Asterisk (restart or crash while AMI was lost):

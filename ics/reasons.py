@@ -29,6 +29,8 @@ REASONS: dict[str, str] = {
     "international_not_allowed": "The facility has no rate for international calls",
     "insufficient_funds": "The account cannot pay for the first minute",
     "account_expired": "The prepaid account expired after 180 days without use; a deposit reactivates it",
+    "system_unavailable": "The call monitor (AMI listener) was down, so nothing could enforce the call's "
+                          "rules: the call was not placed, nothing held or billed",
     "inmate_abandoned": "The inmate hung up before the call was placed",
     # the outside phone rang
     "no_answer": "The called party did not answer",

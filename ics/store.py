@@ -836,6 +836,10 @@ class Store:
     def remove_privileged(self, number: str) -> bool:
         return bool(self.r.hdel(keys.PRIVILEGED, number))
 
+    def listener_alive(self) -> bool:
+        """The AMI listener's heartbeat is fresh (ami.listener beats while logged in to AMI)."""
+        return bool(self.r.exists(keys.LISTENER_ALIVE))
+
     def privileged(self, number: str) -> str | None:
         """The note of a privileged (attorney) number, or None."""
         return self.r.hget(keys.PRIVILEGED, number)

@@ -209,6 +209,7 @@ def _stack_env(request):
         yield
         return
     env = request.getfixturevalue("stack")
+    _after_a_restart(request)
     log = stack_dir() / "log" / "asterisk.log"
     start = _log_size(log)
     saved = {k: os.environ.get(k) for k in env}
@@ -224,6 +225,24 @@ def _stack_env(request):
         if _harness is not None:
             _harness.hangup_all()
     _check_asterisk_log(log, start, request.node.nodeid)
+
+
+_asterisk_pid: int | None = None
+
+
+def _after_a_restart(request) -> None:
+    """An earlier test restarted Asterisk (fault tests): its registrar is empty and the
+    AMI tap's connection died with it; register the phones and log in again first."""
+    global _asterisk_pid
+    from tests.support import services
+    now = services.pid("asterisk")
+    restarted = _asterisk_pid is not None and now != _asterisk_pid
+    _asterisk_pid = now
+    tap = request.getfixturevalue("ami") if "ami" in request.fixturenames else None
+    if hasattr(tap, "ensure_connected"):  # (a unit test may name its own fixture "ami")
+        tap.ensure_connected()
+    if restarted and _harness is not None:
+        _harness.register_all()
 
 
 def _check_asterisk_log(log, start: int, nodeid: str) -> None:

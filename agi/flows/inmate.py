@@ -201,6 +201,11 @@ def check_call(s: Session, facility: dict, inmate_id: str, inmate: dict, number:
     """Policy (check_policy), destination class and rate, who pays; holds the
     first minute (tax included). Any Redis error raises: no call."""
     limit_s = check_policy(s, facility, inmate_id, inmate, number)
+    if not s.store.listener_alive():
+        # fail closed: with the listener down nothing would cut a transfer, a three-way call
+        # or hold the next minute; the caller is told, nothing is held
+        log.warning("call.listener_down")
+        raise Refused("system_unavailable", "system-error")
     dest_class = rating.destination_class(facility, number)
     rate = rating.class_rate(facility, dest_class)
     if rate is None:

@@ -109,7 +109,7 @@ def test_asterisk_restart_mid_call_is_a_credited_system_error(ami, lines):  # no
     try:
         services.wait_asterisk_booted()
     finally:
-        ami.reconnect(stack_setting("ICS_AMI_SECRET", "") or "")
+        ami.reconnect()
     # Asterisk dropped the channels without a BYE: the phones hang up on their own
     call.hangup()
     callee.hangup()
@@ -146,7 +146,7 @@ def test_asterisk_killed_mid_call_is_a_credited_system_error_dated_at_the_loss(a
     try:
         services.restart("asterisk")
     finally:
-        ami.reconnect(stack_setting("ICS_AMI_SECRET", "") or "")
+        ami.reconnect()
     call.hangup()
     callee.hangup()
     rec = wait_settled(world, timeout=20)

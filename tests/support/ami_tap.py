@@ -96,7 +96,7 @@ class AmiTap:
             self.close()
             raise AmiError(f"AMI login as {self.user!r} failed: {resp.get('Message')}")
 
-    def reconnect(self) -> None:
+    def reconnect(self, timeout: float = 30.0) -> None:
         """Log in again (after an Asterisk restart). Events kept so far, and marks, stay valid."""
         with self._cond:
             self._closed = True  # the old reader's error is not reported
@@ -108,7 +108,22 @@ class AmiTap:
         with self._cond:
             self._closed = False
             self._error = None
-        self._connect()
+        deadline = time.monotonic() + timeout
+        while True:  # Asterisk may still be starting
+            try:
+                self._connect()
+                return
+            except (OSError, AmiError, TimeoutError):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
+    def ensure_connected(self) -> None:
+        """Before a test: a tap whose connection died with an Asterisk an earlier test killed logs in again."""
+        with self._cond:
+            dead = self._error is not None or not self._reader.is_alive()
+        if dead:
+            self.reconnect()
 
     @classmethod
     def from_env(cls, **kw) -> "AmiTap":
@@ -267,32 +282,6 @@ class AmiTap:
         """A CLI command through AMI; its output as text."""
         resp = self.action("Command", timeout=timeout, Command=cli)
         return resp.get("Output", resp.get("Message", ""))
-
-    def reconnect(self, secret: str, timeout: float = 30.0) -> None:
-        """Log in again after Asterisk restarted (the events kept so far stay, marks stay valid)."""
-        try:
-            self._sock.close()
-        except OSError:
-            pass
-        self._reader.join(2)
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                sock = socket.create_connection((self.host, self.port), timeout=2)
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
-        sock.settimeout(None)
-        with self._cond:
-            self._sock, self._buf, self._error, self._closed = sock, b"", None, False
-        self.banner = self._read_line(timeout)
-        self._reader = threading.Thread(target=self._read_loop, name="ami-tap", daemon=True)
-        self._reader.start()
-        resp = self.action("Login", Username=self.user, Secret=secret, Events="on", timeout=timeout)
-        if resp.get("Response") != "Success":
-            raise AmiError(f"AMI login as {self.user!r} failed: {resp.get('Message')}")
 
     def close(self) -> None:
         with self._cond:

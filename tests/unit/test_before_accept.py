@@ -24,7 +24,7 @@ from ics.store import Store, connect
 from .test_ami_connection import FakeAMI
 from .test_flows_billing import CalledParty
 from .test_cli import run, sounds  # noqa: F401
-from .test_flows_scripted import INMATE, NUMBER, PIN, env_block, fastagi
+from .test_flows_scripted import INMATE, NUMBER, PIN, listener_up, env_block, fastagi
 
 INMATE_CHAN, CALLED = "PJSIP/inmate1-00000001", "PJSIP/3125550100-00000002"
 
@@ -129,6 +129,7 @@ def world(redis_url, tmp_path):
 def port(world):
     cfg, store = world
     cfg.values["fastagi"]["port"] = 0
+    listener_up(store)
     srv = FastAGIServer(cfg, store)
     t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     t.start()

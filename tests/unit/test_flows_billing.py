@@ -16,7 +16,7 @@ from agi.server import FastAGIServer
 from ics import config, keys, rating, records
 from ics.store import Store, connect, month_of, now_ms
 
-from .test_flows_scripted import INMATE, NUMBER, PIN, ScriptedAsterisk, env_block, fastagi
+from .test_flows_scripted import INMATE, NUMBER, PIN, listener_up, ScriptedAsterisk, env_block, fastagi
 
 CELL = "3125550199"
 INTL = "01144207946000"
@@ -40,6 +40,7 @@ def world(redis_url, tmp_path):
 def port(world):
     cfg, store = world
     cfg.values["fastagi"]["port"] = 0
+    listener_up(store)
     srv = FastAGIServer(cfg, store)
     t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     t.start()

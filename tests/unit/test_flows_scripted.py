@@ -72,6 +72,12 @@ def make_world(redis_url, tmp_path, **facility):
     return cfg, store
 
 
+def listener_up(store) -> None:
+    """The AMI listener's heartbeat as ami.listener writes it (here without expiry): the
+    inmate flow places no call without it."""
+    store.r.set(keys.LISTENER_ALIVE, 1)
+
+
 @pytest.fixture
 def world(redis_url, tmp_path):
     return make_world(redis_url, tmp_path)
@@ -81,6 +87,7 @@ def world(redis_url, tmp_path):
 def server(world):
     cfg, store = world
     cfg.values["fastagi"]["port"] = 0
+    listener_up(store)
     srv = FastAGIServer(cfg, store)
     t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     t.start()
@@ -193,6 +200,21 @@ def test_a_refused_inmate_records_no_name(server, world, refusal, setup):
     assert decision(cmds) == 'SET VARIABLE "ICS_RESULT" "refused"'
     assert records.recent(store.r, 1)[0]["reason"] == refusal
     assert not recorded(cmds) and store.inmate(INMATE)["name_recorded"] == "0"
+
+
+def test_no_call_while_the_listener_is_down(server, world):
+    """Fail closed: without the AMI listener's heartbeat nothing would enforce the call's rules
+    or hold its next minute, so the call is refused with the system-error prompt, nothing held."""
+    cfg, store = world
+    store.r.delete(keys.LISTENER_ALIVE)
+    cmds = fastagi(server, ScriptedAsterisk(), env_block("inmate"))
+    assert decision(cmds) == 'SET VARIABLE "ICS_RESULT" "refused"'
+    assert records.recent(store.r, 1)[0]["reason"] == "system_unavailable"
+    assert any(c.startswith("STREAM FILE") and "system-error" in c for c in cmds)
+    assert store.account("fam1").held_cents == 0
+    listener_up(store)
+    cmds = fastagi(server, ScriptedAsterisk(), env_block("inmate"))
+    assert decision(cmds) == 'SET VARIABLE "ICS_RESULT" "dial"'
 
 
 def test_the_name_is_recorded_after_the_checks_then_the_call_dials(server, world):
