@@ -42,19 +42,30 @@ STACK_FIXTURES = {"stack", "phones", "ami", "redis_client"}
 # Each entry: (regex searched in the line, regex on the test's node id or None for
 # any test, why the line is harmless there).
 ASTERISK_LOG_ALLOWED: list[tuple[str, str | None, str]] = [
-    # The test SIGKILLs ics-fastagi on purpose: the inmate channel's hangup handler
-    # cannot reach it, and the AMI listener's sweep settling the call is what it proves.
+    # The test SIGKILLs ics-fastagi on purpose: an AGI that starts while it is down cannot
+    # connect (the inmate flow: [ics-fail]; the hangup handler's settle: the listener settles).
     (r"res_agi\.c:\d+ (handle_connection: Connecting to '127\.0\.0\.1:4573' failed for url "
-     r"'agi://127\.0\.0\.1:4573/settle': Connection refused|launch_netscript: Couldn't connect to any host\.  FastAGI failed\.)",
-     r"test_fastagi_killed", "FastAGI killed by the test: the listener settles the call"),
+     r"'agi://127\.0\.0\.1:4573/\w[\w-]*': Connection refused|launch_netscript: Couldn't connect to any host\.  FastAGI failed\.)",
+     r"test_fastagi_killed|\[fastagi-", "FastAGI killed by the test"),
     # Asterisk restarted or killed by the test: the lab's network namespace has only lo,
     # so the new process seeds its EID without an ethernet interface (harmless).
     (r"No ethernet interface found for seeding global EID", r"asterisk_(restart|killed)|\[asterisk-",
      "Asterisk restarted by the test in a loopback-only namespace"),
-    # The listener's AMI ping (every ami.ping_interval_s) can land in the second Asterisk
-    # takes to shut down: refused, then the connection closes and is made again.
-    (r"Unable to process manager action 'Ping'\. Asterisk is shutting down\.", r"asterisk_(restart|killed)|\[asterisk-",
-     "AMI ping during a deliberate Asterisk shutdown"),
+    # An AMI client (the listener's ping, a login) landing in the second Asterisk takes to
+    # shut down is refused; the connection then closes and is made again.
+    (r"Unable to process manager action '(Ping|Login)'\. Asterisk is shutting down\.",
+     r"asterisk_(restart|killed)|\[asterisk-", "AMI action during a deliberate Asterisk shutdown"),
+    # A called leg that leaves Dial's U() gosub other than by Return (the listener redirects it
+    # to [ics-cut] when the inmate hangs up or a rule ends the call before the bridge, or the
+    # called party hangs up during the menu): Asterisk pops the gosub and says so, then Dial
+    # ends the call as usual.
+    (r"app_stack\.c:\d+ (gosub_run: \S+ Abnormal 'Gosub\(ics-callee,s,1\([0-9a-f-]+\)\)' exit\.  "
+     r"Popping routine return locations\.|balance_stack: No Gosub stack allocated\.)", None,
+     "the called leg left the announcement gosub by a redirect or a hang-up"),
+    # The same redirect while the menu waits for a key: the masquerade leaves the channel's
+    # alert pipe signalled and the wait returns at once (the flow then sees the channel gone).
+    (r"channel\.c:\d+ ast_waitfordigit_full: The FD we were waiting for has something waiting\.",
+     None, "the called leg redirected while the menu waited for a key"),
 ]
 _LOG_PROBLEM = re.compile(r"\] (ERROR|WARNING)\[")
 
