@@ -58,7 +58,7 @@ INMATES = f"{PREFIX}:inmates"
 ACCOUNTS = f"{PREFIX}:accounts"
 CALLS = f"{PREFIX}:calls"
 LISTENER_ALIVE = f"{PREFIX}:listener:alive"
-LISTENER_ALIVE_MS = 5000
+LISTENER_ALIVE_MS = 3000  # three missed beats (ami.listener HEARTBEAT_S): calls are refused
 
 
 def facility(fid: str) -> str:

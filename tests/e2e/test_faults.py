@@ -101,7 +101,7 @@ def _probe(cell: Cell, ami, phones) -> None:
                 # the call flow's own refusals stream the prompt (AGI STREAM FILE: no PLAYBACK event)
                 if e.get("Event") == "AGIExecStart" and e.get("Command", "").startswith("STREAM FILE"):
                     p.setdefault("heard", []).append(e.get("Command"))
-                    if any(f" {prompt} " in e.get("Command", "") for prompt in faults.REFUSAL_PROMPTS):
+                    if any(f'"{prompt}"' in e.get("Command", "") for prompt in faults.REFUSAL_PROMPTS):
                         p["refused"] = True
                 for step, digits in (("enter-inmate-id", PROBE_INMATE + "#"), ("enter-pin", PROBE_PIN + "#")):
                     if step not in sent and e.get("Event") == "AGIExecStart" and step in e.get("Command", ""):
