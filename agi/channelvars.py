@@ -22,8 +22,16 @@ Set on the called channel by the called-party menu:
   GOSUB_RESULT    "ABORT" unless the call was accepted (Asterisk's Dial U() contract)
   TIMEOUT(absolute)  on accept: the paid minute plus rating.BACKSTOP_MS; the AMI
                   listener pushes it back each time it holds the next minute
+  ICS_MENU_DONE   "1" when the menu ended normally (accept, refuse, block, no response,
+                  the inmate gone); [ics-callee] clears it before the AGI. Unset after the
+                  AGI (the FastAGI socket died, the flow raised) is a menu fault.
+Set by the dialplan on a menu fault ([ics-callee], on the inmate channel via MASTER_CHANNEL):
+  ICS_FAULT       "menu": [ics-inmate] sends the inmate to [ics-fail] after Dial; passed to
+                  settlement (system_error, nothing billed) and, through manager.conf
+                  channelvars, on the inmate channel's AMI Hangup to the listener
 Read by settlement (passed as AGI arguments by the hangup handler):
-  DIALSTATUS, CHANNEL(hangupsource), HANGUPCAUSE (a network-failure cause: system_error)
+  DIALSTATUS, CHANNEL(hangupsource), HANGUPCAUSE (a network-failure cause: system_error),
+  ICS_FAULT (above)
 """
 
 FACILITY = "ICS_FACILITY"
@@ -36,3 +44,5 @@ LIMIT_MS = "ICS_LIMIT_MS"
 NOTICE = "ICS_NOTICE"
 GOSUB_RESULT = "GOSUB_RESULT"
 TIMEOUT = "TIMEOUT(absolute)"
+MENU_DONE = "ICS_MENU_DONE"
+FAULT = "ICS_FAULT"

@@ -47,6 +47,12 @@ ASTERISK_LOG_ALLOWED: list[tuple[str, str | None, str]] = [
     (r"res_agi\.c:\d+ (handle_connection: Connecting to '127\.0\.0\.1:4573' failed for url "
      r"'agi://127\.0\.0\.1:4573/settle': Connection refused|launch_netscript: Couldn't connect to any host\.  FastAGI failed\.)",
      r"test_fastagi_killed", "FastAGI killed by the test: the listener settles the call"),
+    # The fault matrix SIGKILLs ics-fastagi (test_faults.py fastagi-* cells): the probe call's
+    # inmate flow is refused through [ics-fail] and the hangup handler's settle AGI cannot
+    # connect; the AMI listener settles the call (its Hangup event), which the cell checks.
+    (r"res_agi\.c:\d+ (handle_connection: Connecting to '127\.0\.0\.1:4573' failed for url "
+     r"'agi://127\.0\.0\.1:4573/(inmate|settle)': Connection refused|launch_netscript: Couldn't connect to any host\.  FastAGI failed\.)",
+     r"test_fault\[fastagi-", "FastAGI killed by the fault matrix: refused calls, the listener settles"),
     # Asterisk restarted or killed by the test: the lab's network namespace has only lo,
     # so the new process seeds its EID without an ethernet interface (harmless).
     (r"No ethernet interface found for seeding global EID", r"asterisk_(restart|killed)|\[asterisk-",
