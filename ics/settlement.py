@@ -26,7 +26,7 @@ SYSTEM_DROP_CAUSES = {
 # after the paid time, rounded up to a whole second: a call nobody cut that ended within this
 # much of that moment was ended by them
 BACKSTOP_SLACK_MS = 3000
-# ICS_FAULT values the dialplan sets on the inmate channel (agi/channelvars.py): the system
+# ICS_FAULT values the dialplan sets on both legs (agi/channelvars.py): the system
 # failed before the bridge. The call was never bridged (the gosub's fault branch says CONTINUE,
 # whatever the flow recorded), so a system drop billed nothing.
 FAULTS = {"menu": "the called-party menu (AGI callee) ended abnormally"}
