@@ -44,7 +44,7 @@ def fault_evidence(fault: str, at_ms: int, channel: str = "") -> dict:
 def record_fault(r, call_id: str, fault: str, at_ms: int, channel: str = "") -> bool:
     """A fault of the call flow (ICS_FAULT), seen by the hangup handler: a system drop
     (system_error) with a MenuFault event as its evidence. The AMI listener records the same
-    from the inmate channel's Hangup event (ami/listener.py on_hangup)."""
+    from the first leg's Hangup event that carries it (ami/listener.py on_hangup)."""
     return records.record_system_drop(r, call_id, fault_threshold(fault), at_ms,
                                       [fault_evidence(fault, at_ms, channel)])
 
