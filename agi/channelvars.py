@@ -22,8 +22,18 @@ Set on the called channel by the called-party menu:
   GOSUB_RESULT    "ABORT" unless the call was accepted (Asterisk's Dial U() contract)
   TIMEOUT(absolute)  on accept: the paid minute plus rating.BACKSTOP_MS; the AMI
                   listener pushes it back each time it holds the next minute
+  ICS_MENU_DONE   "1" when the menu ended normally (accept, refuse, block, no response,
+                  the inmate gone); [ics-callee] clears it before the AGI. Unset after the
+                  AGI (the FastAGI socket died, the flow raised) is a menu fault.
+Set by the dialplan on a menu fault ([ics-callee]: on the called channel, and on the
+inmate channel via MASTER_CHANNEL):
+  ICS_FAULT       "menu": [ics-inmate] sends the inmate to [ics-fail] after Dial; passed to
+                  settlement (system_error, nothing billed) and, through manager.conf
+                  channelvars, on each leg's AMI Hangup to the listener (which records
+                  the drop, dated by the first, and settles it if the handler cannot)
 Read by settlement (passed as AGI arguments by the hangup handler):
-  DIALSTATUS, CHANNEL(hangupsource), HANGUPCAUSE (a network-failure cause: system_error)
+  DIALSTATUS, CHANNEL(hangupsource), HANGUPCAUSE (a network-failure cause: system_error),
+  ICS_FAULT (above)
 """
 
 FACILITY = "ICS_FACILITY"
@@ -36,3 +46,5 @@ LIMIT_MS = "ICS_LIMIT_MS"
 NOTICE = "ICS_NOTICE"
 GOSUB_RESULT = "GOSUB_RESULT"
 TIMEOUT = "TIMEOUT(absolute)"
+MENU_DONE = "ICS_MENU_DONE"
+FAULT = "ICS_FAULT"

@@ -4,7 +4,10 @@ A handler is a plain function `run(s: Session) -> None`, chosen by the AGI
 request path (agi://127.0.0.1:4573/<route>). A hang-up is a normal end of a
 handler (ChannelGone), not an error. Any other exception is logged with its
 traceback and the channel is sent to the one fail context, which plays a
-prompt and hangs up; settlement still runs from the hangup handler.
+prompt and hangs up; settlement still runs from the hangup handler. Not on the
+callee route: that channel is in Dial's U() gosub, whose own fault branch ([ics-callee]:
+no ICS_MENU_DONE) tells both parties (a Goto out of the gosub would abort both legs,
+the inmate's unheard).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from ics.store import Store
 from .protocol import ChannelGone, SafeAGI
 
 FAIL_CONTEXT = "ics-fail"
+GOSUB_ROUTES = {"callee"}  # routes run inside a gosub that handles its own faults (no ics-fail)
 log = structlog.get_logger("agi")
 
 
@@ -81,7 +85,8 @@ def run(agi: SafeAGI, route: str, routes: dict[str, Handler], store: Store, cfg:
         outcome = "error"
         log.exception("agi.session.error")
         try:
-            session.send_to_fail()
+            if route not in GOSUB_ROUTES:
+                session.send_to_fail()
         except Exception:
             pass  # the channel is already gone: settlement still runs from its hangup handler
     log.info("agi.session.end", outcome=outcome,

@@ -19,7 +19,8 @@ cannot settle (Redis down) is kept with its AMI event time and retried until
 settled; ended calls nobody saw end are looked for periodically, not only on a
 reconnect. Calls Asterisk itself dropped (a stop or restart: SoftHangupRequest
 with the shutdown cause, or a new CoreStartupTime after AMI was lost) are
-recorded as system_error with that evidence before they are settled.
+recorded as system_error with that evidence before they are settled, and so is a
+call whose called-party menu ended abnormally (ICS_FAULT on a leg's Hangup).
 
 Its AMI user (ami.listener_user, dialplan/manager.conf.in) reads only the call
 and dtmf classes, with an eventfilter for the events handled here.
@@ -216,7 +217,16 @@ class Listener:
         call.talking.discard(chan)
         call.holds.pop(chan, None)
         self._leave(chan, [b for b, members in self.bridges.items() if chan in members])
-        if chan == call.inmate and call.call_id:
+        fault = chan_var(event, "ICS_FAULT")
+        if fault and call.call_id:
+            # the called-party menu ended abnormally ([ics-callee] sets ICS_FAULT on both legs):
+            # a system drop, dated by the first leg's Hangup (the called one, hung up at once)
+            if call.call_id not in self.dropped:
+                self.dropped.add(call.call_id)
+                at_ms = event_ms(event) or int(time.time() * 1000)
+                self.spawn(self.system_drop(call.call_id, at_ms, settlement.fault_threshold(fault),
+                                            [settlement.fault_evidence(fault, at_ms, chan), evidence(event)]))
+        elif chan == call.inmate and call.call_id:
             self.spawn(self.sweep(call.call_id, event_ms(event)))
         if not call.channels:
             self.calls.pop(call.linkedid, None)

@@ -31,7 +31,8 @@ Event names (the `event` field):
   ami.heartbeat_failed      the listener's heartbeat could not be written (Redis away)
   ami.orphan_scan           the periodic look for ended calls nobody settled (found)
   ami.shutdown              Asterisk announced a shutdown or restart (AMI Shutdown event)
-  ami.system_drop           a call that vanished with Asterisk (restart or crash while AMI was lost):
+  ami.system_drop           a call that vanished with Asterisk (restart or crash while AMI was lost),
+                            or whose called-party menu ended abnormally (ICS_FAULT on its Hangup):
                             recorded as system_error with the evidence, then settled
   ami.rebuilt / ami.rebuild_failed   live-call state rebuilt from CoreShowChannels after (re)connect
   ami.action_failed         an action the listener sent was refused or lost

@@ -26,6 +26,32 @@ SYSTEM_DROP_CAUSES = {
 # after the paid time, rounded up to a whole second: a call nobody cut that ended within this
 # much of that moment was ended by them
 BACKSTOP_SLACK_MS = 3000
+# ICS_FAULT values the dialplan sets on both legs (agi/channelvars.py): the system
+# failed before the bridge. The call was never bridged (the gosub's fault branch says CONTINUE,
+# whatever the flow recorded), so a system drop billed nothing.
+FAULTS = {"menu": "the called-party menu (AGI callee) ended abnormally"}
+
+
+def fault_threshold(fault: str) -> str:
+    return f"fault={fault}"
+
+
+def fault_evidence(fault: str, at_ms: int, channel: str = "") -> dict:
+    return {"event": "MenuFault", "time": f"{at_ms / 1000:.3f}", "channel": channel, "ICS_FAULT": fault,
+            "why": FAULTS.get(fault, "the call flow ended abnormally")}
+
+
+def record_fault(r, call_id: str, fault: str, at_ms: int, channel: str = "") -> bool:
+    """A fault of the call flow (ICS_FAULT), seen by the hangup handler: a system drop
+    (system_error) with a MenuFault event as its evidence. The AMI listener records the same
+    from the first leg's Hangup event that carries it (ami/listener.py on_hangup)."""
+    return records.record_system_drop(r, call_id, fault_threshold(fault), at_ms,
+                                      [fault_evidence(fault, at_ms, channel)])
+
+
+def faulted(rec: dict) -> bool:
+    """The record says the call flow failed before the bridge (record_fault)."""
+    return rec.get("reason") == "system_error" and str(rec.get("rule_threshold", "")).startswith("fault=")
 
 
 def system_drop_cause(hangupcause: str) -> int | None:
@@ -34,13 +60,16 @@ def system_drop_cause(hangupcause: str) -> int | None:
 
 
 def settle(store: Store, call_id: str, dialstatus: str = "", hangupsource: str = "",
-           inmate_channel: str = "", hangupcause: str = "") -> dict:
+           inmate_channel: str = "", hangupcause: str = "", fault: str = "") -> dict:
     r = store.r
     if records.get(r, call_id) is None:
         raise LookupError(f"no call record {call_id}")
     records.mark_ended(r, call_id, now_ms())
     rec = records.get(r, call_id)
-    bridged = rec.get("bridged_ms")
+    if fault and rec.get("settled") != "1":
+        record_fault(r, call_id, fault, rec["ended_ms"], inmate_channel)
+        rec = records.get(r, call_id)
+    bridged = None if faulted(rec) else rec.get("bridged_ms")
     rate = rec.get("rate_cents", 0)
     inmate_hung_up = bool(hangupsource) and hangupsource == inmate_channel
     cause = system_drop_cause(hangupcause)

@@ -16,6 +16,10 @@ listener ends the called leg for it at once (ami/listener.py); as a fallback,
 and always right before the bridge, this flow reads the inmate channel's
 CHANNEL(hangupsource) between prompts: once the inmate is gone the called party
 hears so, the call is not bridged, and nothing is recorded or charged.
+
+Every normal end sets ICS_MENU_DONE=1 (last, after GOSUB_RESULT). A session that ends
+without it (the FastAGI server died, Redis failed and this flow raised) is a menu
+fault: [ics-callee] tells both parties and settlement records system_error.
 """
 
 from __future__ import annotations
@@ -126,6 +130,7 @@ def run(s: Session) -> None:
         records.update(s.r, call_id, outcome="not_accepted")
         log.info("callee.inmate_gone", inmate_channel=m.inmate_channel)
         s.play(INMATE_GONE_PROMPT)
+        done(s)
         return
     if choice == "accept":
         # Dial bridges the instant this gosub returns: billing starts here.
@@ -134,6 +139,7 @@ def run(s: Session) -> None:
         # pushing this back), the called leg ends a little after the paid minute.
         s.agi.set_variable(V.TIMEOUT, (rating.MINUTE_MS + rating.BACKSTOP_MS) // 1000)
         s.agi.set_variable(V.GOSUB_RESULT, "")
+        done(s)  # after GOSUB_RESULT: a fault before this is never bridged
         log.info("callee.accepted")
         return
     if choice == "refuse":
@@ -150,6 +156,12 @@ def run(s: Session) -> None:
         log.info("callee.no_response")
         s.play("goodbye")
     records.update(s.r, call_id, outcome="not_accepted")
+    done(s)
+
+
+def done(s: Session) -> None:
+    """The menu ended normally: without this, [ics-callee] treats its end as a fault."""
+    s.agi.set_variable(V.MENU_DONE, "1")
 
 
 def announce(m: Menu, facility: dict, rec: dict, escape: str) -> str:

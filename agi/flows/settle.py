@@ -1,6 +1,7 @@
 """Settlement route: the hangup handler ([ics-settle]) of every inmate call.
 
-Arguments: call id, DIALSTATUS, CHANNEL(hangupsource), HANGUPCAUSE. The work is in
+Arguments: call id, DIALSTATUS, CHANNEL(hangupsource), HANGUPCAUSE, ICS_FAULT (the
+called-party menu ended abnormally: system_error). The work is in
 ics.settlement, shared with the AMI listener's safety net.
 """
 
@@ -17,9 +18,10 @@ log = structlog.get_logger("agi")
 
 
 def run(s: Session) -> None:
-    call_id, dialstatus, hangupsource, hangupcause = (s.args + ["", "", "", ""])[:4]
+    call_id, dialstatus, hangupsource, hangupcause, fault = (s.args + ["", "", "", "", ""])[:5]
     if not CALL_ID_RE.match(call_id):
         log.warning("call.settle_skipped", why="no call id: the call ended before the flow began")
         return
     structlog.contextvars.bind_contextvars(call_id=call_id)
-    settlement.settle(s.store, call_id, dialstatus, hangupsource, s.env.get("agi_channel", ""), hangupcause)
+    settlement.settle(s.store, call_id, dialstatus, hangupsource, s.env.get("agi_channel", ""), hangupcause,
+                      fault)

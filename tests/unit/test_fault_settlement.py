@@ -283,3 +283,103 @@ async def test_a_called_leg_hung_up_by_a_failing_network_is_a_system_drop(store)
         "event": "Hangup", "time": "", "channel": "PJSIP/3125550100-2", "Cause": "38",
         "Cause-txt": "Network out of order"}
     assert (rec["billed_cents"], rec["credited_cents"]) == (25, 25) and ledger.check(store.r)["ok"]
+
+
+# --- menu faults: the called-party menu ended abnormally (ICS_FAULT=menu) ------------------------
+
+def menu_fault_call(store: Store, aid: str, *, bridged: bool = False) -> str:
+    """A call whose called party was in the announcement / menu (announcing, first minute held)
+    when its flow died; bridged: the flow had even written bridged_ms (never bridged by Asterisk:
+    the gosub's fault branch says CONTINUE)."""
+    cid = bridged_call(store, aid, rate=25, bridged_s=5)
+    records.update(store.r, cid, outcome="announcing", paid_minutes=1)
+    store.r.hdel(f"ics:call:{cid}", "ended_ms")
+    if not bridged:
+        store.r.hdel(f"ics:call:{cid}", "bridged_ms")
+    return cid
+
+
+def leg_hangup(linkedid: str, at_ms: int, fault: str = "menu", chan: str = "PJSIP/inmate1-1") -> dict:
+    return {"Event": "Hangup", "Channel": chan, "Linkedid": linkedid, "Uniqueid": linkedid,
+            "Cause": "16", "Timestamp": f"{at_ms / 1000:.6f}",
+            "ChanVariable": ["ICS_CALL_ID=x", f"ICS_FAULT={fault}"]}
+
+
+def assert_menu_fault(store: Store, aid: str, cid: str, ended_ms: int | None = None) -> dict:
+    rec = records.get(store.r, cid)
+    assert (rec["reason"], rec["rule_threshold"], rec["settled"]) == ("system_error", "fault=menu", "1")
+    assert json.loads(rec["evidence"])[0]["event"] == "MenuFault"
+    assert json.loads(rec["evidence"])[0]["ICS_FAULT"] == "menu"
+    assert rec["billed_cents"] == 0 and not rec.get("credited_cents")
+    assert ended_ms is None or rec["ended_ms"] == ended_ms
+    assert [e["kind"] for e in store.ledger(aid)] == ["deposit"]  # the hold released, nothing charged
+    assert store.account(aid).balance_cents == 1000 and ledger.check(store.r)["ok"]
+    return rec
+
+
+@pytest.mark.parametrize("bridged", [False, True])
+def test_the_hangup_handler_settles_a_menu_fault_as_system_error_unbilled(store, bridged):
+    aid = new_account(store, deposit=1000)
+    cid = menu_fault_call(store, aid, bridged=bridged)
+    settlement.settle(store, cid, "ANSWER", "", "PJSIP/inmate1-1", "16", "menu")
+    assert_menu_fault(store, aid, cid)
+    settlement.settle(store, cid, "ANSWER", "", "PJSIP/inmate1-1", "16", "menu")  # once
+    assert [e["kind"] for e in store.ledger(aid)] == ["deposit"]
+
+
+async def test_a_menu_fault_while_redis_is_down_is_settled_by_the_listener_when_it_returns(store):
+    """Redis died in the menu: the hangup handler could not settle; the listener keeps the inmate
+    channel's Hangup (ICS_FAULT=menu) and records the drop, then settles, once Redis answers."""
+    aid = new_account(store, deposit=1000)
+    cid = menu_fault_call(store, aid)
+    lis = listener(store)
+    lis.store = dead_store(store)
+    call = lis.calls["9.1"] = LiveCall("9.1")
+    call.call_id, call.inmate = cid, "PJSIP/inmate1-1"
+    call.channels = {"PJSIP/inmate1-1": "9.1", "PJSIP/3125550100-2": "9.2"}
+    hung_up = now_ms() - 8_000  # the called leg, hung up once it heard system-error
+    lis.on_hangup(leg_hangup("9.1", hung_up, chan="PJSIP/3125550100-2"))
+    lis.on_hangup(leg_hangup("9.1", hung_up + 5_000))  # the inmate, after [ics-fail]'s prompt
+    while lis._tasks:
+        await asyncio.sleep(0.01)
+    assert lis.unsettled[cid].drop is not None and records.get(store.r, cid).get("settled") is None
+    assert len(lis.unsettled) == 1 and lis.unsettled[cid].ended_ms == hung_up
+    lis.store = store  # Redis is back
+    await lis.retry_unsettled()
+    rec = assert_menu_fault(store, aid, cid, hung_up)
+    assert [e["event"] for e in json.loads(rec["evidence"])] == ["MenuFault", "Hangup"]
+    assert not lis.unsettled
+    await lis.retry_unsettled()
+    settlement.settle(store, cid, "ANSWER", "", "PJSIP/inmate1-1", "16", "menu")  # a late handler: nothing more
+    assert_menu_fault(store, aid, cid, hung_up)
+
+
+@pytest.mark.parametrize("handler_first", [True, False])
+async def test_a_menu_fault_is_settled_once_by_handler_or_listener(store, handler_first):
+    aid = new_account(store, deposit=1000)
+    cid = menu_fault_call(store, aid)
+    if handler_first:
+        settlement.settle(store, cid, "ANSWER", "", "PJSIP/inmate1-1", "16", "menu")
+    lis = listener(store)
+    call = lis.calls["9.1"] = LiveCall("9.1")
+    call.call_id, call.inmate, call.channels = cid, "PJSIP/inmate1-1", {"PJSIP/inmate1-1": "9.1"}
+    lis.on_hangup(leg_hangup("9.1", now_ms()))
+    while lis._tasks:
+        await asyncio.sleep(0.01)
+    if not handler_first:  # FastAGI back in time for the handler, after the listener settled
+        settlement.settle(store, cid, "ANSWER", "", "PJSIP/inmate1-1", "16", "menu")
+    assert_menu_fault(store, aid, cid)
+
+
+async def test_an_inmate_hangup_without_a_fault_is_a_plain_sweep(store, monkeypatch):
+    monkeypatch.setattr("ami.listener.SETTLE_GRACE_S", 0)
+    aid = new_account(store, deposit=1000)
+    cid = menu_fault_call(store, aid)
+    lis = listener(store)
+    call = lis.calls["9.1"] = LiveCall("9.1")
+    call.call_id, call.inmate, call.channels = cid, "PJSIP/inmate1-1", {"PJSIP/inmate1-1": "9.1"}
+    lis.on_hangup(leg_hangup("9.1", now_ms(), fault=""))
+    while lis._tasks:
+        await asyncio.sleep(0.01)
+    rec = records.get(store.r, cid)
+    assert rec["reason"] == "called_hangup_before_accept" and "rule" not in rec and rec["billed_cents"] == 0

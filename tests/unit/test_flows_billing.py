@@ -216,6 +216,8 @@ def test_quote_is_the_calls_class_rate_and_the_bill_matches_it(port, world, numb
     assert said_rate(cmds) == rating.quote(rate).cents == rate
     assert played(cmds, "rate-per-minute") and played(cmds, "rate-taxes")  # tax_bps 750
     assert 'SET VARIABLE "GOSUB_RESULT" ""' in cmds  # accepted after the quote
+    # a normal end, said last: a fault before it is never bridged ([ics-callee])
+    assert cmds.index('SET VARIABLE "ICS_MENU_DONE" "1"') > cmds.index('SET VARIABLE "GOSUB_RESULT" ""')
     # one bridged minute: the bill is the quoted per-minute rate plus 7.5 % tax, nothing else
     records.update(store.r, rec["call_id"], bridged_ms=now_ms() - 30_000)
     fastagi(port, ScriptedAsterisk(), env_block("settle", [rec["call_id"], "ANSWER", ""]))
@@ -256,7 +258,9 @@ def test_a_call_without_a_rate_is_not_quoted_and_not_connected(port, world):
     cmds = quote_then_accept(port, rec["call_id"])
     assert not any(c.startswith("SAY NUMBER") for c in cmds)
     assert 'SET VARIABLE "GOSUB_RESULT" ""' not in cmds
-    assert cmds[-3:] == ['SET CONTEXT "ics-fail"', 'SET EXTENSION "s"', 'SET PRIORITY "1"']
+    # a menu fault: no ICS_MENU_DONE, and no Goto out of the gosub ([ics-callee] tells both parties)
+    assert 'SET VARIABLE "ICS_MENU_DONE" "1"' not in cmds
+    assert not any(c.startswith("SET CONTEXT") for c in cmds)
 
 
 def test_a_call_cut_at_its_limit_bills_exactly_the_held_minutes_with_tax(port, world):
