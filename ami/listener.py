@@ -73,7 +73,7 @@ class Unsettled:
     ended_ms: int | None
     since: float = field(default_factory=time.monotonic)
     attempts: int = 0
-    drop: tuple[str, list] | None = None   # (threshold, evidence) of a system drop to record first
+    drop: tuple | None = None   # (threshold, evidence, bridge confirmed) of a system drop to record first
 
 
 def chan_var(event, name: str) -> str:
@@ -212,6 +212,7 @@ class Listener:
         if call is None:
             return None
         self.drop_cause(call, event)
+        self.note_ending(call, event)
         chan = str(event.get("Channel", ""))
         call.channels.pop(chan, None)
         call.talking.discard(chan)
@@ -257,10 +258,11 @@ class Listener:
 
     def on_hanguprequest(self, event):
         call = self._call(event)
+        if call is not None and call.call_id:
+            self.note_ending(call, event)
         if call is not None and call.call_id and call.inmate_left_before_bridge(event):
             self.spawn(self.release_called(call, event, time.perf_counter()))
         return None
-
 
     async def load_policy(self, call: LiveCall) -> None:
         """The facility's settings as soon as the call id is known (the bridge reloads them)."""
@@ -445,6 +447,7 @@ class Listener:
                 bridges.setdefault(str(row["BridgeId"]), set()).add(chan)
                 call.bridge = str(row["BridgeId"])
         gone = [c for k, c in self.calls.items() if k not in seen]
+        lost = self.ami_lost  # (when, call ids live then, of which bridged), before restart_evidence clears it
         drop = await self.restart_evidence()  # Asterisk restarted while AMI was lost: gone calls were dropped
         for linkedid, fresh in seen.items():
             old = self.calls.get(linkedid)
@@ -460,10 +463,11 @@ class Listener:
                 log.info("enforce.watching", call_id=fresh.call_id, bridge=fresh.bridge, rebuilt=True)
         for call in gone:
             self.calls.pop(call.linkedid, None)
-            if call.call_id and drop is not None and call.bridged:
-                self.spawn(self.system_drop(call.call_id, *drop))
-            elif call.call_id:
-                self.spawn(self.sweep(call.call_id))
+            if call.call_id and drop is not None and lost is not None and call.call_id in lost[1]:
+                # live when AMI was lost, not already ending: Asterisk dropped it, whatever its phase
+                self.spawn(self.system_drop(call.call_id, *drop, confirmed=call.call_id in lost[2]))
+            elif call.call_id:  # it ended meanwhile, or was ending (dated by its first hang-up then)
+                self.spawn(self.sweep(call.call_id, self.ending.get(call.linkedid)))
         self.bridges = bridges
         self.rebuilt = True  # live calls known again: the periodic orphan scan may trust them
         # calls that ended while nobody settled them (FastAGI and listener both down)
@@ -479,7 +483,9 @@ class Listener:
         self.retry_s = a["settle_retry_ms"] / 1000
         self.retry_max_s = a["settle_retry_max_s"]
         self.orphan_scan_s = a["orphan_scan_s"]
-        self.ami_lost: tuple[int, set[str]] | None = None  # when AMI was lost, call ids bridged then
+        # when AMI was lost, the call ids live then (not already ending), and those of them bridged
+        self.ami_lost: tuple[int, set[str], set[str]] | None = None
+        self.ending: dict[str, int] = {}        # linkedid -> epoch ms a party's hang-up of the call began
         self.core_startup: str | None = None    # Asterisk's CoreStartupDate/Time at the last login
         self.shutdown: dict | None = None       # the last AMI Shutdown event
         self._shutdown_seen = asyncio.Event()
@@ -491,7 +497,7 @@ class Listener:
             self.manager.disconnect_hooks.append(self.on_ami_lost)
 
     def keep_unsettled(self, call_id: str, ended_ms: int | None, exc: BaseException,
-                       drop: tuple[str, list] | None = None) -> None:
+                       drop: tuple | None = None) -> None:
         kept = self.unsettled.get(call_id)
         if kept is None:
             kept = self.unsettled[call_id] = Unsettled(ended_ms, drop=drop)
@@ -570,7 +576,8 @@ class Listener:
         if str(event.get("Cause", "")) != SOFTHANGUP_SHUTDOWN:
             return self.on_hanguprequest(event)
         call = self.calls.get(str(event.get("Linkedid") or event.get("Uniqueid") or ""))
-        if call is not None and call.call_id and call.bridged and call.call_id not in self.dropped:
+        if call is not None and call.call_id and call.bridged and call.call_id not in self.dropped \
+                and call.linkedid not in self.ending:  # a call a party was already hanging up is theirs
             self.dropped.add(call.call_id)
             self.spawn(self.shutdown_drop(call.call_id, event_ms(event) or int(time.time() * 1000), event))
         return None
@@ -593,11 +600,24 @@ class Listener:
         log.warning("ami.shutdown", shutdown=event.get("Shutdown"), restart=event.get("Restart"))
         return None
 
+    def note_ending(self, call: LiveCall, event) -> None:
+        """A party's hang-up of the call began (a leg's HangupRequest or SoftHangupRequest other
+        than the shutdown's, a leg's Hangup): should AMI be lost now, the call was not dropped
+        by the system. Calls no longer live are forgotten here."""
+        for linkedid in [k for k in self.ending if k not in self.calls]:
+            del self.ending[linkedid]
+        self.ending.setdefault(call.linkedid, event_ms(event) or int(time.time() * 1000))
+
     def on_ami_lost(self) -> None:
+        """Every call of ours live now (it has a call id), bridged or not, unless its hang-up
+        had begun or its drop is already recorded: if Asterisk turns out to have restarted,
+        these are the calls it dropped (rebuild)."""
         self.rebuilt = False
         if self.ami_lost is None:
-            self.ami_lost = (int(time.time() * 1000),
-                             {c.call_id for c in self.calls.values() if c.call_id and c.bridged})
+            live = [c for c in self.calls.values() if c.call_id and c.linkedid not in self.ending
+                    and c.call_id not in self.dropped]
+            self.ami_lost = (int(time.time() * 1000), {c.call_id for c in live},
+                             {c.call_id for c in live if c.bridged})
 
     async def shutdown_drop(self, call_id: str, at_ms: int, event) -> None:
         try:  # the Shutdown event follows the hang-ups by about a second: its evidence too
@@ -637,21 +657,34 @@ class Listener:
         at_ms = event_ms(shutdown) if shutdown is not None else None
         return (min(at_ms or lost[0], lost[0]), "asterisk_restart" if restarted else "asterisk_shutdown", events)
 
-    async def record_drop(self, call_id: str, at_ms: int | None, threshold: str, events: list) -> None:
+    async def record_drop(self, call_id: str, at_ms: int | None, threshold: str, events: list,
+                          confirmed: bool = True) -> None:
+        """The drop dated at_ms. A call AMI never showed bridged (both legs' BridgeEnter) is
+        billed nothing: its billing stops at its bridged_ms (the callee flow writes it just
+        before Dial bridges, and Asterisk may have died in between)."""
         at_ms = at_ms or int(time.time() * 1000)
         await asyncio.to_thread(records.mark_ended, self.store.r, call_id, at_ms)
-        if await asyncio.to_thread(records.record_system_drop, self.store.r, call_id, threshold, at_ms, events):
-            log.warning("ami.system_drop", call_id=call_id, threshold=threshold, at_ms=at_ms,
+        cut_ms = at_ms
+        if not confirmed:
+            bridged = (await asyncio.to_thread(records.get, self.store.r, call_id) or {}).get("bridged_ms")
+            if bridged:
+                cut_ms = min(at_ms, int(bridged))
+                events = [*events, {"event": "NoBridgeSeen", "time": f"{at_ms / 1000:.3f}", "channel": "",
+                                    "bridged_ms": str(bridged)}]
+        if await asyncio.to_thread(records.record_system_drop, self.store.r, call_id, threshold, cut_ms, events):
+            log.warning("ami.system_drop", call_id=call_id, threshold=threshold, at_ms=at_ms, cut_ms=cut_ms,
                         evidence=[e.get("event") for e in events])
 
-    async def system_drop(self, call_id: str, at_ms: int, threshold: str, events: list) -> None:
+    async def system_drop(self, call_id: str, at_ms: int, threshold: str, events: list,
+                          confirmed: bool = True) -> None:
         """Record a call the system dropped as system_error, then settle it (or, if its hangup
-        handler settled it first as a plain hang-up, let settlement's auto credit apply, once)."""
+        handler settled it first as a plain hang-up, let settlement's auto credit apply, once).
+        confirmed: AMI showed the call bridged (else nothing of it is billed)."""
         try:
-            await self.record_drop(call_id, at_ms, threshold, events)
+            await self.record_drop(call_id, at_ms, threshold, events, confirmed)
             await asyncio.to_thread(settlement.settle, self.store, call_id)
         except Exception as exc:
-            self.keep_unsettled(call_id, at_ms, exc, drop=(threshold, events))
+            self.keep_unsettled(call_id, at_ms, exc, drop=(threshold, events, confirmed))
 
 
 def _shutdown_evidence(event) -> dict:

@@ -383,3 +383,99 @@ async def test_an_inmate_hangup_without_a_fault_is_a_plain_sweep(store, monkeypa
         await asyncio.sleep(0.01)
     rec = records.get(store.r, cid)
     assert rec["reason"] == "called_hangup_before_accept" and "rule" not in rec and rec["billed_cents"] == 0
+
+
+# --- Asterisk killed at any phase of a call: every call live when AMI was lost -------------------
+
+def pre_bridge_call(store: Store, aid: str, outcome: str, rate: int = 25) -> str:
+    """A call that held its first minute and is ringing (dialing) or in the announcement /
+    menu (announcing / accepted); with bridged: the callee flow wrote bridged_ms."""
+    cid = f"20261101130000-{abs(hash((aid, outcome))) % 16**8:08x}"
+    records.create(store.r, cid, account=aid, rate_cents=rate, limit_s=900, outcome=outcome,
+                   number="3125550100", inmate="123456", started_ms=now_ms() - 20_000)
+    assert store.reserve(aid, cid, rate)
+    records.update(store.r, cid, paid_minutes=1)
+    return cid
+
+
+async def killed_while_live(store, lis, calls: dict, restarted: bool = True, first_login: bool = True) -> int:
+    """rebuild (first login), the calls live, AMI lost (SIGKILL), then a rebuild against a
+    restarted (or the same) Asterisk with none of them left. Returns when AMI was lost."""
+    if first_login:
+        await lis.rebuild()
+    lis.calls.update(calls)
+    lis.on_ami_lost()
+    lost_at = lis.ami_lost[0]
+    if restarted:
+        lis.manager.startup = "2026-11-29 17:05:00"
+    await lis.rebuild()
+    while lis._tasks:
+        await asyncio.sleep(0.01)
+    return lost_at
+
+
+def live(linkedid: str, call_id: str, bridged: bool = False) -> LiveCall:
+    call = LiveCall(linkedid, call_id=call_id, inmate=f"PJSIP/inmate1-{linkedid}", bridged=bridged)
+    call.channels = {call.inmate: linkedid, f"PJSIP/3125550100-{linkedid}": linkedid + "1"}
+    return call
+
+
+@pytest.mark.parametrize("outcome", ["dialing", "announcing", "accepted"])
+async def test_a_call_before_the_bridge_when_asterisk_was_killed_is_a_system_drop_dated_at_the_loss(
+        store, monkeypatch, outcome):
+    monkeypatch.setattr("ami.listener.SETTLE_GRACE_S", 0)
+    monkeypatch.setattr("ami.listener.ORPHAN_MIN_AGE_MS", 10**12)
+    aid = new_account(store, deposit=1000)
+    cid = pre_bridge_call(store, aid, outcome)
+    lis = listener(store)
+    lost_at = await killed_while_live(store, lis, {"7.1": live("7.1", cid)})
+    rec = records.get(store.r, cid)
+    assert (rec["reason"], rec["rule_threshold"], rec["ended_ms"]) == ("system_error", "asterisk_restart", lost_at)
+    assert (rec["settled"], rec["billed_cents"]) == ("1", 0) and "credited_cents" not in rec
+    assert [e["kind"] for e in store.ledger(aid)] == ["deposit"]  # nothing charged, the hold released
+    assert store.account(aid).held_cents == 0 and ledger.check(store.r)["ok"]
+
+
+async def test_a_bridge_ami_never_showed_is_billed_nothing_when_asterisk_was_killed(store, monkeypatch):
+    """The callee flow writes bridged_ms just before Dial bridges; Asterisk died before both legs'
+    BridgeEnter: a system drop, and no charge at all (not a charge and its credit)."""
+    monkeypatch.setattr("ami.listener.SETTLE_GRACE_S", 0)
+    monkeypatch.setattr("ami.listener.ORPHAN_MIN_AGE_MS", 10**12)
+    aid = new_account(store, deposit=1000)
+    cid = pre_bridge_call(store, aid, "accepted")
+    records.update(store.r, cid, bridged_ms=now_ms())
+    lis = listener(store)
+    lost_at = await killed_while_live(store, lis, {"7.1": live("7.1", cid, bridged=False)})
+    rec = records.get(store.r, cid)
+    assert (rec["reason"], rec["ended_ms"]) == ("system_error", lost_at)
+    assert rec["cut_ms"] == rec["bridged_ms"]
+    assert [e["event"] for e in json.loads(rec["evidence"])] == ["AMIConnectionLost", "CoreStatus", "NoBridgeSeen"]
+    assert (rec["billed_cents"], rec["billed_minutes"]) == (0, 0) and "credited_cents" not in rec
+    assert [e["kind"] for e in store.ledger(aid)] == ["deposit"]
+    assert store.account(aid).held_cents == 0 and ledger.check(store.r)["ok"]
+
+
+@pytest.mark.parametrize("first", ["Hangup", "HangupRequest", "SoftHangupRequest"])
+async def test_a_call_a_party_was_hanging_up_when_asterisk_was_killed_keeps_the_partys_reason(
+        store, monkeypatch, first):
+    """The family hung up; Asterisk died while the inmate channel's hangup handler ran: not a
+    system drop. Settled after the restart as the hang-up it was, dated by that hang-up."""
+    monkeypatch.setattr("ami.listener.SETTLE_GRACE_S", 0)
+    monkeypatch.setattr("ami.listener.ORPHAN_MIN_AGE_MS", 10**12)
+    aid = new_account(store, deposit=1000)
+    cid = bridged_call(store, aid, rate=25, bridged_s=20)
+    store.r.hdel(f"ics:call:{cid}", "ended_ms")
+    lis = listener(store)
+    await lis.rebuild()
+    call = lis.calls["7.1"] = live("7.1", cid, bridged=True)
+    hung_up = now_ms() - 1500
+    lis.on_event(None, {"Event": first, "Channel": "PJSIP/3125550100-7.1", "Linkedid": "7.1", "Uniqueid": "7.11",
+                        "Cause": "16" if first != "SoftHangupRequest" else "32",
+                        "Timestamp": f"{hung_up / 1000:.6f}"})
+    assert call.call_id and lis.ending == {"7.1": hung_up}
+    lost_at = await killed_while_live(store, lis, {}, first_login=False)
+    rec = records.get(store.r, cid)
+    assert rec["reason"] == "called_hangup" and "rule" not in rec and lost_at > hung_up
+    assert rec["ended_ms"] == hung_up
+    assert (rec["billed_cents"], rec["billed_minutes"]) == (25, 1) and "credited_cents" not in rec
+    assert ledger.check(store.r)["ok"]
