@@ -484,7 +484,18 @@ class Phone:
     def register(self, timeout: float = DEFAULT_TIMEOUT) -> "Phone":
         with self._cond:
             self.reg_code = None
-        self._harness.run(lambda: self._acc.setRegistration(True))
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self._harness.run(lambda: self._acc.setRegistration(True))
+                break
+            except PhoneError as exc:
+                # a REGISTER of this account is still in flight (pjsua's own refresh, or one sent
+                # just before): PJSIP_EBUSY until it completes
+                if "EBUSY" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                with self._cond:
+                    self._cond.wait(0.2)
         self._wait_reg(lambda: self.reg_code is not None, timeout, "REGISTER")
         if self.reg_code != 200 or self.reg_expires <= 0:
             raise PhoneError(f"{self.user}: registration failed: {self.reg_code} {self.reg_reason}")
