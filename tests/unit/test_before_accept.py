@@ -10,21 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 
 import pytest
 
-from agi.server import FastAGIServer
-from ami.connection import GuardedManager
-from ami.listener import Listener
 from ami.rules import LiveCall, Noted, Policy
 from ics import config, keys, records
 from ics.store import Store, connect
 
-from .test_ami_connection import FakeAMI
+from .test_listener_replay import until, wired  # noqa: F401 (fixture)
 from .test_flows_billing import CalledParty
 from .test_cli import run, sounds  # noqa: F401
-from .test_flows_scripted import INMATE, NUMBER, PIN, listener_up, env_block, fastagi
+from .test_flows_scripted import INMATE, NUMBER, PIN, serve_fastagi, env_block, fastagi
 
 INMATE_CHAN, CALLED = "PJSIP/inmate1-00000001", "PJSIP/3125550100-00000002"
 
@@ -127,15 +123,7 @@ def world(redis_url, tmp_path):
 
 @pytest.fixture
 def port(world):
-    cfg, store = world
-    cfg.values["fastagi"]["port"] = 0
-    listener_up(store)
-    srv = FastAGIServer(cfg, store)
-    t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    t.start()
-    yield srv.server_address[1]
-    srv.shutdown()
-    srv.server_close()
+    yield from serve_fastagi(world)
 
 
 def placed(port, store) -> str:
@@ -234,33 +222,6 @@ Uniqueid: 10.2
 Linkedid: 10.1
 
 """
-
-
-@pytest.fixture
-async def wired(store):
-    fake = FakeAMI()
-    fake.answer_all = True
-    server = await asyncio.start_server(fake.handle, "127.0.0.1", 0)
-    mgr = GuardedManager(host="127.0.0.1", port=server.sockets[0].getsockname()[1], username="u", secret="s",
-                         loop=asyncio.get_running_loop(), reconnect_timeout=0.1, ping_interval_s=5,
-                         ping_timeout_s=3)
-    listener = Listener(store.cfg, store, mgr)
-    mgr.connect()
-    await asyncio.wait_for(mgr.connected_event.wait(), 3)
-    yield fake, listener
-    mgr.close()
-    mgr.connection_lost = lambda exc: None
-    fake.drop()
-    server.close()
-    await server.wait_closed()
-
-
-async def until(pred, timeout=3.0):
-    for _ in range(int(timeout / 0.02)):
-        if pred():
-            return True
-        await asyncio.sleep(0.02)
-    return pred()
 
 
 CID = "20261122000000-0000abcd"

@@ -8,15 +8,13 @@ funds of their own may pay from them. Money is integer cents.
 
 from __future__ import annotations
 
-import threading
 
 import pytest
 
-from agi.server import FastAGIServer
 from ics import config, keys, rating, records
 from ics.store import Store, connect, month_of, now_ms
 
-from .test_flows_scripted import INMATE, NUMBER, PIN, listener_up, ScriptedAsterisk, env_block, fastagi
+from .test_flows_scripted import INMATE, NUMBER, PIN, serve_fastagi, ScriptedAsterisk, env_block, fastagi
 
 CELL = "3125550199"
 INTL = "01144207946000"
@@ -38,15 +36,7 @@ def world(redis_url, tmp_path):
 
 @pytest.fixture
 def port(world):
-    cfg, store = world
-    cfg.values["fastagi"]["port"] = 0
-    listener_up(store)
-    srv = FastAGIServer(cfg, store)
-    t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    t.start()
-    yield srv.server_address[1]
-    srv.shutdown()
-    srv.server_close()
+    yield from serve_fastagi(world)
 
 
 def run_call(port, store, number, digits=(INMATE, PIN)):

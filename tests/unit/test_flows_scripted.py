@@ -83,8 +83,9 @@ def world(redis_url, tmp_path):
     return make_world(redis_url, tmp_path)
 
 
-@pytest.fixture
-def server(world):
+def serve_fastagi(world):
+    """The FastAGI server on a free port for a test world (the listener's heartbeat set, as
+    ami.listener keeps it); yields the port, stops the server afterwards."""
     cfg, store = world
     cfg.values["fastagi"]["port"] = 0
     listener_up(store)
@@ -94,6 +95,11 @@ def server(world):
     yield srv.server_address[1]
     srv.shutdown()
     srv.server_close()
+
+
+@pytest.fixture
+def server(world):
+    yield from serve_fastagi(world)
 
 
 def fastagi(port, script, env):
