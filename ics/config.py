@@ -313,6 +313,9 @@ def load(path: str | None = None, environ: Mapping[str, str] | None = None) -> C
         raise ConfigError(f"log.format must be auto, json or console, got {values['log']['format']!r}")
     if "{number}" not in values["dial"]["template"]:
         raise ConfigError("dial.template must contain {number}")
+    for key in ("settle_retry_ms", "settle_retry_max_s", "orphan_scan_s"):
+        if values["ami"][key] <= 0:  # 0 would make the listener's upkeep loop spin
+            raise ConfigError(f"ami.{key} must be greater than 0, got {values['ami'][key]}")
     return Config(values=values, sources=tuple(sources))
 
 

@@ -101,7 +101,7 @@ def settle(store: Store, call_id: str, dialstatus: str = "", hangupsource: str =
         bill = rating.price(rate, duration, rec.get("tax_bps", 0))  # the same price the hold was
     else:
         duration = 0
-        if rec.get("outcome") == "announcing":
+        if rec.get("outcome") in ("announcing", "accepted"):  # accepted: hung up before the bridge
             reason = "inmate_hangup_before_accept" if inmate_hung_up else "called_hangup_before_accept"
         elif rec.get("outcome") == "dialing":
             reason = DIAL_REASONS.get(dialstatus, "busy" if dialstatus else "inmate_abandoned")

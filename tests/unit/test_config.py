@@ -52,6 +52,8 @@ def test_bad_toml_and_missing_file(tmp_path):
     {"ICS_FACILITY_DEFAULTS_TIME_LIMIT_S": "0"},
     {"ICS_FACILITY_DEFAULTS_PIN_LOCK_AFTER": "2"},     # below pin_max_tries
     {"ICS_DIAL_TEMPLATE": "PJSIP/trunk"},              # no {number}
+    {"ICS_AMI_SETTLE_RETRY_MS": "0"},                  # the listener's upkeep would spin
+    {"ICS_AMI_ORPHAN_SCAN_S": "-1"},
 ])
 def test_invalid_values_stop_start_up(env):
     with pytest.raises(config.ConfigError):

@@ -166,6 +166,21 @@ def test_a_hangup_long_past_every_backstop_keeps_the_partys_reason(store):
     assert (rec["billed_minutes"], rec["billed_cents"]) == (1, 25)  # never past the minutes held
 
 
+@pytest.mark.parametrize("hungup_by, reason", [("inmate", "inmate_hangup_before_accept"),
+                                                ("called", "called_hangup_before_accept")])
+def test_a_hangup_after_accept_before_the_bridge_is_before_accept_unbilled(store, hungup_by, reason):
+    """The called party pressed accept (outcome accepted: the rest of the recording notice
+    plays before the bridge) and a party hung up then: never bridged, nothing billed."""
+    aid = new_account(store, deposit=1000)
+    cid = bridged_call(store, aid, rate=25, bridged_s=5)
+    store.r.hdel(f"ics:call:{cid}", "bridged_ms", "ended_ms")
+    records.update(store.r, cid, outcome="accepted", paid_minutes=1)
+    inmate = "PJSIP/inmate1-1"
+    rec = settlement.settle(store, cid, "", inmate if hungup_by == "inmate" else "PJSIP/3125550100-2", inmate)
+    assert rec["reason"] == reason and rec["billed_cents"] == 0
+    assert store.account(aid).held_cents == 0 and ledger.check(store.r)["ok"]
+
+
 # --- item 4: system drops -----------------------------------------------------------------------
 
 @pytest.mark.parametrize("cause", ["27", "34", "38", "41", "42", "47"])
