@@ -458,6 +458,10 @@ class Listener:
             both = fresh.inmate and len(bridges.get(fresh.bridge, set()) & set(fresh.channels)) >= 2
             if fresh.call_id and both:
                 fresh.start()
+                # who is talking cannot be read back from Asterisk, and with pauses shorter than
+                # TALK_DETECT's threshold no new talk event may ever come: count the legs as
+                # talking until one says it stopped, never a silence cut made up by the restart
+                fresh.talking = {c for c in fresh.channels if c in bridges.get(fresh.bridge, set())}
                 await self.load(fresh)
                 fresh.skip_past_warnings(int(time.time() * 1000))
                 log.info("enforce.watching", call_id=fresh.call_id, bridge=fresh.bridge, rebuilt=True)

@@ -181,6 +181,36 @@ def test_a_hangup_after_accept_before_the_bridge_is_before_accept_unbilled(store
     assert store.account(aid).held_cents == 0 and ledger.check(store.r)["ok"]
 
 
+async def test_a_call_rebuilt_after_a_restart_is_not_cut_for_silence_it_never_saw(store):
+    """Restarted mid-conversation (pauses under TALK_DETECT's threshold: no talk event comes),
+    the listener counts both legs as talking until one of them stops."""
+    aid = new_account(store, deposit=1000)
+    cid = bridged_call(store, aid, rate=25, bridged_s=5)
+    store.r.hdel(f"ics:call:{cid}", "ended_ms")
+    lis = listener(store)
+    rows = [{"Event": "CoreShowChannel", "Linkedid": "5.1", "Uniqueid": uid, "Channel": chan,
+             "BridgeId": "b1", "ChanVariable": f"ICS_CALL_ID={cid}"}
+            for uid, chan in (("5.1", "PJSIP/inmate1-1"), ("5.2", "PJSIP/3125550100-2"))]
+    real_send = lis.manager.send_action
+
+    def send(action):
+        if action["Action"] != "CoreShowChannels":
+            return real_send(action)
+        fut = asyncio.get_running_loop().create_future()
+        fut.set_result(rows)
+        return fut
+    lis.manager.send_action = send
+    await lis.rebuild()
+    call = lis.calls["5.1"]
+    assert call.bridged and call.talking == {"PJSIP/inmate1-1", "PJSIP/3125550100-2"}
+    later = call.quiet_since + call.policy.silence_s + 1
+    assert call.tick(now=later)[0] is None
+    for chan in ("PJSIP/inmate1-1", "PJSIP/3125550100-2"):  # both stop talking: the rule applies again
+        call.observe({"Event": "ChannelTalkingStop", "Channel": chan, "Linkedid": "5.1"}, now=later)
+    cut, _ = call.tick(now=later + call.policy.silence_s + 1)
+    assert cut is not None and cut.reason == "silence"
+
+
 # --- item 4: system drops -----------------------------------------------------------------------
 
 @pytest.mark.parametrize("cause", ["27", "34", "38", "41", "42", "47"])
