@@ -74,6 +74,7 @@ class Unsettled:
     since: float = field(default_factory=time.monotonic)
     attempts: int = 0
     drop: tuple | None = None   # (threshold, evidence, bridge confirmed) of a system drop to record first
+    hung_up: tuple[str, str] = ("", "")   # (the channel whose hang-up came first, the inmate's channel)
 
 
 def chan_var(event, name: str) -> str:
@@ -228,7 +229,7 @@ class Listener:
                 self.spawn(self.system_drop(call.call_id, at_ms, settlement.fault_threshold(fault),
                                             [settlement.fault_evidence(fault, at_ms, chan), evidence(event)]))
         elif chan == call.inmate and call.call_id:
-            self.spawn(self.sweep(call.call_id, event_ms(event)))
+            self.spawn(self.sweep(call.call_id, event_ms(event), (self.ending_by.get(call.linkedid, ""), chan)))
         if not call.channels:
             self.calls.pop(call.linkedid, None)
         return None
@@ -410,7 +411,9 @@ class Listener:
         if not ok:
             log.error("enforce.warning_failed", call_id=call.call_id, seconds_left=seconds)
 
-    async def sweep(self, call_id: str, ended_ms: int | None = None) -> None:
+    async def sweep(self, call_id: str, ended_ms: int | None = None, hung_up: tuple[str, str] = ("", "")) -> None:
+        """Settle a hung-up call its hangup handler did not settle; hung_up (the channel that hung
+        up first, the inmate's channel) lets settlement say who ended it."""
         try:
             if ended_ms:  # the hang-up's own time: waiting below must not be billed (first writer wins)
                 await asyncio.to_thread(records.mark_ended, self.store.r, call_id, ended_ms)
@@ -419,9 +422,9 @@ class Listener:
             if rec is None or rec.get("settled") == "1":
                 return
             log.warning("ami.settle_sweep", call_id=call_id, why="hangup handler did not settle")
-            await asyncio.to_thread(settlement.settle, self.store, call_id)
+            await asyncio.to_thread(settlement.settle, self.store, call_id, "", *hung_up)
         except Exception as exc:  # Redis away: kept, dated by the hang-up event, retried
-            self.keep_unsettled(call_id, ended_ms, exc)
+            self.keep_unsettled(call_id, ended_ms, exc, hung_up=hung_up)
 
     # --- (re)connect -----------------------------------------------------------------
     async def rebuild(self) -> None:
@@ -471,7 +474,8 @@ class Listener:
                 # live when AMI was lost, not already ending: Asterisk dropped it, whatever its phase
                 self.spawn(self.system_drop(call.call_id, *drop, confirmed=call.call_id in lost[2]))
             elif call.call_id:  # it ended meanwhile, or was ending (dated by its first hang-up then)
-                self.spawn(self.sweep(call.call_id, self.ending.get(call.linkedid)))
+                self.spawn(self.sweep(call.call_id, self.ending.get(call.linkedid),
+                                      (self.ending_by.get(call.linkedid, ""), call.inmate)))
         self.bridges = bridges
         self.rebuilt = True  # live calls known again: the periodic orphan scan may trust them
         # calls that ended while nobody settled them (FastAGI and listener both down)
@@ -490,6 +494,7 @@ class Listener:
         # when AMI was lost, the call ids live then (not already ending), and those of them bridged
         self.ami_lost: tuple[int, set[str], set[str]] | None = None
         self.ending: dict[str, int] = {}        # linkedid -> epoch ms a party's hang-up of the call began
+        self.ending_by: dict[str, str] = {}     # linkedid -> the channel whose hang-up began first
         self.core_startup: str | None = None    # Asterisk's CoreStartupDate/Time at the last login
         self.shutdown: dict | None = None       # the last AMI Shutdown event
         self._shutdown_seen = asyncio.Event()
@@ -501,12 +506,13 @@ class Listener:
             self.manager.disconnect_hooks.append(self.on_ami_lost)
 
     def keep_unsettled(self, call_id: str, ended_ms: int | None, exc: BaseException,
-                       drop: tuple | None = None) -> None:
+                       drop: tuple | None = None, hung_up: tuple[str, str] = ("", "")) -> None:
         kept = self.unsettled.get(call_id)
         if kept is None:
             kept = self.unsettled[call_id] = Unsettled(ended_ms, drop=drop)
         kept.ended_ms = kept.ended_ms or ended_ms
         kept.drop = kept.drop or drop
+        kept.hung_up = kept.hung_up if any(kept.hung_up) else hung_up
         kept.attempts += 1
         if kept.attempts == 1 or kept.attempts % 60 == 0:
             log.warning("ami.settle_retry", call_id=call_id, ended_ms=kept.ended_ms, attempts=kept.attempts,
@@ -523,7 +529,7 @@ class Listener:
                 rec = await asyncio.to_thread(records.get, self.store.r, call_id)
                 if rec is not None and (rec.get("settled") != "1" or kept.drop is not None):
                     # settle() credits a system drop even when the call was settled before
-                    await asyncio.to_thread(settlement.settle, self.store, call_id)
+                    await asyncio.to_thread(settlement.settle, self.store, call_id, "", *kept.hung_up)
                     log.warning("ami.settle_sweep", call_id=call_id, why="settled once Redis answered",
                                 attempts=kept.attempts)
                 self.unsettled.pop(call_id, None)
@@ -610,7 +616,9 @@ class Listener:
         by the system. Calls no longer live are forgotten here."""
         for linkedid in [k for k in self.ending if k not in self.calls]:
             del self.ending[linkedid]
+            self.ending_by.pop(linkedid, None)
         self.ending.setdefault(call.linkedid, event_ms(event) or int(time.time() * 1000))
+        self.ending_by.setdefault(call.linkedid, str(event.get("Channel", "")))
 
     def on_ami_lost(self) -> None:
         """Every call of ours live now (it has a call id), bridged or not, unless its hang-up

@@ -211,6 +211,31 @@ async def test_a_call_rebuilt_after_a_restart_is_not_cut_for_silence_it_never_sa
     assert cut is not None and cut.reason == "silence"
 
 
+@pytest.mark.parametrize("first, reason", [("PJSIP/inmate1-1", "inmate_hangup"),
+                                           ("PJSIP/3125550100-2", "called_hangup")])
+async def test_the_listener_settles_with_who_hung_up_first(store, monkeypatch, first, reason):
+    """FastAGI down at hang-up: the listener's sweep says who ended the call (the first leg whose
+    hang-up it saw), as the hangup handler would have."""
+    monkeypatch.setattr("ami.listener.SETTLE_GRACE_S", 0.01)
+    aid = new_account(store, deposit=1000)
+    cid = bridged_call(store, aid, rate=25, bridged_s=5)
+    store.r.hdel(f"ics:call:{cid}", "ended_ms")
+    lis = listener(store)
+    call = lis.calls["6.1"] = LiveCall("6.1")
+    call.call_id, call.inmate = cid, "PJSIP/inmate1-1"
+    call.channels = {"PJSIP/inmate1-1": "6.1", "PJSIP/3125550100-2": "6.2"}
+    t = now_ms()
+    lis.on_hanguprequest({"Event": "HangupRequest", "Channel": first, "Linkedid": "6.1",
+                          "Timestamp": f"{t / 1000:.6f}"})
+    for chan in sorted(call.channels, key=lambda c: c != first):
+        lis.on_hangup({"Event": "Hangup", "Channel": chan, "Linkedid": "6.1", "Cause": "16",
+                       "Timestamp": f"{(t + 20) / 1000:.6f}"})
+    while lis._tasks:
+        await asyncio.sleep(0.01)
+    rec = records.get(store.r, cid)
+    assert rec["reason"] == reason and rec["billed_cents"] == 25
+
+
 # --- item 4: system drops -----------------------------------------------------------------------
 
 @pytest.mark.parametrize("cause", ["27", "34", "38", "41", "42", "47"])
@@ -427,7 +452,8 @@ async def test_an_inmate_hangup_without_a_fault_is_a_plain_sweep(store, monkeypa
     while lis._tasks:
         await asyncio.sleep(0.01)
     rec = records.get(store.r, cid)
-    assert rec["reason"] == "called_hangup_before_accept" and "rule" not in rec and rec["billed_cents"] == 0
+    # the inmate's channel hung up first: the sweep says so (as the hangup handler would)
+    assert rec["reason"] == "inmate_hangup_before_accept" and "rule" not in rec and rec["billed_cents"] == 0
 
 
 # --- Asterisk killed at any phase of a call: every call live when AMI was lost -------------------
