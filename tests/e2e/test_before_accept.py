@@ -19,7 +19,8 @@ import pytest
 from ics import audio, records
 
 from tests.support import services
-from tests.support.callflow import NUMBER, OTHER_NUMBER, agi_command, login, make_world, press_when, wait_settled
+from tests.e2e.test_collect_call import lines  # noqa: F401 (fixture)
+from tests.support.callflow import NUMBER, OTHER_NUMBER, agi_command, answered, press_when, wait_settled
 
 pytestmark = pytest.mark.e2e
 
@@ -27,29 +28,8 @@ FAMILY = f"PJSIP/{NUMBER}"
 RELEASE_MAX_S = 2.0  # issue 8: the called leg is released within 2 s of the inmate's hang-up
 
 
-@pytest.fixture
-def lines(stack, phones):
-    inmate, family, other = phones.phone("inmate1"), phones.phone(NUMBER), phones.phone(OTHER_NUMBER)
-    for p in (inmate, family, other):
-        p.register(10)
-        p.drain_incoming()
-    return inmate, family, other
-
-
 def on_family(e) -> bool:
     return FAMILY in str(e.get("Channel", ""))
-
-
-def answered(ami, lines, **facility):
-    """A call placed and answered; returns (world, inmate call, called call, mark)."""
-    inmate, family, _ = lines
-    world = make_world(balance_cents=500, **facility)
-    mark = ami.mark()
-    call = inmate.call(NUMBER)
-    login(ami, call, mark)
-    callee = family.wait_incoming(15)
-    callee.answer()
-    return world, call, callee, mark
 
 
 def played(ami, mark, sound: str, where=on_family) -> list[dict]:

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import REPO, services, stack_dir
-from tests.support.callflow import NUMBER, OTHER_NUMBER, login, make_world, press_when, wait_settled
+from tests.support.callflow import NUMBER, OTHER_NUMBER, answered, login, make_world, press_when, wait_settled
 
 pytestmark = pytest.mark.e2e
 
@@ -42,13 +42,7 @@ def lines(stack, phones):
 
 def bridged(ami, lines, **facility):
     """An accepted, bridged inmate call under the given facility settings."""
-    inmate, family, _ = lines
-    world = make_world(balance_cents=500, **facility)
-    mark = ami.mark()
-    call = inmate.call(NUMBER)
-    login(ami, call, mark)
-    callee = family.wait_incoming(15)
-    callee.answer()
+    world, call, callee, mark = answered(ami, lines, **facility)
     press_when(ami, callee, "menu-accept", "1", mark, channel_prefix=f"PJSIP/{NUMBER}")
     enter = ami.wait_for({"Event": "BridgeEnter", "Channel": chan(f"PJSIP/{NUMBER}")}, 15, since=mark)
     time.sleep(1.0)  # media settles on both legs after the switch from prompts to the bridge

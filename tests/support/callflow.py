@@ -70,6 +70,18 @@ def login(ami, call, mark, inmate: str = INMATE, pin: str = PIN):
     press_when(ami, call, "enter-pin", pin + "#", m2)
 
 
+def answered(ami, lines, **facility):
+    """A call placed and answered; returns (world, inmate call, called call, mark)."""
+    inmate, family, _ = lines
+    world = make_world(balance_cents=500, **facility)
+    mark = ami.mark()
+    call = inmate.call(NUMBER)
+    login(ami, call, mark)
+    callee = family.wait_incoming(15)
+    callee.answer()
+    return world, call, callee, mark
+
+
 def latest_call(world: World) -> dict:
     recs = records.recent(world.store.r, 1)
     assert recs, "no call record was written"
