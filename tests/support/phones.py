@@ -55,6 +55,16 @@ STATE_NAMES = {
 }
 
 
+
+def _add_headers(op, headers: dict[str, str] | None) -> None:
+    """Extra SIP headers on a request (INVITE, BYE); a CR or LF would inject more."""
+    for name, value in (headers or {}).items():
+        if any(c in name + value for c in "\r\n"):
+            raise ValueError("header with CR/LF")
+        h = pj.SipHeader()
+        h.hName, h.hValue = name, value
+        op.txOption.headers.append(h)
+
 class PhoneError(RuntimeError):
     pass
 
@@ -299,12 +309,7 @@ class CallHandle:
             op = pj.CallOpParam()
             if code:
                 op.statusCode = code
-            for name, value in (headers or {}).items():
-                if any(c in name + value for c in "\r\n"):
-                    raise ValueError("header with CR/LF")
-                h = pj.SipHeader()
-                h.hName, h.hValue = name, value
-                op.txOption.headers.append(h)
+            _add_headers(op, headers)
             self._call.hangup(op)
         self._op(do)
         return self
@@ -525,12 +530,7 @@ class Phone:
             handle = CallHandle(self, call, incoming=False)
             self._harness._calls.append(call)
             op = pj.CallOpParam(True)
-            for name, value in (headers or {}).items():
-                if any(c in name + value for c in "\r\n"):
-                    raise ValueError("header with CR/LF")
-                h = pj.SipHeader()
-                h.hName, h.hValue = name, value
-                op.txOption.headers.append(h)
+            _add_headers(op, headers)
             call.makeCall(uri, op)
             return handle
         return self._harness.run(do)
