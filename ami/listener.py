@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from ics import config as config_mod
-from ics import keys, logs, rating, records, settlement
+from ics import keys, logs, rating, recordings, records, settlement
 from ics.livecalls import cut_redirect
 from ics.rating import MINUTE_MS
 from ics.store import Store, connect
@@ -554,18 +554,29 @@ class Listener:
             self.spawn(self.sweep(call_id))
 
     async def upkeep(self) -> None:
-        """Retry kept hang-ups every settle_retry_ms; look for orphans every orphan_scan_s."""
+        """Retry kept hang-ups every settle_retry_ms (and recording checks left pending); look for
+        orphans every orphan_scan_s."""
         last_scan = time.monotonic()
         while True:
             await asyncio.sleep(self.retry_s)
             if self.unsettled:
                 await self.retry_unsettled()
+            try:
+                await self.recheck_recordings()
+            except Exception as exc:  # Redis away: the next pass will do
+                log.error("recording.check_failed", where="listener", error=repr(exc))
             if time.monotonic() - last_scan >= self.orphan_scan_s:
                 last_scan = time.monotonic()
                 try:
                     await self.scan_orphans()
                 except Exception as exc:  # Redis away: the next scan will do
                     log.error("ami.event_error", where="orphan_scan", error=repr(exc))
+
+    async def recheck_recordings(self) -> None:
+        """Recordings whose file Asterisk had not closed when the call settled (ics.recordings):
+        checked again, without waiting, until closed (or judged as they are after a minute)."""
+        for call_id in await asyncio.to_thread(recordings.pending, self.store.r):
+            await asyncio.to_thread(recordings.check, self.store, call_id, 0)
 
     async def heartbeat(self) -> None:
         """Say in Redis that calls are watched (keys.LISTENER_ALIVE), every HEARTBEAT_S while

@@ -51,6 +51,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         # Host path of Asterisk's monitor directory: MixMonitor files live under
         # ics/<facility>/<inmate>/<YYYY-MM-DD>/<call id>.wav in it.
         "dir": "/var/spool/asterisk/monitor",
+        # a recording this much shorter than the call's bridged time is flagged as audio lost
+        # (ics.recordings): normal calls measure within about 20 ms of the bridge
+        "max_short_ms": 1000,
     },
     "sounds": {
         # Host path of the directory Asterisk knows as "<sounds>/ics": it holds
@@ -164,6 +167,9 @@ def _check_facility(values: Mapping[str, Any], where: str) -> None:
     _check_policy(values, where)
 
 
+# recordings.max_short_ms: below 200 ms the normal jitter of a bridge's start and end would flag
+# good recordings; above a minute a lost minute of evidence would go unflagged
+MIN_SHORT_MS, MAX_SHORT_MS = 200, 60_000
 MIN_NOTICE_INTERVAL_S = 15  # a shorter interval would talk over the whole call
 
 
@@ -313,6 +319,9 @@ def load(path: str | None = None, environ: Mapping[str, str] | None = None) -> C
         raise ConfigError(f"log.format must be auto, json or console, got {values['log']['format']!r}")
     if "{number}" not in values["dial"]["template"]:
         raise ConfigError("dial.template must contain {number}")
+    short = values["recordings"]["max_short_ms"]
+    if not MIN_SHORT_MS <= short <= MAX_SHORT_MS:
+        raise ConfigError(f"recordings.max_short_ms must be {MIN_SHORT_MS} to {MAX_SHORT_MS} ms, got {short}")
     for key in ("settle_retry_ms", "settle_retry_max_s", "orphan_scan_s"):
         if values["ami"][key] <= 0:  # 0 would make the listener's upkeep loop spin
             raise ConfigError(f"ami.{key} must be greater than 0, got {values['ami'][key]}")

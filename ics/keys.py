@@ -49,6 +49,11 @@ All money fields are integer cents. All times are integer epoch milliseconds.
                                            inmate flow places no call without it (nothing would
                                            enforce the call's rules)
   ics:calls                         zset   call ids scored by start time
+  ics:recordings:flagged_count      string calls whose recording was found short or missing when they
+                                           settled (ics.recordings; shown by icsctl ledger check)
+  ics:recordings:flagged            zset   those call ids, scored by the call's ended_ms
+  ics:recordings:pending            zset   calls whose recording check waits for Asterisk to close the
+                                           file (scored by ended_ms; the AMI listener retries them)
 """
 
 PREFIX = "ics"
@@ -58,6 +63,9 @@ INMATES = f"{PREFIX}:inmates"
 ACCOUNTS = f"{PREFIX}:accounts"
 CALLS = f"{PREFIX}:calls"
 LISTENER_ALIVE = f"{PREFIX}:listener:alive"
+RECORDINGS_FLAGGED_COUNT = f"{PREFIX}:recordings:flagged_count"
+RECORDINGS_FLAGGED = f"{PREFIX}:recordings:flagged"
+RECORDINGS_PENDING = f"{PREFIX}:recordings:pending"
 LISTENER_ALIVE_MS = 3000  # three missed beats (ami.listener HEARTBEAT_S): calls are refused
 
 

@@ -22,6 +22,12 @@ Event names (the `event` field):
   call.settled               billed_minutes, billed_cents, reason
   call.settle_skipped        already settled (duplicate hang-up)
   call.auto_credited         system_error in the first minute: credited_cents (once)
+  recording.checked         a call's recording measured at settlement: bridged_for_ms, recording_ms, diff_ms
+  recording.short           ERROR: the recording is more than recordings.max_short_ms shorter than the
+                            bridge (audio lost): bridged_for_ms, recording_ms, short_ms; flagged and counted
+  recording.missing         ERROR: a bridged, non-privileged call has no recording file; flagged and counted
+  recording.pending         the file was still being written at settlement: the AMI listener checks it later
+  recording.check_failed    the check itself failed (Redis away, unreadable file): retried by the listener
   ami.connected / ami.disconnected / ami.login_failed / ami.event_error / ami.ping_timeout
   ami.action_dropped        an action left unanswered by a lost connection (never re-sent)
   ami.settle_sweep          the listener settled a hung-up call its hangup handler missed

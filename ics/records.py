@@ -24,6 +24,11 @@ Fields (times are epoch ms, money integer cents):
   unit         the inmate's living unit when the call was placed
   privileged   1 for a registered attorney number: never recorded, never monitored
   recording    MixMonitor file, relative to the recordings dir (absent when privileged)
+  recording_check  ok / short / missing: the recording measured against the bridge when the call
+               settled (ics.recordings; absent: not recorded, never bridged, or not checked yet)
+  bridged_for_ms   bridged time: bridged_ms to the end of the call (or to cut_ms)
+  recording_ms     audio in the recording file (from its data bytes)
+  recording_short_ms  bridged time the recording lacks, set when flagged (over recordings.max_short_ms)
 """
 
 from __future__ import annotations
@@ -44,11 +49,13 @@ FIELDS = (
     "billed_minutes", "billed_cents", "tax_cents", "settled", "credited_cents", "credit_reason",
     "rule", "rule_threshold", "cut_ms", "evidence", "paid_minutes",
     "unit", "privileged", "recording", "before_accept",
+    "recording_check", "bridged_for_ms", "recording_ms", "recording_short_ms",
 )
 
 INT_FIELDS = {
     "started_ms", "answered_ms", "bridged_ms", "ended_ms", "rate_cents", "tax_bps", "limit_s",
     "held_cents", "billed_minutes", "billed_cents", "tax_cents", "credited_cents", "cut_ms", "paid_minutes",
+    "bridged_for_ms", "recording_ms", "recording_short_ms",
 }
 
 

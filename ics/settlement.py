@@ -2,13 +2,15 @@
 
 Called from the inmate channel's hangup handler (agi/flows/settle.py) and, as
 a safety net, by the AMI listener for a hung-up call that was never settled.
+Once the money is settled, the call's recording is checked against its bridged
+time here too (ics.recordings): this is the one path every call takes.
 """
 
 from __future__ import annotations
 
 import structlog
 
-from . import policy, rating, records
+from . import policy, rating, recordings, records
 from .store import Store, now_ms
 
 log = structlog.get_logger("ics")
@@ -126,7 +128,18 @@ def settle(store: Store, call_id: str, dialstatus: str = "", hangupsource: str =
         log.info("call.settle_skipped", call_id=call_id, why="already settled", billed_cents=cents)
     if credited:
         log.info("call.auto_credited", call_id=call_id, credited_cents=credited)
-    return rec
+    check_recording(store, call_id)
+    return records.get(r, call_id)
+
+
+def check_recording(store: Store, call_id: str) -> None:
+    """The recording against the bridge (ics.recordings), once, after the money: its wait for
+    Asterisk to close the file never holds up the bill. A failure leaves the call pending for
+    the listener, never fails the settlement."""
+    try:
+        recordings.check(store, call_id)
+    except Exception as exc:
+        log.error("recording.check_failed", call_id=call_id, error=repr(exc))
 
 
 def _backstop_threshold(rec: dict, cap_ms: int) -> str:
