@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 import redis
 
-from . import audio, config, keys, ledger, livecalls, logs, prompts, rating, reasons, records, statements
+from . import audio, config, keys, ledger, livecalls, logs, prompts, rating, reasons, recordings, records, statements
 from .amiclient import AmiClient, AmiError
 from .config import ConfigError, facility_settings
 from .store import (ACCOUNT_TYPES, INACTIVITY_MS, INMATE_ID_RE, INMATE_STATUSES, LINE_TYPES, Store, StoreError,
@@ -695,7 +695,8 @@ def account_refund(store: Store, a) -> int:
 def ledger_check(store: Store, a) -> int:
     doc = ledger.check(store.r)
     if a.json:
-        emit_json(doc)
+        emit_json(dict(doc, recordings_flagged=recordings.flagged_count(store.r),
+                       recordings_flagged_latest=recordings.flagged(store.r, 5)))
     else:
         def cell(d, k):
             return dollars(d[k]) if d.get(k) is not None else None
@@ -703,11 +704,23 @@ def ledger_check(store: Store, a) -> int:
                  cell(d, "holds_cents"), "ok" if d["ok"] else "FAIL: " + "; ".join(d["problems"])]
                 for d in doc["accounts"]]
         table(["ACCOUNT", "BALANCE", "LEDGER", "HELD", "CALL HOLDS", "STATUS"], rows, "no accounts")
+    if not a.json:
+        recording_line(store)
     if not doc["ok"]:
         return fail(f"ledger check failed for {len(doc['failed'])} account(s): {', '.join(doc['failed'])}")
     if not a.json:
         out(f"ledger check passed: {len(doc['accounts'])} account(s) balance")
     return 0
+
+
+def recording_line(store: Store) -> None:
+    """Evidence beside the money: how many calls' recordings came out short or missing."""
+    n = recordings.flagged_count(store.r)
+    if n:
+        out(f"RECORDINGS: {n} call(s) with a short or missing recording (audio lost), latest: "
+            f"{', '.join(recordings.flagged(store.r, 5))} ({PROG} calls show CALL)")
+    else:
+        out("recordings: none short or missing")
 
 
 EXPIRE_STATES = ("flagged", "expired", "active", "in_call", "not_expiring")
@@ -810,13 +823,20 @@ def calls_show(store: Store, a) -> int:
     if rec.get("recording"):
         path = store.cfg.recordings_dir / rec["recording"]
         doc["recording_path"] = str(path)
-        doc["recording_ms"] = audio.duration_ms(path) if path.is_file() else None
+        wav = recordings.measure(path)  # from its bytes: pydub trusts a header Asterisk writes last
+        doc["recording_file_ms"] = wav.ms if wav else None
+        doc["recording_file_final"] = bool(wav and wav.final)
+    said = recordings.describe(rec)
+    if said:
+        doc["recording_verdict"] = said
     if a.json:
         emit_json(doc)
         return 0
     pairs: list[tuple[str, Any]] = []
     for k, v in doc.items():
-        if k.endswith("_at") or k in ("reason_description", "bridged_duration_ms", "evidence"):
+        if k.endswith("_at") or k in ("reason_description", "bridged_duration_ms", "evidence", "recording_file_ms",
+                                      "recording_file_final", "recording_verdict", "recording_check",
+                                      "recording_ms", "recording_short_ms", "bridged_for_ms"):
             continue
         if k in TIME_FIELDS and isinstance(v, int):
             k, v = k.removesuffix("_ms"), iso(v)
@@ -834,9 +854,12 @@ def calls_show(store: Store, a) -> int:
     if "bridged_duration_ms" in doc:
         pairs.append(("bridged for", f"{doc['bridged_duration_ms'] / 1000:.1f} s"))
     if doc.get("recording_path"):
-        length = doc.get("recording_ms")
-        pairs.append(("recording file", doc["recording_path"] + (f" ({length / 1000:.1f} s)"
-                                                                  if length is not None else " (missing)")))
+        length = doc.get("recording_file_ms")
+        pairs.append(("recording file", doc["recording_path"] + (
+            " (missing)" if length is None else f" ({length / 1000:.1f} s)" if doc["recording_file_final"]
+            else f" ({length / 1000:.1f} s so far: still being written)")))
+    if doc.get("recording_verdict"):
+        pairs.append(("recording check", doc["recording_verdict"]))
     fields(pairs)
     if "evidence" in doc:
         out("evidence (AMI events that triggered the rule):")
@@ -1176,7 +1199,8 @@ def build_parser() -> Parser:
     led = groups.add_parser("ledger", help="ledger integrity").add_subparsers(
         dest="cmd", required=True, metavar="SUBCOMMAND")
     command(led, "check", ledger_check, "prove every balance equals its ledger and holds match live calls "
-            "(exit 1 naming each account that does not)", json_out=True)
+            "(exit 1 naming each account that does not); also counts calls whose recording came out short "
+            "or missing", json_out=True)
 
     c = groups.add_parser("statement", help="monthly account statement (CSV or printable HTML)",
                           description="monthly account statement (CSV or printable HTML)")
