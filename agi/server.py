@@ -5,7 +5,8 @@
 One thread per AGI session keeps the call flows plain synchronous code shared
 with process AGI; Redis calls are short and the connection pool is thread-safe.
 Start-up fails, rather than a call, when the config is invalid, Redis is
-unreachable or a prompt file is missing.
+unreachable, a prompt file is missing or Asterisk's RTP port range (capacity.rtp_conf)
+cannot carry capacity.max_calls.
 """
 
 from __future__ import annotations
@@ -65,6 +66,10 @@ def preflight(cfg: config_mod.Config, store: Store) -> list[str]:
         store.r.ping()
     except Exception as exc:
         problems.append(f"Redis at {cfg['redis']['url']} is unreachable: {exc}")
+    try:  # a call past the RTP range would get no media port: refuse to start instead
+        config_mod.check_rtp_range(cfg["capacity"]["rtp_conf"], cfg["capacity"]["max_calls"])
+    except config_mod.ConfigError as exc:
+        problems.append(str(exc))
     missing = prompts.missing(cfg.sounds_dir)
     if missing:
         problems.append(f"{len(missing)} prompt(s) missing under {cfg.sounds_dir}/prompts: "

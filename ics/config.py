@@ -55,6 +55,13 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         # (ics.recordings): normal calls measure within about 20 ms of the bridge
         "max_short_ms": 1000,
     },
+    "capacity": {
+        # calls this box may carry at once: Asterisk alone on the 2-core lab machine carries about
+        # 250 cleanly. RTP ports for them are checked at FastAGI start-up (check_rtp_range).
+        "max_calls": 250,
+        # the rtp.conf Asterisk loads (docker/stack.sh points at the rendered one in its root)
+        "rtp_conf": "/etc/asterisk/rtp.conf",
+    },
     "sounds": {
         # Host path of the directory Asterisk knows as "<sounds>/ics": it holds
         # prompts/ (generated) and names/ (recorded or imported).
@@ -224,6 +231,56 @@ def _check_rating(values: Mapping[str, Any], where: str) -> None:
         raise ConfigError(f"{where}: {exc}") from None
 
 
+# RTP ports a call needs: two channels (handset, called party), each an even RTP port and the
+# odd RTCP one; doubled as headroom for channels being set up or torn down and for Asterisk's
+# random choice of ports (dialplan/rtp.conf explains the sizing)
+PORTS_PER_CALL = 4
+RTP_HEADROOM = 2
+MAX_CALLS_LIMIT = 10_000
+
+
+def rtp_ports_needed(max_calls: int) -> int:
+    return max_calls * PORTS_PER_CALL * RTP_HEADROOM
+
+
+def read_rtp_range(path: str | Path) -> tuple[int, int]:
+    """rtpstart and rtpend of an Asterisk rtp.conf's [general] section."""
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(f"capacity.rtp_conf: cannot read {path}: {exc.strerror or exc}") from None
+    found, section = {}, ""
+    for line in text.splitlines():
+        line = line.split(";", 1)[0].strip()
+        if line.startswith("[") and "]" in line:
+            section = line[1:line.index("]")].strip()
+        elif section == "general" and "=" in line:
+            key, _, value = line.partition("=")
+            key, value = key.strip(), value.lstrip(">").strip()  # "=" or "=>"
+            if key in ("rtpstart", "rtpend"):
+                if not value.isdigit():
+                    raise ConfigError(f"{path}: {key} must be a port number, got {value!r}")
+                found[key] = int(value)
+    missing = [k for k in ("rtpstart", "rtpend") if k not in found]
+    if missing:
+        raise ConfigError(f"{path}: no {' or '.join(missing)} in [general] (Asterisk would use its defaults)")
+    return found["rtpstart"], found["rtpend"]
+
+
+def check_rtp_range(path: str | Path, max_calls: int) -> int:
+    """Refuse a range too small for max_calls (a call past it would get no media port).
+    Returns the number of ports."""
+    start, end = read_rtp_range(path)
+    ports = end - start + 1
+    need = rtp_ports_needed(max_calls)
+    if ports < need:
+        raise ConfigError(
+            f"{path}: rtpstart={start} rtpend={end} gives {ports} RTP ports, but capacity.max_calls={max_calls} "
+            f"needs {need} ({max_calls} calls x 2 channels x RTP+RTCP = {max_calls * PORTS_PER_CALL}, "
+            f"x{RTP_HEADROOM} headroom): raise rtpend to at least {start + need - 1} or lower capacity.max_calls")
+    return ports
+
+
 def coerce(section: str, key: str, raw: Any, where: str) -> Any:
     """Convert raw (from TOML or a string from the environment) to the default's type."""
     expected = type(DEFAULTS[section][key])
@@ -319,6 +376,8 @@ def load(path: str | None = None, environ: Mapping[str, str] | None = None) -> C
         raise ConfigError(f"log.format must be auto, json or console, got {values['log']['format']!r}")
     if "{number}" not in values["dial"]["template"]:
         raise ConfigError("dial.template must contain {number}")
+    if not 1 <= values["capacity"]["max_calls"] <= MAX_CALLS_LIMIT:
+        raise ConfigError(f"capacity.max_calls must be 1 to {MAX_CALLS_LIMIT}, got {values['capacity']['max_calls']}")
     short = values["recordings"]["max_short_ms"]
     if not MIN_SHORT_MS <= short <= MAX_SHORT_MS:
         raise ConfigError(f"recordings.max_short_ms must be {MIN_SHORT_MS} to {MAX_SHORT_MS} ms, got {short}")
