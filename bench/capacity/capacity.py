@@ -257,8 +257,10 @@ def seed(store: Store, cfg, n_max: int, recording: bool) -> None:
 def rtp_ports(n: int) -> None:
     """Each call is two RTP sessions on ours, each an even port and the odd one after it:
     a range too small for N refuses calls for want of ports, not of CPU."""
-    conf = dict(line.replace(" ", "").split("=", 1) for line in (AST / "etc/asterisk/rtp.conf").read_text().splitlines()
-                if line.replace(" ", "").startswith(("rtpstart=", "rtpend=")))
+    conf = {}
+    for line in (AST / "etc/asterisk/rtp.conf").read_text().splitlines():
+        key, _, value = line.split(";")[0].replace(" ", "").partition("=")
+        conf[key] = value
     sessions = (int(conf["rtpend"]) - int(conf["rtpstart"]) + 1) // 2
     if 2 * n > sessions:
         print(f"note: our rtp.conf has room for {sessions} RTP sessions; N={n} needs {2 * n}")
@@ -567,6 +569,10 @@ def print_ceilings(runs: list[list[Result]], setups: list[str], recording: bool)
               f" Asterisk {min(ast, default=float('nan')):.2f}-{max(ast, default=float('nan')):.2f} % of a core"
               f" per bridged call, {min(per_call, default=float('nan')):.2f}-"
               f"{max(per_call, default=float('nan')):.2f} CPU-s per call")
+    both = [(rs[0].n, rs[0].cpu_bridged["asterisk"] / rs[1].cpu_bridged["asterisk"]) for rs in runs
+            if len(rs) == 2 and "asterisk" in rs[0].cpu_bridged and "asterisk" in rs[1].cpu_bridged]
+    if both and setups == ["ours", "plain"]:
+        print("   ours/plain Asterisk CPU per bridged call: " + ", ".join(f"{r:.2f} (N={n})" for n, r in both))
     if ceiling.get("ours") and ceiling.get("plain"):
         capped = ceiling["plain"] == max(r.n for rs in runs for r in rs)
         print(f"   ours/plain ceiling: {ceiling['ours'] / ceiling['plain']:.2f}"
