@@ -18,7 +18,14 @@ WITH_ENV := set -a; . "$(STACK_ENV)"; set +a;
 # others sharing the machine and timing windows room. TEST_WORKERS=0: one process.
 TEST_WORKERS ?= 6
 
-.PHONY: venv provision up down status reload demo test bench
+.PHONY: venv provision up down status reload demo test bench capacity
+
+# make capacity: our platform against Asterisk alone (bench/capacity/capacity.py), N calls
+# per run, each bridged SECONDS; not in make bench (about 16 min with these defaults)
+N ?= 50,100,150,200,250
+SECONDS ?= 60
+RECORDING ?= on
+SETUPS ?= ours,plain
 
 venv:
 	$(STACK) venv
@@ -47,3 +54,7 @@ demo: up
 bench: up
 	@$(WITH_ENV) rc=0; for f in bench/*.py; do [ -e "$$f" ] || continue; \
 	    echo "== $$f"; $(PY) "$$f" || rc=$$?; done; $(STACK) down; exit $$rc
+
+capacity: up
+	@$(WITH_ENV) rc=0; $(PY) bench/capacity/capacity.py --n $(N) --seconds $(SECONDS) \
+	    --recording $(RECORDING) --setups $(SETUPS) || rc=$$?; $(STACK) down; exit $$rc

@@ -1,0 +1,637 @@
+"""Capacity: what a call costs on our platform against Asterisk alone, same box. Prints figures.
+
+    .venv/bin/python bench/capacity/capacity.py [--n 50,100,150,200,250] [--seconds 60]
+        [--recording on|off] [--setups ours,plain] [--rate 10]
+
+(`make capacity N=5,20 SECONDS=20`; kept out of `make bench`, which runs bench/*.py.)
+
+A far-end Asterisk (a second process from the same root, bench/capacity/farend/:
+SIP 127.0.0.1:5080, AMI 5039, RTP 40000-49999) plays both outside parties. For
+each N and setup it places N calls at --rate calls/s to our Asterisk:
+
+- ours: the far end is the inmate handset (keys the inmate number and PIN by RFC
+  2833 after each prompt has begun); our call flow dials the called number back
+  to the far end, which answers, hears the announcement out, presses 1 and
+  echoes. Recording per --recording ("off" lists the bench's numbers as
+  privileged, the production way to leave a call unrecorded).
+- plain: the same calls through a plain bridge on our Asterisk (TALK_DETECT on
+  both legs, Dial back to the far end), same speech and echo.
+
+Once bridged the handset plays noise bursts (3 s on, 2 s off) for --seconds,
+then hangs up. Per setup it prints: calls held (the handset got to the end of
+its speech), RTP loss and jitter p95 as the far end received them (its RTCP
+figures, read in each leg's hangup handler), talk-start lateness p99 (the
+called side's TALK_DETECT against the schedule of bursts sent), setup time p95
+(dial to bridged), recording length against bridged time (ours), and CPU per
+process from /proc (utime+stime, the idle rate taken off) as % of a core per
+bridged call (over the window all N calls were bridged) and CPU-s per call
+(first dial to last hang-up, menu included). Then each setup's clean ceiling.
+
+Our side needs the bench facility, inmates, numbers and accounts (seeded with
+ics.store, the bench's own keys only) and a bench-only overlay: a trunk for the
+far end and one endpoint per called number (bench/capacity/ours-*.conf),
+#included into the rendered configs in the root and gone at the next
+docker/stack.sh up or reload (run at the end).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import math
+import os
+import random
+import secrets
+import shutil
+import struct
+import subprocess
+import sys
+import threading
+import time
+import wave
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+sys.path.insert(0, str(ROOT))
+
+from ics import audio, config, records  # noqa: E402
+from ics.store import Store, StoreError, connect  # noqa: E402
+from tests.support import load_stack_env, stack_dir  # noqa: E402
+from tests.support.ami_tap import AmiTap  # noqa: E402
+
+STACK = stack_dir()
+AST = STACK / "asterisk"
+SHIM = "/usr/local/lib/ics-bind-loopback.so"  # docker/stack.sh provision_shim
+FAR_ETC = "/etc/asterisk-farend"  # inside the root
+FAR_DIRS = ("/etc/asterisk-farend", "/run/asterisk-farend", "/var/log/asterisk-farend",
+            "/var/spool/asterisk-farend", "/var/lib/asterisk-farend", "/var/cache/asterisk-farend")
+FAR_CTL = AST / "run/asterisk-farend/asterisk.ctl"
+SPEECH = "/var/lib/asterisk-farend/speech"  # Playback() name, without .wav
+FAR_AMI_PORT = 5039
+CORE_CONFS = ("acl", "ccss", "cel", "features", "indications", "pjproject", "stasis", "udptl")
+
+FACILITY = "bench"
+PIN = "2468"
+PREFIX = {"ours": "3125551", "plain": "3125552"}  # + 3 digits: the call's index
+BURST_ON_S, BURST_PERIOD_S = 3, 5
+TALK_SILENCE_S = 1  # the far end's TALK_DETECT(set)=1000: a talk stop after 1 s of silence
+HZ = os.sysconf("SC_CLK_TCK")
+
+
+def number(setup: str, i: int) -> str:
+    return f"{PREFIX[setup]}{i:03d}"
+
+
+def inmate_id(i: int) -> str:
+    return f"7{i:05d}"
+
+
+def pct(values, p):
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, math.ceil(p / 100 * len(values)) - 1)]
+
+
+def in_root(*cmd: str, check: bool = True, timeout: float = 30) -> str:
+    out = subprocess.run(["chroot", str(AST), *cmd], capture_output=True, text=True, timeout=timeout, check=False)
+    if check and out.returncode:
+        raise RuntimeError(f"{' '.join(cmd)}: {out.stderr.strip() or out.stdout.strip()}")
+    return out.stdout
+
+
+def ours_cli(cmd: str) -> str:
+    return in_root("asterisk", "-rx", cmd)
+
+
+def channel_count(cli) -> int:
+    for line in cli("core show channels count").splitlines():
+        if "active channel" in line:
+            return int(line.split()[0])
+    return 0
+
+
+# ---------------------------------------------------------------- the far end
+
+class FarEnd:
+    """A second Asterisk from our root with its own dirs and ports (bench/capacity/farend/)."""
+
+    def __init__(self, seconds: int):
+        self.seconds = seconds
+        self.pidfile = STACK / "run" / "farend.pid"
+        self.log = AST / "var/log/asterisk-farend/messages.log"
+        self.proc: subprocess.Popen | None = None
+        self.tap: AmiTap | None = None
+
+    def cli(self, cmd: str) -> str:
+        if not FAR_CTL.exists():  # never let a -rx fall through to our Asterisk's socket
+            raise RuntimeError("the far end is not running")
+        return in_root("asterisk", "-C", f"{FAR_ETC}/asterisk.conf", "-rx", cmd)
+
+    def start(self) -> None:
+        self.stop()  # one left over from an interrupted run
+        for d in FAR_DIRS:
+            (AST / d.lstrip("/")).mkdir(parents=True, exist_ok=True)
+        secret = secrets.token_hex(16)
+        etc = AST / FAR_ETC.lstrip("/")
+        # the core's own files as ours has them (dialplan/), then the far end's
+        core = [ROOT / "dialplan" / f"{c}.conf" for c in CORE_CONFS]
+        for f in [*core, *(HERE / "farend").glob("*.conf")]:
+            (etc / f.name).write_text(f.read_text().replace("@SECRET@", secret))
+        (AST / "var/lib/asterisk-farend/astdb.sqlite3").unlink(missing_ok=True)
+        write_speech(AST / f"{SPEECH.lstrip('/')}.wav", self.seconds)
+        in_root("chown", "-R", "asterisk:asterisk", *FAR_DIRS)
+        preload = SHIM if (AST / SHIM.lstrip("/")).exists() else ""
+        # as docker/stack.sh start_asterisk starts ours, plus -C for the far end's own asterisk.conf
+        with open(STACK / "log" / "farend.log", "ab") as log:
+            self.proc = subprocess.Popen(
+                ["chroot", "--userspec=asterisk:asterisk", str(AST), "env", "-i", "HOME=/var/lib/asterisk-farend",
+                 "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8", f"LD_PRELOAD={preload}",
+                 "asterisk", "-f", "-n", "-C", f"{FAR_ETC}/asterisk.conf"],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.pidfile.write_text(str(self.proc.pid))
+        deadline = time.monotonic() + 15
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the far end exited at start (log: {STACK / 'log' / 'farend.log'})")
+            try:
+                self.cli("core waitfullybooted")
+                break
+            except (RuntimeError, subprocess.TimeoutExpired):
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the far end did not boot in 15 s") from None
+                time.sleep(0.25)
+        self.tap = AmiTap(port=FAR_AMI_PORT, user="bench", secret=secret)
+
+    def stop(self) -> None:
+        if self.tap:
+            self.tap.close()
+            self.tap = None
+        try:
+            pid = int(self.pidfile.read_text())
+        except (OSError, ValueError):
+            return
+        try:
+            self.cli("core stop now")
+        except (RuntimeError, subprocess.TimeoutExpired):
+            pass
+        for _ in range(50):
+            if not Path(f"/proc/{pid}").exists() or (self.proc and self.proc.poll() is not None):
+                break
+            time.sleep(0.1)
+        else:
+            try:
+                os.killpg(pid, 9)
+            except ProcessLookupError:
+                pass
+        self.pidfile.unlink(missing_ok=True)
+
+
+def write_speech(path: Path, seconds: int) -> None:
+    """8 kHz 16-bit mono: noise bursts, BURST_ON_S on then silence, every BURST_PERIOD_S."""
+    rng = random.Random(1)
+    frames = bytearray()
+    for n in range(seconds * 8000):
+        on = (n / 8000) % BURST_PERIOD_S < BURST_ON_S
+        frames += struct.pack("<h", int(rng.gauss(0, 3000)) if on else 0)
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(8000)
+        w.writeframes(bytes(frames))
+
+
+# ---------------------------------------------------------------- our side
+
+def install_overlay(n_max: int) -> None:
+    """The bench's trunk and called numbers into our running Asterisk (see ours-pjsip.conf)."""
+    etc = AST / "etc/asterisk"
+    called = [number("ours", i) for i in range(n_max)]
+    pj = (HERE / "ours-pjsip.conf").read_text() + "".join(
+        f"\n[{n}](ics-bench-called)\naors = {n}\n[{n}]\ntype = aor\ncontact = sip:{n}@127.0.0.1:5080\n"
+        for n in called)
+    (etc / "ics-bench-pjsip.conf").write_text(pj)
+    shutil.copy(HERE / "ours-extensions.conf", etc / "ics-bench-extensions.conf")
+    for conf, part in (("pjsip.conf", "ics-bench-pjsip.conf"), ("extensions.conf", "ics-bench-extensions.conf")):
+        text = (etc / conf).read_text()
+        line = f'#include "{part}"\n'
+        if line not in text:
+            (etc / conf).write_text(text + "\n" + line)
+    in_root("chown", "asterisk:asterisk", "/etc/asterisk/ics-bench-pjsip.conf",
+            "/etc/asterisk/ics-bench-extensions.conf")
+    ours_cli("module reload res_pjsip.so")
+    ours_cli("dialplan reload")
+
+
+def seed(store: Store, cfg, n_max: int, recording: bool) -> None:
+    """The bench facility, one inmate, approved number and funded prepaid account per call."""
+    if FACILITY not in store.facilities():
+        store.create_facility(FACILITY, "Bench County Jail", type="jail", adp=200, rate_cents_per_min=11)
+    names = cfg.sounds_dir / "names"
+    first = names / f"{inmate_id(0)}.wav"
+    if not first.exists():
+        audio.speak("Alex Bench", first)
+    fac = cfg.sounds_dir / "facilities" / f"{FACILITY}.wav"
+    if not fac.exists():
+        audio.speak("Bench County Jail", fac)
+    for i in range(n_max):
+        iid, num, aid = inmate_id(i), number("ours", i), f"bench{i}"
+        store.create_inmate(iid, FACILITY, "Alex Bench", PIN, replace=True)
+        store.approve_number(iid, num)
+        store.set_name_recorded(iid)
+        if not (names / f"{iid}.wav").exists():
+            shutil.copy(first, names / f"{iid}.wav")
+        try:
+            store.create_account(aid, "Bench Family", [num])
+        except StoreError:
+            pass  # from an earlier run
+        if store.account(aid).balance_cents < 1000:
+            store.adjust(aid, "deposit", 2000, "capacity bench")
+        if recording:
+            store.remove_privileged(num)
+        else:
+            store.set_privileged(num, "capacity bench: recording off")
+
+
+def rtp_ports(n: int) -> None:
+    """Each call is two RTP sessions on ours, each an even port and the odd one after it:
+    a range too small for N refuses calls for want of ports, not of CPU."""
+    conf = {}
+    for line in (AST / "etc/asterisk/rtp.conf").read_text().splitlines():
+        key, _, value = line.split(";")[0].replace(" ", "").partition("=")
+        conf[key] = value
+    sessions = (int(conf["rtpend"]) - int(conf["rtpstart"]) + 1) // 2
+    if 2 * n > sessions:
+        print(f"note: our rtp.conf has room for {sessions} RTP sessions; N={n} needs {2 * n}")
+
+
+def wav_s(path: Path) -> float:
+    with wave.open(str(path)) as w:
+        return w.getnframes() / w.getframerate()
+
+
+# ---------------------------------------------------------------- CPU
+
+def ticks(pid: int) -> int:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+class Sampler(threading.Thread):
+    """utime+stime of each process every 0.5 s; cpu_s() interpolates between samples."""
+
+    def __init__(self, pids: dict[str, int]):
+        super().__init__(daemon=True)
+        self.pids = pids
+        self.samples: list[tuple[float, dict[str, int]]] = []
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        while True:
+            self.samples.append((time.time(), {k: ticks(p) for k, p in self.pids.items()}))
+            if self.halt.wait(0.5):
+                self.samples.append((time.time(), {k: ticks(p) for k, p in self.pids.items()}))
+                return
+
+    def at(self, t: float, name: str) -> float:
+        s = self.samples
+        for (t0, a), (t1, b) in itertools.pairwise(s):
+            if t0 <= t <= t1:
+                return (a[name] + (b[name] - a[name]) * (t - t0) / max(t1 - t0, 1e-9)) / HZ
+        return (s[0][1][name] if t < s[0][0] else s[-1][1][name]) / HZ
+
+    def cpu_s(self, name: str, t0: float, t1: float) -> float:
+        return self.at(t1, name) - self.at(t0, name)
+
+
+def service_pids(far: FarEnd) -> dict[str, int]:
+    pids = {}
+    for name in ("asterisk", "fastagi", "ami", "redis"):
+        try:
+            pids[name] = int((STACK / "run" / f"{name}.pid").read_text())
+        except (OSError, ValueError):
+            pass
+    pids["farend"] = far.proc.pid
+    return pids
+
+
+# ---------------------------------------------------------------- one run
+
+class Result:
+    def __init__(self, setup: str, n: int):
+        self.setup, self.n = setup, n
+        self.held = 0
+        self.loss_pct = self.jitter_p95_ms = self.talk_p99_s = self.setup_p95_s = float("nan")
+        self.setup_min_s = float("nan")
+        self.rec_short_s: float | None = None
+        self.bridged_mean_s = float("nan")
+        self.cpu_bridged: dict[str, float] = {}  # % of a core per bridged call
+        self.cpu_call: dict[str, float] = {}     # CPU-s per call, menu included
+        self.problems: list[str] = []
+
+
+def run_setup(setup: str, n: int, args, far: FarEnd, store: Store, cfg) -> Result:
+    res = Result(setup, n)
+    tap = far.tap
+    wait_idle(far)
+    pids = service_pids(far)
+    sampler = Sampler(pids)
+    sampler.start()
+    time.sleep(3)  # the idle rate, taken off every figure
+    t_idle = time.time()
+    idle = {k: sampler.cpu_s(k, t_idle - 3, t_idle) / 3 for k in pids}
+
+    mark = tap.mark()
+    dialed: dict[str, float] = {}
+    gap = 1 / args.rate
+    t_first = time.time()
+    for i in range(n):
+        num = number(setup, i)
+        ctx = "handset" if setup == "ours" else "handset-plain"
+        dialed[num] = time.time()
+        tap.action("Originate", Channel=f"PJSIP/{num}@ours", Context=ctx, Exten="s", Priority=1,
+                   Variable=[f"NUM={num}", f"INMATE={inmate_id(i)}", f"PIN={PIN}"], Async="true", Timeout=30000)
+        time.sleep(max(0.0, t_first + (i + 1) * gap - time.time()))
+    # every handset reports from its hangup handler; one that never answered never will
+    deadline = time.time() + args.seconds + 120
+    while time.time() < deadline:
+        legs = tap.events({"Event": "UserEvent", "UserEvent": "BenchLeg"}, since=mark)
+        if sum(e["Side"] == "handset" for e in legs) >= n:
+            break
+        if time.time() - t_first > n * gap + 30 and channel_count(far.cli) == 0:
+            break
+        time.sleep(1)
+    time.sleep(2)  # the called legs' reports, settlement, MixMonitor closing its files
+    legs = tap.events({"Event": "UserEvent", "UserEvent": "BenchLeg"}, since=mark)
+    talks = tap.events({"Event": "ChannelTalkingStart"}, since=mark)
+    recs = {}
+    if setup == "ours":
+        recs = wait_records(store, set(dialed), t_first)
+    sampler.halt.set()
+    sampler.join()
+
+    hand = {e["Num"]: e for e in legs if e["Side"] == "handset"}
+    called = {e["Num"]: e for e in legs if e["Side"] == "called"}
+    starts: dict[str, list[float]] = {}
+    for e in talks:
+        starts.setdefault(e["Channel"], []).append(float(e["Timestamp"]))
+
+    bridged_at, ended_at, setups, lateness, jitters = {}, {}, [], [], []
+    lost = received = 0
+    for num, t_dial in dialed.items():
+        h, c = hand.get(num), called.get(num)
+        if setup == "ours":
+            r = recs.get(num, {})
+            if r.get("bridged_ms") and r.get("ended_ms"):
+                bridged_at[num], ended_at[num] = r["bridged_ms"] / 1000, r["ended_ms"] / 1000
+        elif h and h.get("Answered"):  # plain: answered is bridged
+            bridged_at[num], ended_at[num] = float(h["Answered"]), float(h["Timestamp"])
+        if num in bridged_at:
+            setups.append(bridged_at[num] - t_dial)
+        if h and h.get("Held") == "1" and c and num in bridged_at:
+            res.held += 1
+        for leg in (h, c):
+            if leg:
+                lost += int(leg.get("RxLost") or 0)
+                received += int(leg.get("RxCount") or 0)
+                jitters.append(max_rx_jitter_ms(leg.get("Jitter", "")))
+        if h and c and h.get("Speech") and num in bridged_at:
+            lateness += burst_lateness(float(h["Speech"]), bridged_at[num], ended_at[num],
+                                       starts.get(c["Channel"], []))
+    res.loss_pct = 100 * lost / max(1, lost + received)
+    res.jitter_p95_ms = pct(jitters, 95)
+    res.talk_p99_s = pct(lateness, 99)
+    res.setup_p95_s = pct(setups, 95)
+    res.setup_min_s = min(setups, default=float("nan"))
+    spans = [ended_at[k] - bridged_at[k] for k in bridged_at]
+    res.bridged_mean_s = sum(spans) / len(spans) if spans else float("nan")
+    if setup == "ours" and any(r.get("recording") for r in recs.values()):
+        res.rec_short_s = recording_shortfall(cfg, recs)
+
+    # CPU: the window all N were bridged, and the whole calls (first dial to last hang-up)
+    if len(bridged_at) == n:
+        w0, w1 = max(bridged_at.values()), min(ended_at.values())
+        if w1 - w0 >= 2:
+            res.cpu_bridged = {k: 100 * (sampler.cpu_s(k, w0, w1) / (w1 - w0) - idle[k]) / n for k in pids}
+        else:
+            res.problems.append(f"no window with all {n} bridged (calls overlap {w1 - w0:.1f} s)")
+    t_last = max(ended_at.values(), default=time.time()) + 1
+    res.cpu_call = {k: (sampler.cpu_s(k, t_first, t_last) - idle[k] * (t_last - t_first)) / n for k in pids}
+    if setup == "ours":
+        cleanup_recordings(cfg)
+    return res
+
+
+def max_rx_jitter_ms(all_jitter: str) -> float:
+    """The leg's worst interarrival jitter of what it received (CHANNEL(rtcp,all_jitter), s)."""
+    fields = dict(kv.split("=", 1) for kv in all_jitter.split(";") if "=" in kv)
+    return float(fields.get("maxrxjitter", "nan")) * 1000
+
+
+def burst_lateness(t_speech: float, bridged: float, ended: float, starts: list[float]) -> list[float]:
+    """For each burst sent wholly while bridged: its first talk start on the called side
+    minus when it was sent (a burst never detected counts as BURST_ON_S late). Bursts
+    from TALK_SILENCE_S after the bridge on: one sooner can run into the talk of the
+    last prompt ("Connecting."), and talk detection sees one start for both."""
+    out = []
+    k = math.ceil((bridged + TALK_SILENCE_S - t_speech) / BURST_PERIOD_S)
+    while t_speech + k * BURST_PERIOD_S + BURST_ON_S <= ended:
+        sent = t_speech + k * BURST_PERIOD_S
+        hits = [t - sent for t in starts if sent - 0.2 <= t < sent + BURST_ON_S]
+        out.append(min(hits) if hits else BURST_ON_S)
+        k += 1
+    return out
+
+
+def wait_records(store: Store, numbers: set[str], since: float) -> dict[str, dict]:
+    """Our call records of this run, by called number, once settled (15 s at most)."""
+    deadline = time.time() + 15
+    while True:
+        recs = {}
+        for r in records.recent(store.r, 4 * len(numbers) + 50):
+            if r.get("number") in numbers and r.get("started_ms", 0) >= since * 1000 - 1000:
+                recs.setdefault(r["number"], r)
+        if all(r.get("settled") == "1" for r in recs.values()) or time.time() > deadline:
+            return recs
+        time.sleep(0.5)
+
+
+def recording_shortfall(cfg, recs: dict[str, dict]) -> float:
+    """Worst (bridged time - recording length), s; a missing file counts as all of it."""
+    worst = 0.0
+    for r in recs.values():
+        if not (r.get("bridged_ms") and r.get("ended_ms")):
+            continue
+        bridged = (r["ended_ms"] - r["bridged_ms"]) / 1000
+        path = cfg.recordings_dir / r.get("recording", "")
+        length = wav_s(path) if r.get("recording") and path.is_file() else 0.0
+        worst = max(worst, bridged - length)
+    return worst
+
+
+def cleanup_recordings(cfg) -> None:
+    # a run of 250 60-s calls files 240 MB of the bench facility's recordings: measured, then gone
+    shutil.rmtree(cfg.recordings_dir / "ics" / FACILITY, ignore_errors=True)
+
+
+def wait_idle(far: FarEnd, timeout: float = 60) -> None:
+    deadline = time.time() + timeout
+    while channel_count(ours_cli) or channel_count(far.cli):
+        if time.time() > deadline:
+            raise RuntimeError("channels still up on one of the Asterisks after 60 s")
+        time.sleep(1)
+
+
+def prompt_s(cfg, key: str) -> float:
+    return wav_s(cfg.sounds_dir / "prompts" / f"{key}.wav")
+
+
+def set_globals(far: FarEnd, cfg, recording: bool) -> None:
+    """How long the far end's called side listens before pressing 1, and the handset waits
+    after it: the announcement's parts (agi/flows/callee.py announce()), "Connecting."."""
+    announce = (prompt_s(cfg, "announce-from") + wav_s(cfg.sounds_dir / "names" / f"{inmate_id(0)}.wav")
+                + prompt_s(cfg, "announce-at") + wav_s(cfg.sounds_dir / "facilities" / f"{FACILITY}.wav"))
+    if recording:
+        announce += prompt_s(cfg, "announce-recorded")
+    for var, value in (("ANNOUNCE_S", f"{announce + 0.5:.1f}"),
+                       ("CONNECT_S", f"{prompt_s(cfg, 'connecting') + 0.2:.1f}"), ("SPEECH", SPEECH)):
+        far.tap.action("Setvar", Variable=var, Value=value)
+
+
+# ---------------------------------------------------------------- report
+
+PROCS = ("asterisk", "farend", "fastagi", "ami", "redis")
+
+
+def clean(r: Result, setup_ref: float, recording: bool) -> list[str]:
+    """Why a run was not clean (empty: clean)."""
+    why = []
+    if r.held < r.n:
+        why.append(f"held {r.held}/{r.n}")
+    if not r.loss_pct <= 0.1:
+        why.append(f"loss {r.loss_pct:.2f} %")
+    if not r.jitter_p95_ms <= 20:
+        why.append(f"jitter p95 {r.jitter_p95_ms:.1f} ms")
+    if not r.talk_p99_s <= 0.1:
+        why.append(f"talk p99 {r.talk_p99_s:.2f} s late")
+    if not r.setup_p95_s <= setup_ref + 3:
+        why.append(f"setup p95 {r.setup_p95_s:.1f} s (unloaded {setup_ref:.1f})")
+    if r.setup == "ours" and recording and not (r.rec_short_s is not None and r.rec_short_s <= 1):
+        why.append(f"recording short by {r.rec_short_s} s")
+    return why
+
+
+def print_run(results: list[Result], recording: bool, seconds: int) -> None:
+    n = results[0].n
+    print(f"\n== N={n}, {seconds} s bridged, recording {'on' if recording else 'off'}")
+    print(f"   {'setup':6s} {'held':>9s} {'bridged':>8s} {'loss %':>7s} {'jit p95':>8s} {'talk p99':>9s}"
+          f" {'setup p95':>10s} {'rec short':>10s}")
+    for r in results:
+        rec = "-" if r.rec_short_s is None else f"{r.rec_short_s:.2f} s"
+        print(f"   {r.setup:6s} {r.held:>4d}/{r.n:<4d} {r.bridged_mean_s:>6.1f} s {r.loss_pct:>7.3f}"
+              f" {r.jitter_p95_ms:>5.1f} ms {r.talk_p99_s:>7.3f} s {r.setup_p95_s:>8.1f} s {rec:>10s}")
+    print("   CPU: % of a core per bridged call | CPU-s per call, menu included")
+    print("   " + f"{'':6s}" + "".join(f"{p:>18s}" for p in PROCS))
+    for r in results:
+        cells = []
+        for p in PROCS:
+            b = r.cpu_bridged.get(p)
+            c = r.cpu_call.get(p)
+            cells.append(f"{'-' if b is None else f'{b:.3f}':>8s} | {'-' if c is None else f'{c:.3f}':<6s}")
+        print(f"   {r.setup:6s}" + "".join(f"{c:>18s}" for c in cells))
+        for why in r.problems:
+            print(f"   {r.setup:6s} note: {why}")
+
+
+def print_ceilings(runs: list[list[Result]], setups: list[str], recording: bool) -> None:
+    print("\n== clean ceiling (every call held, loss <= 0.1 %, jitter p95 <= 20 ms, talk starts <= 0.1 s "
+          "late at p99, setup p95 within 3 s of unloaded" + (", recordings >= bridged - 1 s)" if recording else ")"))
+    ceiling = {}
+    for setup in setups:
+        mine = [r for rs in runs for r in rs if r.setup == setup]
+        ref = min((r.setup_min_s for r in mine), default=float("nan"))
+        ceiling[setup] = 0
+        for r in mine:
+            why = clean(r, ref, recording)
+            if not why:
+                ceiling[setup] = max(ceiling[setup], r.n)
+            print(f"   {setup:6s} N={r.n:<4d} {'clean' if not why else 'not clean: ' + '; '.join(why)}")
+        ast = [r.cpu_bridged["asterisk"] for r in mine if "asterisk" in r.cpu_bridged]
+        per_call = [r.cpu_call["asterisk"] for r in mine if "asterisk" in r.cpu_call]
+        top = max(r.n for r in mine)
+        shown = (f">= {top}" if ceiling[setup] == top else str(ceiling[setup]) if ceiling[setup]
+                 else f"< {min(r.n for r in mine)}")
+        print(f"   {setup:6s} ceiling {shown} calls;"
+              f" Asterisk {min(ast, default=float('nan')):.2f}-{max(ast, default=float('nan')):.2f} % of a core"
+              f" per bridged call, {min(per_call, default=float('nan')):.2f}-"
+              f"{max(per_call, default=float('nan')):.2f} CPU-s per call")
+    both = [(rs[0].n, rs[0].cpu_bridged["asterisk"] / rs[1].cpu_bridged["asterisk"]) for rs in runs
+            if len(rs) == 2 and "asterisk" in rs[0].cpu_bridged and "asterisk" in rs[1].cpu_bridged]
+    if both and setups == ["ours", "plain"]:
+        print("   ours/plain Asterisk CPU per bridged call: " + ", ".join(f"{r:.2f} (N={n})" for n, r in both))
+    if ceiling.get("ours") and ceiling.get("plain"):
+        capped = ceiling["plain"] == max(r.n for rs in runs for r in rs)
+        print(f"   ours/plain ceiling: {ceiling['ours'] / ceiling['plain']:.2f}"
+              + (" (plain was clean at every N run: at most this)" if capped else ""))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--n", default="50,100,150,200,250", help="calls per run, comma-separated")
+    ap.add_argument("--seconds", type=int, default=60, help="bridged time of each call")
+    ap.add_argument("--recording", choices=("on", "off"), default="on")
+    ap.add_argument("--setups", default="ours,plain")
+    ap.add_argument("--rate", type=float, default=10, help="calls placed per second")
+    args = ap.parse_args()
+    ns = [int(x) for x in args.n.split(",")]
+    setups = [s for s in args.setups.split(",") if s]
+    if not set(setups) <= set(PREFIX) or max(ns) > 1000 or args.seconds < 10:
+        ap.error("setups are ours and plain; N at most 1000; at least 10 s")
+    recording = args.recording == "on"
+    load_stack_env()
+    cfg = config.load()
+    store = Store(connect(cfg), cfg)
+    rtp_ports(max(ns))
+    far = FarEnd(args.seconds)
+    logs = {"ours": AST / "var/log/asterisk/messages.log", "farend": far.log}
+    log_from = {k: p.stat().st_size if p.exists() else 0 for k, p in logs.items()}
+    seed(store, cfg, max(ns), recording)
+    install_overlay(max(ns))
+    runs: list[list[Result]] = []
+    try:
+        far.start()
+        set_globals(far, cfg, recording)
+        for n in ns:
+            rs = [run_setup(s, n, args, far, store, cfg) for s in setups]
+            print_run(rs, recording, args.seconds)
+            runs.append(rs)
+        print_ceilings(runs, setups, recording)
+        report_log_lines(logs, log_from)
+    finally:
+        far.stop()
+        # render our configs again: the overlay is gone
+        subprocess.run(["bash", str(ROOT / "docker" / "stack.sh"), "reload"], capture_output=True, timeout=120,
+                       check=False)
+    return 0
+
+
+def report_log_lines(logs: dict[str, Path], log_from: dict[str, int]) -> None:
+    for name, path in logs.items():
+        try:
+            with open(path, "rb") as fh:
+                fh.seek(log_from[name])
+                lines = [ln for ln in fh.read().decode(errors="replace").splitlines()
+                         if "WARNING[" in ln or "ERROR[" in ln]
+        except OSError:
+            lines = []
+        print(f"-- {name} Asterisk: {len(lines)} WARNING/ERROR lines during the run")
+        for ln in lines[:10]:
+            print(f"   {ln}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
