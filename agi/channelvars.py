@@ -33,7 +33,8 @@ inmate channel via MASTER_CHANNEL):
                   the drop, dated by the first, and settles it if the handler cannot)
 Read by settlement (passed as AGI arguments by the hangup handler):
   DIALSTATUS, CHANNEL(hangupsource), HANGUPCAUSE (a network-failure cause: system_error),
-  ICS_FAULT (above)
+  ICS_FAULT (above), STRFTIME(,,%s%3q): Asterisk's clock as the handler starts, the moment
+  the call ended; the bill stops there, not when the settle AGI gets to run
 """
 
 FACILITY = "ICS_FACILITY"

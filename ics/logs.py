@@ -21,6 +21,8 @@ Event names (the `event` field):
   callee.accepted / callee.refused / callee.blocked / callee.no_response
   call.settled               billed_minutes, billed_cents, reason
   call.settle_skipped        already settled (duplicate hang-up)
+  call.end_stamp_ignored     WARNING: Asterisk's end time ([ics-settle]) was before the bridge or in
+                             the future (clocks apart): the call ends at the settling instead
   call.auto_credited         system_error in the first minute: credited_cents (once)
   recording.checked         a call's recording measured at settlement: bridged_for_ms, recording_ms, diff_ms
   recording.short           ERROR: the recording is more than recordings.max_short_ms shorter than the

@@ -62,11 +62,13 @@ def system_drop_cause(hangupcause: str) -> int | None:
 
 
 def settle(store: Store, call_id: str, dialstatus: str = "", hangupsource: str = "",
-           inmate_channel: str = "", hangupcause: str = "", fault: str = "") -> dict:
+           inmate_channel: str = "", hangupcause: str = "", fault: str = "",
+           ended_ms: int | None = None) -> dict:
     r = store.r
-    if records.get(r, call_id) is None:
+    rec = records.get(r, call_id)
+    if rec is None:
         raise LookupError(f"no call record {call_id}")
-    records.mark_ended(r, call_id, now_ms())
+    records.mark_ended(r, call_id, end_time(rec, ended_ms))
     rec = records.get(r, call_id)
     if fault and rec.get("settled") != "1":
         record_fault(r, call_id, fault, rec["ended_ms"], inmate_channel)
@@ -140,6 +142,20 @@ def check_recording(store: Store, call_id: str) -> None:
         recordings.check(store, call_id)
     except Exception as exc:
         log.error("recording.check_failed", call_id=call_id, error=repr(exc))
+
+
+def end_time(rec: dict, stamped: int | None) -> int:
+    """When the call ended: Asterisk's own stamp (taken as the hangup handler starts, the moment the
+    call ended: dialplan/extensions.conf [ics-settle]) when it is believable, else now. The settle AGI runs later than the hang-up, by seconds under
+    load or while FastAGI is stalled, and that wait must never be billed."""
+    now = now_ms()
+    if stamped is None:
+        return now
+    if (rec.get("bridged_ms") or rec.get("started_ms") or 0) <= stamped <= now:
+        return stamped
+    log.warning("call.end_stamp_ignored", call_id=rec.get("call_id"), stamped_ms=stamped, now_ms=now,
+                bridged_ms=rec.get("bridged_ms"))
+    return now
 
 
 def _backstop_threshold(rec: dict, cap_ms: int) -> str:

@@ -22,10 +22,12 @@ then hangs up. Per setup it prints: calls held (the handset got to the end of
 its speech), RTP loss and jitter p95 as the far end received them (its RTCP
 figures, read in each leg's hangup handler), talk-start lateness p99 (the
 called side's TALK_DETECT against the schedule of bursts sent), setup time p95
-(dial to bridged), recording length against bridged time (ours), and CPU per
-process from /proc (utime+stime, the idle rate taken off) as % of a core per
-bridged call (over the window all N calls were bridged) and CPU-s per call
-(first dial to last hang-up, menu included). Then each setup's clean ceiling.
+(dial to bridged), recording length against bridged time (ours), end lag p99
+(ours: how long after the handset hung up the call record ends, which is where
+the bill stops), and CPU per process from /proc (utime+stime, the idle rate
+taken off) as % of a core per bridged call (over the window all N calls were
+bridged) and CPU-s per call (first dial to last hang-up, menu included).
+Then each setup's clean ceiling.
 
 Our side needs the bench facility, inmates, numbers and accounts (seeded with
 ics.store, the bench's own keys only) and a bench-only overlay: a trunk for the
@@ -329,6 +331,7 @@ class Result:
         self.setup_min_s = float("nan")
         self.rec_short_s: float | None = None
         self.bridged_mean_s = float("nan")
+        self.end_lag_p99_s: float | None = None  # ours: the bill's end (record) after the handset's hang-up
         self.cpu_bridged: dict[str, float] = {}  # % of a core per bridged call
         self.cpu_call: dict[str, float] = {}     # CPU-s per call, menu included
         self.problems: list[str] = []
@@ -380,7 +383,7 @@ def run_setup(setup: str, n: int, args, far: FarEnd, store: Store, cfg) -> Resul
     for e in talks:
         starts.setdefault(e["Channel"], []).append(float(e["Timestamp"]))
 
-    bridged_at, ended_at, setups, lateness, jitters = {}, {}, [], [], []
+    bridged_at, ended_at, setups, lateness, jitters, lags = {}, {}, [], [], [], []
     lost = received = 0
     for num, t_dial in dialed.items():
         h, c = hand.get(num), called.get(num)
@@ -388,6 +391,8 @@ def run_setup(setup: str, n: int, args, far: FarEnd, store: Store, cfg) -> Resul
             r = recs.get(num, {})
             if r.get("bridged_ms") and r.get("ended_ms"):
                 bridged_at[num], ended_at[num] = r["bridged_ms"] / 1000, r["ended_ms"] / 1000
+                if h and h.get("Held") == "1":  # the handset hung up first: billing should end then
+                    lags.append(ended_at[num] - float(h["Timestamp"]))
         elif h and h.get("Answered"):  # plain: answered is bridged
             bridged_at[num], ended_at[num] = float(h["Answered"]), float(h["Timestamp"])
         if num in bridged_at:
@@ -407,6 +412,7 @@ def run_setup(setup: str, n: int, args, far: FarEnd, store: Store, cfg) -> Resul
     res.talk_p99_s = pct(lateness, 99)
     res.setup_p95_s = pct(setups, 95)
     res.setup_min_s = min(setups, default=float("nan"))
+    res.end_lag_p99_s = pct(lags, 99) if lags else None
     spans = [ended_at[k] - bridged_at[k] for k in bridged_at]
     res.bridged_mean_s = sum(spans) / len(spans) if spans else float("nan")
     if setup == "ours" and any(r.get("recording") for r in recs.values()):
@@ -529,11 +535,12 @@ def print_run(results: list[Result], recording: bool, seconds: int) -> None:
     n = results[0].n
     print(f"\n== N={n}, {seconds} s bridged, recording {'on' if recording else 'off'}")
     print(f"   {'setup':6s} {'held':>9s} {'bridged':>8s} {'loss %':>7s} {'jit p95':>8s} {'talk p99':>9s}"
-          f" {'setup p95':>10s} {'rec short':>10s}")
+          f" {'setup p95':>10s} {'rec short':>10s} {'end lag p99':>12s}")
     for r in results:
         rec = "-" if r.rec_short_s is None else f"{r.rec_short_s:.2f} s"
+        lag = "-" if r.end_lag_p99_s is None else f"{r.end_lag_p99_s:.3f} s"
         print(f"   {r.setup:6s} {r.held:>4d}/{r.n:<4d} {r.bridged_mean_s:>6.1f} s {r.loss_pct:>7.3f}"
-              f" {r.jitter_p95_ms:>5.1f} ms {r.talk_p99_s:>7.3f} s {r.setup_p95_s:>8.1f} s {rec:>10s}")
+              f" {r.jitter_p95_ms:>5.1f} ms {r.talk_p99_s:>7.3f} s {r.setup_p95_s:>8.1f} s {rec:>10s} {lag:>12s}")
     print("   CPU: % of a core per bridged call | CPU-s per call, menu included")
     print("   " + f"{'':6s}" + "".join(f"{p:>18s}" for p in PROCS))
     for r in results:

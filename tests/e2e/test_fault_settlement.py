@@ -5,6 +5,8 @@
 - The listener killed after the bridge: the called leg's TIMEOUT(absolute)
   backstop ends the call about rating.BACKSTOP_MS after the paid minute, billed
   exactly that minute, reason time_limit with a threshold naming the backstop.
+- FastAGI stalled (SIGSTOP) as the called party hangs up: the settle AGI runs seconds late,
+  but the bill ends when the bridge did (the hangup handler's stamp, Asterisk's clock).
 - Asterisk restarted mid-call: the record says system_error with the evidence
   (Asterisk's SoftHangupRequest with the shutdown cause, the AMI Shutdown event),
   is credited per the rule
@@ -14,6 +16,8 @@ Like every e2e test, each fails on an ERROR or WARNING line in Asterisk's log
 """
 
 import json
+import os
+import signal
 import time
 
 import pytest
@@ -205,3 +209,24 @@ def test_a_normal_hangup_cause_stays_a_plain_hangup(ami, lines):  # noqa: F811
     rec = wait_settled(world)
     assert rec["reason"] == "called_hangup" and "credited_cents" not in rec
     assert balance(world) == 500 - 11
+
+
+def test_a_stalled_fastagi_at_hangup_does_not_stretch_the_bill(ami, lines):  # noqa: F811
+    inmate, family, _ = lines
+    world = make_world(balance_cents=500)
+    mark = ami.mark()
+    call, callee = accept(ami, inmate, family)
+    time.sleep(1)
+    fastagi = services.pid("fastagi")
+    os.kill(fastagi, signal.SIGSTOP)  # the settle AGI connects, then waits
+    try:
+        callee.hangup()
+        left = event_ms(ami.wait_for({"Event": "BridgeLeave"}, 10, since=mark))
+        time.sleep(3)
+        assert latest_call(world).get("settled") != "1", "settled while FastAGI was stopped"
+    finally:
+        os.kill(fastagi, signal.SIGCONT)
+    rec = wait_settled(world, timeout=10)
+    assert abs(rec["ended_ms"] - left) < 250, f"the bill ends {rec['ended_ms'] - left} ms after the bridge did"
+    assert (rec["reason"], rec["billed_minutes"], rec["billed_cents"]) == ("called_hangup", 1, 11)
+    assert ledger.check(world.store.r)["ok"]

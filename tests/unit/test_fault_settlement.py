@@ -21,7 +21,7 @@ import redis
 
 from ami.listener import Listener
 from ami.rules import LiveCall
-from ics import ledger, rating, records, settlement
+from ics import keys, ledger, rating, records, settlement
 from ics.rating import MINUTE_MS
 from ics.store import Store, now_ms
 from tests.unit.test_ledger_money import bridged_call, new_account
@@ -71,7 +71,7 @@ async def test_a_hangup_while_redis_is_down_is_settled_when_it_returns_dated_by_
     monkeypatch.setattr("ami.listener.SETTLE_GRACE_S", 0)
     aid = new_account(store, deposit=1000)
     cid = bridged_call(store, aid, rate=25, bridged_s=30)
-    store.r.hdel(f"ics:call:{cid}", "ended_ms")  # nothing recorded the end: Redis was down
+    store.r.hdel(keys.call(cid), "ended_ms")  # nothing recorded the end: Redis was down
     hung_up = now_ms() - 10_000
     lis = listener(store)
     lis.store = dead_store(store)
@@ -186,7 +186,7 @@ async def test_a_call_rebuilt_after_a_restart_is_not_cut_for_silence_it_never_sa
     the listener counts both legs as talking until one of them stops."""
     aid = new_account(store, deposit=1000)
     cid = bridged_call(store, aid, rate=25, bridged_s=5)
-    store.r.hdel(f"ics:call:{cid}", "ended_ms")
+    store.r.hdel(keys.call(cid), "ended_ms")
     lis = listener(store)
     rows = [{"Event": "CoreShowChannel", "Linkedid": "5.1", "Uniqueid": uid, "Channel": chan,
              "BridgeId": "b1", "ChanVariable": f"ICS_CALL_ID={cid}"}
@@ -219,7 +219,7 @@ async def test_the_listener_settles_with_who_hung_up_first(store, monkeypatch, f
     monkeypatch.setattr("ami.listener.SETTLE_GRACE_S", 0.01)
     aid = new_account(store, deposit=1000)
     cid = bridged_call(store, aid, rate=25, bridged_s=5)
-    store.r.hdel(f"ics:call:{cid}", "ended_ms")
+    store.r.hdel(keys.call(cid), "ended_ms")
     lis = listener(store)
     call = lis.calls["6.1"] = LiveCall("6.1")
     call.call_id, call.inmate = cid, "PJSIP/inmate1-1"
@@ -297,7 +297,7 @@ async def test_calls_gone_after_asterisk_restarted_while_ami_was_lost_are_system
     monkeypatch.setattr("ami.listener.SETTLE_GRACE_S", 0)
     aid = new_account(store, deposit=1000)
     cid = bridged_call(store, aid, rate=25, bridged_s=20)
-    store.r.hdel(f"ics:call:{cid}", "ended_ms")
+    store.r.hdel(keys.call(cid), "ended_ms")
     monkeypatch.setattr("ami.listener.ORPHAN_MIN_AGE_MS", 10**12)  # only the call under test
     lis = listener(store)
     await lis.rebuild()  # the first login: Asterisk's start time noted
@@ -363,7 +363,7 @@ def menu_fault_call(store: Store, aid: str, *, bridged: bool = False) -> str:
     the gosub's fault branch says CONTINUE)."""
     cid = bridged_call(store, aid, rate=25, bridged_s=5)
     records.update(store.r, cid, outcome="announcing", paid_minutes=1)
-    store.r.hdel(f"ics:call:{cid}", "ended_ms")
+    store.r.hdel(keys.call(cid), "ended_ms")
     if not bridged:
         store.r.hdel(f"ics:call:{cid}", "bridged_ms")
     return cid
@@ -535,7 +535,7 @@ async def test_a_call_a_party_was_hanging_up_when_asterisk_was_killed_keeps_the_
     monkeypatch.setattr("ami.listener.ORPHAN_MIN_AGE_MS", 10**12)
     aid = new_account(store, deposit=1000)
     cid = bridged_call(store, aid, rate=25, bridged_s=20)
-    store.r.hdel(f"ics:call:{cid}", "ended_ms")
+    store.r.hdel(keys.call(cid), "ended_ms")
     lis = listener(store)
     await lis.rebuild()
     call = lis.calls["7.1"] = live("7.1", cid, bridged=True)
@@ -550,3 +550,40 @@ async def test_a_call_a_party_was_hanging_up_when_asterisk_was_killed_keeps_the_
     assert rec["ended_ms"] == hung_up
     assert (rec["billed_cents"], rec["billed_minutes"]) == (25, 1) and "credited_cents" not in rec
     assert ledger.check(store.r)["ok"]
+
+
+# --- the bill ends when Asterisk says the call ended (the handler's stamp), not at the settling ---
+
+def _ended_late(store, bridged_s: float):
+    """A bridged call whose hang-up has not been settled yet (no ended_ms): the settle AGI runs now."""
+    aid = new_account(store, deposit=1000)
+    cid = bridged_call(store, aid, rate=25, bridged_s=bridged_s)
+    store.r.hdel(keys.call(cid), "ended_ms")
+    assert "ended_ms" not in records.get(store.r, cid)
+    return cid, records.get(store.r, cid)["bridged_ms"]
+
+
+def test_a_settle_agi_that_runs_late_bills_to_asterisks_end_stamp(store):
+    # ended 59 s into the bridge; the settle AGI got to run 3 s later (load, a stalled FastAGI)
+    cid, bridged = _ended_late(store, bridged_s=62)
+    rec = settlement.settle(store, cid, "ANSWER", "PJSIP/3125550100-2", "PJSIP/inmate1-1", "16",
+                            ended_ms=bridged + 59_000)
+    assert rec["ended_ms"] == bridged + 59_000
+    assert (rec["billed_minutes"], rec["billed_cents"]) == (1, 25)
+
+
+def test_without_a_stamp_the_call_ends_at_the_settling(store):
+    cid, bridged = _ended_late(store, bridged_s=62)
+    rec = settlement.settle(store, cid, "ANSWER", "PJSIP/3125550100-2", "PJSIP/inmate1-1", "16")
+    assert rec["ended_ms"] - bridged >= 62_000
+    assert rec["billed_minutes"] == 2
+
+
+@pytest.mark.parametrize("offset_ms", [-5_000, 3_600_000])  # before the bridge; an hour ahead
+def test_an_unbelievable_stamp_is_ignored_for_the_settling_time(store, offset_ms, capsys):
+    cid, bridged = _ended_late(store, bridged_s=30)
+    stamp = bridged + offset_ms
+    before = now_ms()
+    rec = settlement.settle(store, cid, "ANSWER", "", "PJSIP/inmate1-1", "16", ended_ms=stamp)
+    assert before <= rec["ended_ms"] <= now_ms()
+    assert "call.end_stamp_ignored" in capsys.readouterr().out
