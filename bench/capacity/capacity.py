@@ -330,6 +330,8 @@ class Result:
         self.loss_pct = self.jitter_p95_ms = self.talk_p99_s = self.setup_p95_s = float("nan")
         self.setup_min_s = float("nan")
         self.rec_short_s: float | None = None
+        # settlement's own check (ics/recordings.py) against the bench's: flagged, missed, flagged but fine here
+        self.rec_flagged = self.rec_unflagged = self.rec_overflagged = 0
         self.bridged_mean_s = float("nan")
         self.end_lag_p99_s: float | None = None  # ours: the bill's end (record) after the handset's hang-up
         self.cpu_bridged: dict[str, float] = {}  # % of a core per bridged call
@@ -416,7 +418,11 @@ def run_setup(setup: str, n: int, args, far: FarEnd, store: Store, cfg) -> Resul
     spans = [ended_at[k] - bridged_at[k] for k in bridged_at]
     res.bridged_mean_s = sum(spans) / len(spans) if spans else float("nan")
     if setup == "ours" and any(r.get("recording") for r in recs.values()):
-        res.rec_short_s = recording_shortfall(cfg, recs)
+        recs = wait_checked(store, recs)
+        res.rec_short_s, shorts = recording_shortfall(cfg, recs)
+        flagged = {num for num, r in recs.items() if r.get("recording_check") in ("short", "missing")}
+        res.rec_flagged, res.rec_unflagged = len(flagged), len(set(shorts) - flagged)
+        res.rec_overflagged = len(flagged - set(shorts))
 
     # CPU: the window all N were bridged, and the whole calls (first dial to last hang-up)
     if len(bridged_at) == n:
@@ -466,17 +472,33 @@ def wait_records(store: Store, numbers: set[str], since: float) -> dict[str, dic
         time.sleep(0.5)
 
 
-def recording_shortfall(cfg, recs: dict[str, dict]) -> float:
-    """Worst (bridged time - recording length), s; a missing file counts as all of it."""
-    worst = 0.0
-    for r in recs.values():
+def wait_checked(store: Store, recs: dict[str, dict], timeout: float = 30) -> dict[str, dict]:
+    """The records again once settlement (or the listener, for a file still open) has checked each
+    recording: the files are deleted after the run, and a check that came later would find none."""
+    deadline = time.time() + timeout
+    while True:
+        fresh = {num: records.get(store.r, r["call_id"]) or r for num, r in recs.items()}
+        if all(r.get("recording_check") or not r.get("recording") for r in fresh.values()) \
+                or time.time() > deadline:
+            return fresh
+        time.sleep(0.5)
+
+
+def recording_shortfall(cfg, recs: dict[str, dict]) -> tuple[float, list[str]]:
+    """Worst (bridged time - recording length), s, a missing file counting as all of it; and the
+    numbers whose recording is short by more than recordings.max_short_ms."""
+    worst, shorts = 0.0, []
+    limit_s = cfg["recordings"]["max_short_ms"] / 1000
+    for num, r in recs.items():
         if not (r.get("bridged_ms") and r.get("ended_ms")):
             continue
         bridged = (r["ended_ms"] - r["bridged_ms"]) / 1000
         path = cfg.recordings_dir / r.get("recording", "")
         length = wav_s(path) if r.get("recording") and path.is_file() else 0.0
         worst = max(worst, bridged - length)
-    return worst
+        if bridged - length > limit_s:
+            shorts.append(num)
+    return worst, shorts
 
 
 def cleanup_recordings(cfg) -> None:
@@ -550,6 +572,9 @@ def print_run(results: list[Result], recording: bool, seconds: int) -> None:
             c = r.cpu_call.get(p)
             cells.append(f"{'-' if b is None else f'{b:.3f}':>8s} | {'-' if c is None else f'{c:.3f}':<6s}")
         print(f"   {r.setup:6s}" + "".join(f"{c:>18s}" for c in cells))
+        if r.rec_short_s is not None:
+            print(f"   {r.setup:6s} recordings flagged short or missing by settlement: {r.rec_flagged};"
+                  f" short here but not flagged: {r.rec_unflagged}; flagged but not short here: {r.rec_overflagged}")
         for why in r.problems:
             print(f"   {r.setup:6s} note: {why}")
 
