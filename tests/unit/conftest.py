@@ -89,8 +89,10 @@ def redis_url(redis_server):
 
 @pytest.fixture
 def store(redis_url, tmp_path):
-    """A Store on the empty test database; config from defaults plus ICS_REDIS_URL / ICS_SOUNDS_DIR."""
-    cfg = config.load(environ={"ICS_REDIS_URL": redis_url, "ICS_SOUNDS_DIR": str(tmp_path / "sounds")})
+    """A Store on the empty test database; config from defaults plus ICS_REDIS_URL, ICS_SOUNDS_DIR and
+    ICS_RECORDINGS_DIR (both in tmp_path)."""
+    cfg = config.load(environ={"ICS_REDIS_URL": redis_url, "ICS_SOUNDS_DIR": str(tmp_path / "sounds"),
+                               "ICS_RECORDINGS_DIR": str(tmp_path / "monitor")})
     s = Store(connect(cfg), cfg)
     yield s
     s.r.close()

@@ -13,7 +13,7 @@ import pytest
 import structlog.testing
 
 from ics import config, keys, recordings, records, settlement
-from ics.store import Store, connect, now_ms
+from ics.store import now_ms
 
 RATE = 16_000  # bytes per second: 8 kHz, 16-bit, mono
 CID = "20261101120000-0123abcd"
@@ -80,14 +80,6 @@ def test_bridged_time_runs_to_the_end_or_to_a_deliberate_cut():
 
 # --- the check settlement runs, on a real Redis -------------------------------------------------
 
-@pytest.fixture
-def rstore(redis_url, tmp_path):
-    cfg = config.load(environ={"ICS_REDIS_URL": redis_url, "ICS_RECORDINGS_DIR": str(tmp_path / "monitor")})
-    s = Store(connect(cfg), cfg)
-    yield s
-    s.r.close()
-
-
 def bridged_call(store, bridged_for_ms: int = 60_200, ended_ago_ms: int = 100, **fields) -> dict:
     ended = now_ms() - ended_ago_ms
     values = dict(recording=NAME, privileged="0", outcome="accepted", bridged_ms=ended - bridged_for_ms,
@@ -97,49 +89,49 @@ def bridged_call(store, bridged_for_ms: int = 60_200, ended_ago_ms: int = 100, *
     return records.get(store.r, CID)
 
 
-def test_a_short_recording_is_flagged_logged_counted_once(rstore):
-    bridged_call(rstore)
-    write_wav(rstore.cfg.recordings_dir / NAME, 55_600)
+def test_a_short_recording_is_flagged_logged_counted_once(store):
+    bridged_call(store)
+    write_wav(store.cfg.recordings_dir / NAME, 55_600)
     with structlog.testing.capture_logs() as logged:
-        v = recordings.check(rstore, CID)
-        assert recordings.check(rstore, CID) is None  # once: a second settle does not count it again
+        v = recordings.check(store, CID)
+        assert recordings.check(store, CID) is None  # once: a second settle does not count it again
     assert (v.check, v.short_ms) == ("short", 4_600)
-    rec = records.get(rstore.r, CID)
+    rec = records.get(store.r, CID)
     assert (rec["recording_check"], rec["bridged_for_ms"], rec["recording_ms"], rec["recording_short_ms"]) \
         == ("short", 60_200, 55_600, 4_600)
-    assert recordings.flagged_count(rstore.r) == 1 and recordings.flagged(rstore.r) == [CID]
-    assert rstore.r.get(keys.RECORDINGS_FLAGGED_COUNT) == "1"
+    assert recordings.flagged_count(store.r) == 1 and recordings.flagged(store.r) == [CID]
+    assert store.r.get(keys.RECORDINGS_FLAGGED_COUNT) == "1"
     errors = [e for e in logged if e["log_level"] == "error"]
     assert [(e["event"], e["call_id"], e["short_ms"]) for e in errors] == [("recording.short", CID, 4_600)]
     assert "SHORT by 4.6 s: 55.6 s of audio for 60.2 s bridged" in recordings.describe(rec)
 
 
-def test_a_normal_recording_is_measured_and_not_flagged(rstore):
-    bridged_call(rstore)
-    write_wav(rstore.cfg.recordings_dir / NAME, 60_180)
+def test_a_normal_recording_is_measured_and_not_flagged(store):
+    bridged_call(store)
+    write_wav(store.cfg.recordings_dir / NAME, 60_180)
     with structlog.testing.capture_logs() as logged:
-        assert recordings.check(rstore, CID).check == "ok"
-    rec = records.get(rstore.r, CID)
+        assert recordings.check(store, CID).check == "ok"
+    rec = records.get(store.r, CID)
     assert (rec["recording_check"], rec["recording_ms"], rec["bridged_for_ms"]) == ("ok", 60_180, 60_200)
-    assert "recording_short_ms" not in rec and recordings.flagged_count(rstore.r) == 0
+    assert "recording_short_ms" not in rec and recordings.flagged_count(store.r) == 0
     assert [e["event"] for e in logged] == ["recording.checked"] and logged[0]["diff_ms"] == -20
-    assert not recordings.pending(rstore.r)
+    assert not recordings.pending(store.r)
 
 
-def test_no_file_for_a_bridged_unprivileged_call_is_the_worst_shortfall(rstore):
-    bridged_call(rstore)
+def test_no_file_for_a_bridged_unprivileged_call_is_the_worst_shortfall(store):
+    bridged_call(store)
     with structlog.testing.capture_logs() as logged:
-        assert recordings.check(rstore, CID).check == "missing"
-    rec = records.get(rstore.r, CID)
+        assert recordings.check(store, CID).check == "missing"
+    rec = records.get(store.r, CID)
     assert (rec["recording_check"], rec["recording_short_ms"]) == ("missing", 60_200) and "recording_ms" not in rec
     assert [e["event"] for e in logged if e["log_level"] == "error"] == ["recording.missing"]
-    assert recordings.flagged_count(rstore.r) == 1
+    assert recordings.flagged_count(store.r) == 1
     assert recordings.describe(rec).startswith("MISSING: no recording file for 60.2 s bridged")
 
 
-def test_a_record_without_a_file_name_is_missing_too(rstore):
-    bridged_call(rstore, recording=None)
-    assert recordings.check(rstore, CID).check == "missing"
+def test_a_record_without_a_file_name_is_missing_too(store):
+    bridged_call(store, recording=None)
+    assert recordings.check(store, CID).check == "missing"
 
 
 @pytest.mark.parametrize("fields", [
@@ -147,62 +139,62 @@ def test_a_record_without_a_file_name_is_missing_too(rstore):
     {"bridged_ms": None},                                             # never bridged
     {"reason": "system_error", "rule_threshold": "fault=menu"},       # the menu failed before the bridge
 ])
-def test_calls_that_owe_no_recording_are_not_checked(rstore, fields):
-    bridged_call(rstore, **fields)
-    assert recordings.check(rstore, CID) is None
-    assert "recording_check" not in records.get(rstore.r, CID) and recordings.flagged_count(rstore.r) == 0
+def test_calls_that_owe_no_recording_are_not_checked(store, fields):
+    bridged_call(store, **fields)
+    assert recordings.check(store, CID) is None
+    assert "recording_check" not in records.get(store.r, CID) and recordings.flagged_count(store.r) == 0
 
 
-def test_a_file_still_being_written_is_never_judged_early_but_left_to_the_listener(rstore):
-    bridged_call(rstore)
-    path = write_wav(rstore.cfg.recordings_dir / NAME, 54_000, closed=False)  # 2 s blocks not flushed yet
-    assert recordings.check(rstore, CID, wait_s=0.1) is None
-    assert "recording_check" not in records.get(rstore.r, CID)
-    assert recordings.pending(rstore.r) == [CID] and recordings.flagged_count(rstore.r) == 0
+def test_a_file_still_being_written_is_never_judged_early_but_left_to_the_listener(store):
+    bridged_call(store)
+    path = write_wav(store.cfg.recordings_dir / NAME, 54_000, closed=False)  # 2 s blocks not flushed yet
+    assert recordings.check(store, CID, wait_s=0.1) is None
+    assert "recording_check" not in records.get(store.r, CID)
+    assert recordings.pending(store.r) == [CID] and recordings.flagged_count(store.r) == 0
     write_wav(path, 60_200)  # Asterisk closes it: the listener's next pass (no wait) decides
-    assert recordings.check(rstore, CID, wait_s=0).check == "ok"
-    assert not recordings.pending(rstore.r)
+    assert recordings.check(store, CID, wait_s=0).check == "ok"
+    assert not recordings.pending(store.r)
 
 
-async def test_the_listener_finishes_a_pending_check_once_asterisk_closes_the_file(rstore):
+async def test_the_listener_finishes_a_pending_check_once_asterisk_closes_the_file(store):
     from tests.unit.test_fault_settlement import listener
-    lis = listener(rstore)
-    bridged_call(rstore)
-    path = write_wav(rstore.cfg.recordings_dir / NAME, 50_000, closed=False)
-    assert recordings.check(rstore, CID, wait_s=0) is None
+    lis = listener(store)
+    bridged_call(store)
+    path = write_wav(store.cfg.recordings_dir / NAME, 50_000, closed=False)
+    assert recordings.check(store, CID, wait_s=0) is None
     await lis.recheck_recordings()  # still open: still pending
-    assert recordings.pending(rstore.r) == [CID]
+    assert recordings.pending(store.r) == [CID]
     write_wav(path, 57_000)
     await lis.recheck_recordings()
-    assert not recordings.pending(rstore.r) and records.get(rstore.r, CID)["recording_check"] == "short"
+    assert not recordings.pending(store.r) and records.get(store.r, CID)["recording_check"] == "short"
 
 
-def test_a_file_asterisk_never_closed_is_judged_on_its_bytes_after_a_minute(rstore):
-    bridged_call(rstore, ended_ago_ms=recordings.UNFINISHED_MAX_MS + 1000)
-    write_wav(rstore.cfg.recordings_dir / NAME, 30_000, closed=False)  # Asterisk died with it open
-    v = recordings.check(rstore, CID, wait_s=0)
+def test_a_file_asterisk_never_closed_is_judged_on_its_bytes_after_a_minute(store):
+    bridged_call(store, ended_ago_ms=recordings.UNFINISHED_MAX_MS + 1000)
+    write_wav(store.cfg.recordings_dir / NAME, 30_000, closed=False)  # Asterisk died with it open
+    v = recordings.check(store, CID, wait_s=0)
     assert (v.check, v.recording_ms, v.short_ms) == ("short", 30_000, 30_200)
 
 
-def test_settlement_checks_the_recording_after_the_money(rstore):
+def test_settlement_checks_the_recording_after_the_money(store):
     """The one path: settlement.settle (hangup handler or listener) ends with the check."""
-    bridged_call(rstore, bridged_for_ms=20_000, account="", rate_cents=0, outcome="accepted", ended_ago_ms=0)
-    write_wav(rstore.cfg.recordings_dir / NAME, 15_000)
+    bridged_call(store, bridged_for_ms=20_000, account="", rate_cents=0, outcome="accepted", ended_ago_ms=0)
+    write_wav(store.cfg.recordings_dir / NAME, 15_000)
     with structlog.testing.capture_logs() as logged:
-        rec = settlement.settle(rstore, CID)
+        rec = settlement.settle(store, CID)
     events = [e["event"] for e in logged]
     assert events.index("call.settled") < events.index("recording.short")
     assert rec["settled"] == "1" and rec["recording_check"] == "short" and rec["recording_short_ms"] == 5_000
 
 
-def test_a_failing_check_never_fails_the_settlement(rstore, monkeypatch):
-    bridged_call(rstore, account="", rate_cents=0, ended_ago_ms=0)
+def test_a_failing_check_never_fails_the_settlement(store, monkeypatch):
+    bridged_call(store, account="", rate_cents=0, ended_ago_ms=0)
 
     def boom(*a, **k):
         raise OSError("recordings dir unreadable")
     monkeypatch.setattr(recordings, "check", boom)
     with structlog.testing.capture_logs() as logged:
-        assert settlement.settle(rstore, CID)["settled"] == "1"
+        assert settlement.settle(store, CID)["settled"] == "1"
     assert [e["event"] for e in logged if e["log_level"] == "error"] == ["recording.check_failed"]
 
 
