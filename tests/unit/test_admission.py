@@ -8,9 +8,12 @@ as the AMI listener's heartbeat publishes it, from a scripted AMI stream.
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 
 import pytest
+import redis
+import structlog
 import structlog.testing
 
 from ami import listener as listener_mod
@@ -260,3 +263,38 @@ async def test_no_heartbeat_nor_count_until_the_live_calls_are_rebuilt(wired, st
         assert not store.r.exists(keys.LISTENER_ALIVE) and not store.r.exists(keys.LIVE_CALLS)
     finally:
         beat.cancel()
+
+
+# --- what ops read -------------------------------------------------------------------
+
+def test_icsctl_status_shows_live_calls_against_max_calls(redis_url, tmp_path, monkeypatch, capsys):
+    from ics import cli
+    monkeypatch.delenv("ICS_CONFIG", raising=False)
+    monkeypatch.setenv("ICS_REDIS_URL", redis_url)
+    monkeypatch.setenv("ICS_SOUNDS_DIR", str(tmp_path))
+    monkeypatch.setenv("ICS_LOG_FORMAT", "json")
+    monkeypatch.setenv("ICS_CAPACITY_MAX_CALLS", "3")
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        def run(*argv):
+            capsys.readouterr()
+            rc = cli.main(list(argv))
+            cap = capsys.readouterr()
+            return rc, cap.out, cap.err
+
+        rc, out, err = run("status")
+        assert rc == 1 and "listener: DOWN" in out and "calls: ? live / 3 max_calls" in out
+        assert "listener is down" in err
+        capacity.beat(r, live={"a", "b"}, known={"a", "b"}, admitted={})
+        rc, out, _ = run("status")
+        assert rc == 0 and "listener: up" in out and "calls: 2 live / 3 max_calls, 0 being placed" in out
+        assert "FULL" not in out
+        capacity.check(r, 3, admit="c")
+        rc, out, _ = run("status", "--json")
+        doc = json.loads(out)
+        assert rc == 0 and (doc["live_calls"], doc["setting_up"], doc["max_calls"], doc["full"]) == (2, 1, 3, True)
+        rc, out, _ = run("status")
+        assert "FULL: new calls hear the busy prompt (capacity_full)" in out
+    finally:
+        r.close()
+        structlog.reset_defaults()
