@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from ics import capacity, keys, records
+from ics import audio, capacity, keys, records
 
 from tests.support import services
 from tests.support.callflow import (INMATE, NUMBER, OTHER_NUMBER, agi_command, latest_call, login, make_world,
@@ -69,6 +69,23 @@ def wait_live(world, n: int, timeout: float = 5) -> None:
         time.sleep(0.1)
 
 
+def heard_in_full(ami, mark, key: str, world) -> list[str]:
+    """The prompts streamed to the second handset (AGI's STREAM FILE raises no PLAYBACK test
+    event: AMI's AGIExecStart / AGIExecEnd), checking that key played as long as its file lasts."""
+    agi = [e for e in ami.events(since=mark) if e.get("Event") in ("AGIExecStart", "AGIExecEnd")
+           and e.get("Channel", "").startswith(SECOND)]
+    starts = {e["CommandId"]: e for e in agi if e["Event"] == "AGIExecStart" and "STREAM FILE" in e["Command"]}
+    streamed = [s["Command"].split('"')[1].rsplit("/", 1)[-1] for s in starts.values()]
+    ends = [e for e in agi if e["Event"] == "AGIExecEnd" and starts.get(e["CommandId"], {}).get("Command", "")
+            .startswith(f'STREAM FILE "ics/prompts/{key}"')]
+    assert ends, f"{key} never finished on the second handset: {streamed}"
+    start = starts[ends[0]["CommandId"]]
+    played_s = float(ends[0]["Timestamp"]) - float(start["Timestamp"])
+    length_s = audio.duration_ms(world.cfg.sounds_dir / "prompts" / f"{key}.wav") / 1000
+    assert played_s >= length_s - 0.1, (played_s, length_s)
+    return streamed
+
+
 def wait_call_settled(world, call_id: str, timeout: float = 15) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -104,9 +121,8 @@ def test_a_call_past_max_calls_hears_busy_and_is_never_dialled(ami, lines, one_l
     # a second call: the busy prompt before any PIN, refused, never dialled
     m2 = ami.mark()
     call2 = inmate2.call(OTHER_NUMBER)
-    ami.wait_for({"Event": "TestEvent", "State": "PLAYBACK", "Message": "ics/prompts/all-lines-busy"}, 15,
-                 since=m2)
-    call2.wait_disconnected(15)
+    call2.wait_disconnected(20)
+    assert heard_in_full(ami, m2, "all-lines-busy", world) == ["all-lines-busy"]
     rec = latest_call(world)
     assert rec["call_id"] != first_id
     rec = wait_call_settled(world, rec["call_id"])
