@@ -24,6 +24,7 @@ pytestmark = pytest.mark.e2e
 FAMILY = f"PJSIP/{NUMBER}"
 SECOND = "PJSIP/inmate2-"
 MAX_CALLS = "ICS_CAPACITY_MAX_CALLS"
+SETTLE_S = 1.0
 
 
 def restart_fastagi() -> None:
@@ -32,7 +33,7 @@ def restart_fastagi() -> None:
 
 
 @pytest.fixture
-def one_line(stack):
+def one_line(stack, phones):
     """ics-fastagi admitting one call at a time, for this test only."""
     before = os.environ.get(MAX_CALLS)
     os.environ[MAX_CALLS] = "1"
@@ -40,6 +41,9 @@ def one_line(stack):
         restart_fastagi()
         yield
     finally:
+        # calls a failed test left up settle before FastAGI goes (their hangup handlers need it)
+        phones.hangup_all()
+        time.sleep(SETTLE_S)
         if before is None:
             os.environ.pop(MAX_CALLS, None)
         else:
