@@ -21,6 +21,8 @@ reconnect. Calls Asterisk itself dropped (a stop or restart: SoftHangupRequest
 with the shutdown cause, or a new CoreStartupTime after AMI was lost) are
 recorded as system_error with that evidence before they are settled, and so is a
 call whose called-party menu ended abnormally (ICS_FAULT on a leg's Hangup).
+Its heartbeat says calls are watched and how many inmate calls are live, which
+the inmate flow admits new calls against (capacity.max_calls, ics.capacity).
 
 Its AMI user (ami.listener_user, dialplan/manager.conf.in) reads only the call
 and dtmf classes, with an eventfilter for the events handled here.
@@ -38,7 +40,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from ics import config as config_mod
-from ics import keys, logs, rating, recordings, records, settlement
+from ics import capacity, logs, rating, recordings, records, settlement
 from ics.livecalls import cut_redirect
 from ics.rating import MINUTE_MS
 from ics.store import Store, connect
@@ -48,7 +50,8 @@ from .rules import Cut, LiveCall, Noted, Policy, event_ms, evidence
 
 log = structlog.get_logger("ami")
 
-HEARTBEAT_S = 1.0       # keys.LISTENER_ALIVE is refreshed this often (it lives keys.LISTENER_ALIVE_MS)
+HEARTBEAT_S = 1.0       # keys.LISTENER_ALIVE and keys.LIVE_CALLS are refreshed this often (they live
+                        # keys.LISTENER_ALIVE_MS)
 SETTLE_GRACE_S = 5.0   # the hangup handler normally settles within milliseconds
 TICK_S = 0.2           # clock rules (hold grace, silence, time limit) are checked this often
 CUT_PROMPT_MAX_S = 12  # a leg still up this long after the redirect is hung up outright
@@ -579,16 +582,36 @@ class Listener:
             await asyncio.to_thread(recordings.check, self.store, call_id, 0)
 
     async def heartbeat(self) -> None:
-        """Say in Redis that calls are watched (keys.LISTENER_ALIVE), every HEARTBEAT_S while
-        logged in to AMI with the live calls rebuilt; the inmate flow places no call without it."""
+        """Say in Redis that calls are watched (keys.LISTENER_ALIVE), and how many are live
+        (keys.LIVE_CALLS, admission control), every HEARTBEAT_S while logged in to AMI with the
+        live calls rebuilt; the inmate flow places no call without them."""
         while True:
             if self.rebuilt and self.manager.connected_event.is_set():
                 try:
-                    await asyncio.to_thread(self.store.r.set, keys.LISTENER_ALIVE, int(time.time() * 1000),
-                                            px=keys.LISTENER_ALIVE_MS)
+                    await self.beat()
                 except Exception as exc:  # Redis away: the flow cannot place calls anyway
                     log.error("ami.heartbeat_failed", error=repr(exc))
             await asyncio.sleep(HEARTBEAT_S)
+
+    async def beat(self) -> None:
+        """One heartbeat with the live count (ics.capacity.beat). A call the flow admitted is
+        known as an inmate call from then on, before its call id reaches AMI (often only at
+        the bridge)."""
+        admitted = await asyncio.to_thread(capacity.setting_up, self.store.r)
+        for linkedid in admitted:
+            call = self.calls.get(linkedid)
+            if call is not None:
+                call.admitted = True
+        await asyncio.to_thread(capacity.beat, self.store.r, self.live_calls(), set(self.calls), admitted)
+
+    def live_calls(self) -> set[str]:
+        """Linkedids of the inmate calls placed now, for admission control: an inmate call (its
+        call id known, or admitted by the flow) with a leg besides the inmate's (ringing,
+        announcement, menu, bridged, a closing prompt). A Local channel of a notice or a
+        monitor is neither. A call between the flow's admission and its called leg counts as
+        setting up (ics.capacity)."""
+        return {linkedid for linkedid, c in self.calls.items()
+                if (c.call_id or c.admitted) and any(chan != c.inmate for chan in c.channels)}
 
     def on_softhanguprequest(self, event):
         """Asterisk hangs every channel up on a stop or restart (Cause 4, before the hangup

@@ -141,6 +141,8 @@ class LiveCall:
     extending: bool = False
     funds_short: bool = False              # the next minute could not be held: limit_ms = paid_ms
     inmate_left: bool = False              # the inmate's hang-up request before the bridge was seen
+    admitted: bool = False                 # the flow admitted it (ics.capacity): an inmate call, counted
+                                           # live (admission control) once a leg besides the inmate's exists
 
     def other_legs(self) -> list[str]:
         return [c for c in self.channels if c != self.inmate]

@@ -8,7 +8,8 @@
 #   docker/stack.sh provision   host packages, .venv, the Asterisk root, secrets
 #   docker/stack.sh up          provision if needed, render configs, start all
 #   docker/stack.sh down        stop all (idempotent)
-#   docker/stack.sh status      exit 0 when everything that should run runs
+#   docker/stack.sh status      exit 0 when everything that should run runs (also prints
+#                               icsctl status: the listener, live calls / capacity.max_calls)
 #   docker/stack.sh reload      re-render configs; dialplan, pjsip and manager reload
 #
 # State lives in $ICS_STACK_DIR (default <repo>/.stack): asterisk/ (the root),
@@ -373,6 +374,10 @@ cmd_status() {
     done
     if alive asterisk; then
         ast_cli "pjsip show contacts" 2>/dev/null | grep -E '^ *Contact:' | grep -v '<Aor/ContactUri' || true
+    fi
+    # the listener's heartbeat and live calls / capacity.max_calls (informational: rc unchanged)
+    if alive redis && [ -x "$VENV/bin/icsctl" ] && [ -f "$STACK/stack.env" ]; then
+        stack_env "$VENV/bin/icsctl" status 2>/dev/null || true
     fi
     return $rc
 }

@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 import redis
 
-from . import audio, config, keys, ledger, livecalls, logs, prompts, rating, reasons, recordings, records, statements
+from . import audio, capacity, config, keys, ledger, livecalls, logs, prompts, rating, reasons, recordings, records, statements
 from .amiclient import AmiClient, AmiError
 from .config import ConfigError, facility_settings
 from .store import (ACCOUNT_TYPES, INACTIVITY_MS, INMATE_ID_RE, INMATE_STATUSES, LINE_TYPES, Store, StoreError,
@@ -723,6 +723,25 @@ def recording_line(store: Store) -> None:
         out("recordings: none short or missing")
 
 
+def status(store: Store, a) -> int:
+    """Is the platform taking calls: the AMI listener's heartbeat, live calls against
+    capacity.max_calls (admission control, ics.capacity). Exit 1 while new calls are refused."""
+    st = capacity.status(store.r)
+    max_calls = store.cfg["capacity"]["max_calls"]
+    busy = st["live_calls"] is not None and st["live_calls"] + st["setting_up"] >= max_calls
+    if a.json:
+        emit_json(dict(st, max_calls=max_calls, full=busy))
+    else:
+        out(f"listener: up, heartbeat {st['heartbeat_age_ms']} ms ago" if st["listener_alive"] else
+            "listener: DOWN (no heartbeat): new calls are refused (system_unavailable)")
+        live = "?" if st["live_calls"] is None else st["live_calls"]
+        out(f"calls: {live} live / {max_calls} max_calls, {st['setting_up']} being placed"
+            + ("; FULL: new calls hear the busy prompt (capacity_full)" if busy else ""))
+    if not st["listener_alive"]:
+        return fail("the AMI listener is down: new calls are refused")
+    return 0
+
+
 EXPIRE_STATES = ("flagged", "expired", "active", "in_call", "not_expiring")
 
 
@@ -1201,6 +1220,9 @@ def build_parser() -> Parser:
     command(led, "check", ledger_check, "prove every balance equals its ledger and holds match live calls "
             "(exit 1 naming each account that does not); also counts calls whose recording came out short "
             "or missing", json_out=True)
+
+    command(groups, "status", status, "the AMI listener's heartbeat and live calls / capacity.max_calls "
+            "(exit 1 while the listener is down)", json_out=True)
 
     c = groups.add_parser("statement", help="monthly account statement (CSV or printable HTML)",
                           description="monthly account statement (CSV or printable HTML)")

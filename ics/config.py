@@ -56,9 +56,12 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "max_short_ms": 1000,
     },
     "capacity": {
-        # calls this box may carry at once: Asterisk alone on the 2-core lab machine carries about
-        # 250 cleanly. RTP ports for them are checked at FastAGI start-up (check_rtp_range).
-        "max_calls": 250,
+        # inmate calls this box carries at once: a new one past them is refused with the busy prompt
+        # (capacity_full, admission control: ics.capacity). At or below the box's clean ceiling with
+        # recording on (make capacity): about 100 on the 2-core lab machine in the latest run (at 150
+        # recordings came out up to 5.4 s short, at 200 up to 30 s; Asterisk alone 100-150).
+        # RTP ports for them are checked at FastAGI start-up (check_rtp_range).
+        "max_calls": 100,
         # the rtp.conf Asterisk loads (docker/stack.sh points at the rendered one in its root)
         "rtp_conf": "/etc/asterisk/rtp.conf",
     },

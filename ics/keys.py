@@ -48,6 +48,12 @@ All money fields are integer cents. All times are integer epoch milliseconds.
                                            logged in to AMI, expires after LISTENER_ALIVE_MS; the
                                            inmate flow places no call without it (nothing would
                                            enforce the call's rules)
+  ics:listener:live_calls           string how many inmate calls the AMI listener sees placed (the called
+                                           leg exists: ringing to bridged), written with the heartbeat,
+                                           same expiry (ics.capacity: admission against capacity.max_calls)
+  ics:capacity:setting_up           zset   inmate channel Uniqueid (the call's Linkedid) -> epoch ms the
+                                           flow admitted it, until the listener counts it live or its
+                                           channel is gone (ics.capacity)
   ics:calls                         zset   call ids scored by start time
   ics:recordings:flagged_count      string calls whose recording was found short or missing when they
                                            settled (ics.recordings; shown by icsctl ledger check)
@@ -63,6 +69,8 @@ INMATES = f"{PREFIX}:inmates"
 ACCOUNTS = f"{PREFIX}:accounts"
 CALLS = f"{PREFIX}:calls"
 LISTENER_ALIVE = f"{PREFIX}:listener:alive"
+LIVE_CALLS = f"{PREFIX}:listener:live_calls"
+CALLS_SETTING_UP = f"{PREFIX}:capacity:setting_up"
 RECORDINGS_FLAGGED_COUNT = f"{PREFIX}:recordings:flagged_count"
 RECORDINGS_FLAGGED = f"{PREFIX}:recordings:flagged"
 RECORDINGS_PENDING = f"{PREFIX}:recordings:pending"

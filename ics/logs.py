@@ -13,6 +13,8 @@ Event names (the `event` field):
   call.refused               refused before ringing (reason)
   call.listener_down         the AMI listener's heartbeat is missing: the call is refused
                              (system_unavailable)
+  call.capacity_full         WARNING: capacity.max_calls calls are live (or being placed): the call is
+                             refused (capacity_full): live, setting_up, max_calls, at (start | dial)
   call.name_recorded
   call.dialing               number, limit_s, held_cents
   callee.announce            called party answered, announcement starts

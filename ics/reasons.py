@@ -31,6 +31,8 @@ REASONS: dict[str, str] = {
     "account_expired": "The prepaid account expired after 180 days without use; a deposit reactivates it",
     "system_unavailable": "The call monitor (AMI listener) was down, so nothing could enforce the call's "
                           "rules: the call was not placed, nothing held or billed",
+    "capacity_full": "Every line of the system was busy (capacity.max_calls calls live): the call was "
+                     "refused before it was placed, nothing billed",
     "inmate_abandoned": "The inmate hung up before the call was placed",
     # the outside phone rang
     "no_answer": "The called party did not answer",

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from ics import policy, prompts, rating, records
+from ics import capacity, policy, prompts, rating, records
 from ics.store import Account, AccountExpired, now_ms, valid_destination
 
 from .. import channelvars as V
@@ -57,6 +57,7 @@ def run(s: Session) -> None:
     s.agi.answer()
 
     try:
+        check_capacity(s, "start")  # all lines busy: said before the inmate keys in a PIN
         inmate_id = identify(s, facility)
         records.update(s.r, call_id, inmate=inmate_id, outcome="checks")
         inmate = s.store.inmate(inmate_id)
@@ -65,6 +66,9 @@ def run(s: Session) -> None:
         # who is then refused); the first minute is held meanwhile, released if they hang up
         if inmate.get("name_recorded") != "1":
             record_name(s, inmate_id)
+        # again right before the dial (lines fill while the inmate keys in), admitting the call:
+        # it counts from here on (the first minute's hold is released by settlement if refused)
+        check_capacity(s, "dial", admit=s.env.get("agi_uniqueid") or call_id)
     except Refused as refusal:
         records.set_reason(s.r, call_id, refusal.reason)
         records.update(s.r, call_id, outcome="refused")
@@ -113,6 +117,22 @@ def notice_options(interval_s: int, limit_ms: int) -> str:
     if not interval_ms or interval_ms >= limit_ms:
         return ""
     return f":{limit_ms - interval_ms}:{interval_ms}"
+
+
+def check_capacity(s: Session, at: str, admit: str = "") -> None:
+    """Admission control (ics.capacity): refused while capacity.max_calls calls are live or
+    being placed, rather than degrading every call on the box. With admit (the inmate
+    channel's Uniqueid) the call is admitted in the same atomic step. No count (the AMI
+    listener is away): before the PIN the flow goes on to its listener check, which refuses
+    (system_unavailable); at the dial it refuses the same way. Redis away raises: [ics-fail]."""
+    max_calls = s.cfg["capacity"]["max_calls"]
+    load = capacity.check(s.r, max_calls, admit)
+    if load.room is None and admit:
+        log.warning("call.listener_down")
+        raise Refused("system_unavailable", "system-error")
+    if load.room is False:
+        log.warning("call.capacity_full", live=load.live, setting_up=load.setting_up, max_calls=max_calls, at=at)
+        raise Refused("capacity_full", "all-lines-busy")
 
 
 def identify(s: Session, facility: dict) -> str:

@@ -628,6 +628,9 @@ def main() -> int:
     cfg = config.load()
     store = Store(connect(cfg), cfg)
     rtp_ports(max(ns))
+    if "ours" in setups and max(ns) > cfg["capacity"]["max_calls"]:
+        print(f"note: ours refuses calls past capacity.max_calls={cfg['capacity']['max_calls']} (capacity_full); "
+              f"N={max(ns)} needs ICS_CAPACITY_MAX_CALLS set before the stack starts (make capacity sets 500)")
     far = FarEnd(args.seconds)
     logs = {"ours": AST / "var/log/asterisk/messages.log", "farend": far.log}
     log_from = {k: p.stat().st_size if p.exists() else 0 for k, p in logs.items()}

@@ -72,10 +72,11 @@ def make_world(redis_url, tmp_path, **facility):
     return cfg, store
 
 
-def listener_up(store) -> None:
-    """The AMI listener's heartbeat as ami.listener writes it (here without expiry): the
-    inmate flow places no call without it."""
+def listener_up(store, live_calls: int = 0) -> None:
+    """The AMI listener's heartbeat and live count as ami.listener writes them (here without
+    expiry): the inmate flow places no call without them."""
     store.r.set(keys.LISTENER_ALIVE, 1)
+    store.r.set(keys.LIVE_CALLS, live_calls)
 
 
 @pytest.fixture
