@@ -10,9 +10,9 @@ Event names (the `event` field):
   numbers.unreadable         WARNING: stored text that is no phone number, left as it was (numbers, count)
   agi.session.start / agi.session.end / agi.session.error
   agi.protocol_error         malformed environment or reply from Asterisk
-  call.start                 inmate call entered the flow
+  call.start                 inmate call entered the flow (number in E.164, its kind and region)
   call.pin_ok / call.pin_failed / call.pin_locked
-  call.refused               refused before ringing (reason; kind and region of the dialled number)
+  call.refused               refused before ringing (reason)
   call.listener_down         the AMI listener's heartbeat is missing: the call is refused
                              (system_unavailable)
   call.name_recorded
