@@ -178,6 +178,15 @@ def test_numbers_stored_before_e164_are_migrated_once_and_found(world):
     assert (again["migrated"], again["kept_existing"]) == ([], [])
 
 
+def test_icsctl_numbers_migrate_lists_what_it_did(run, cli_world):  # noqa: F811
+    cli_world.r.sadd(keys.block_inmate(INMATE), "3125550102", "junk")
+    status, out, _ = run("numbers", "migrate")
+    assert status == 0 and "migrated      ics:block:inmate:123456 3125550102 -> +13125550102" in out
+    assert "unreadable    'junk'" in out and "1 migrated, 0 already in E.164, 1 unreadable" in out
+    assert run("numbers", "migrate")[1].startswith("unreadable")  # nothing left to migrate
+    assert cli_world.blocked_numbers(inmate=INMATE) == ["+13125550102", "junk"]
+
+
 # --- the LIDB fallback by number type ------------------------------------------------------------
 
 def test_a_number_not_in_the_line_table_takes_its_line_type_from_its_number_type(world):

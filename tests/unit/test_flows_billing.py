@@ -226,6 +226,7 @@ def test_quote_is_the_calls_class_rate_and_the_bill_matches_it(port, world, numb
     cmds = quote_then_accept(port, rec["call_id"])
     assert said_rate(cmds) == rating.quote(rate).cents == rate
     assert played(cmds, "rate-per-minute") and played(cmds, "rate-taxes")  # tax_bps 750
+    assert played(cmds, "rate-is") and not played(cmds, "rate-international")  # a domestic call
     assert 'SET VARIABLE "GOSUB_RESULT" ""' in cmds  # accepted after the quote
     # a normal end, said last: a fault before it is never bridged ([ics-callee])
     assert cmds.index('SET VARIABLE "ICS_MENU_DONE" "1"') > cmds.index('SET VARIABLE "GOSUB_RESULT" ""')
