@@ -6,7 +6,7 @@ Set by the call flow for the dialplan (dialplan/extensions.conf):
   ICS_CALL_ID     our call id; passed to the called-party gosub and to settlement
   ICS_STATION     the handset's caller ID name, as received (for CDRs)
   ICS_RESULT      "dial" when every check passed; anything else means do not dial
-  ICS_DIAL        the Dial() target, built from a whitelisted 10-digit number
+  ICS_DIAL        the Dial() target: dial.template filled from a parsed Destination (digits, + only)
   ICS_RING_S      seconds to let the called phone ring
   ICS_LIMIT_MS    Dial L() backstop: the call's limit (the smaller of the facility
                   limit and what the reserved balance buys) plus a few seconds; the

@@ -91,6 +91,12 @@ def main(argv: list[str] | None = None) -> int:
         for p in problems:
             log.error("service.prompts_missing" if "prompt" in p else "service.config_error", error=p)
         return 1
+    # numbers stored before E.164 would be found nowhere (not approved, no account): rewrite them first
+    moved = store.migrate_numbers()
+    if moved["migrated"] or moved["kept_existing"]:
+        log.info("numbers.migrated", migrated=len(moved["migrated"]), kept_existing=len(moved["kept_existing"]))
+    if moved["unreadable"]:
+        log.warning("numbers.unreadable", numbers=moved["unreadable"][:20], count=len(moved["unreadable"]))
     server = FastAGIServer(cfg, store)
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
     log.info("service.start", service="fastagi", host=cfg["fastagi"]["host"],

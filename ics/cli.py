@@ -20,12 +20,12 @@ from typing import Any, Callable
 
 import redis
 
-from . import audio, capacity, config, keys, ledger, livecalls, logs, prompts, rating, reasons, recordings, records, statements
+from . import (audio, capacity, config, destination, keys, ledger, livecalls, logs, policy, prompts, rating,
+               reasons, recordings, records, statements)
 from .amiclient import AmiClient, AmiError
 from .config import ConfigError, facility_settings
 from .store import (ACCOUNT_TYPES, INACTIVITY_MS, INMATE_ID_RE, INMATE_STATUSES, LINE_TYPES, Store, StoreError,
-                    check_id,
-                    connect, now_ms, valid_destination, valid_number)
+                    check_id, connect, now_ms)
 
 PROG = "icsctl"
 MAX_DEPOSIT_CENTS = 100_000_00  # $100,000.00 in one deposit is a typo, not a family topping up
@@ -34,7 +34,7 @@ NAME_MAX_S = 10  # longest imported name recording (ics.audio.import_file trunca
 SETTINGS = tuple(config.DEFAULTS["facility_defaults"])
 DIGIT_SETTINGS = config.FACILITY_DIGIT_KEYS
 ZERO_OK = ("adp", "facility_cost_cents", "notice_interval_s", "rate_local_cents", "rate_instate_cents",
-           "rate_interstate_cents", "rate_international_cents", "tax_bps", "hold_grace_s")  # 0 is meaningful
+           "rate_interstate_cents", "tax_bps", "hold_grace_s")  # 0 is meaningful
 SETTING_HELP = {
     "type": "prison or jail (sets the FCC cap); ",
     "adp": "average daily population (a jail's FCC cap); ",
@@ -43,7 +43,9 @@ SETTING_HELP = {
     "rate_local_cents": "cents/min, 0 = rate-cents-per-min; ",
     "rate_instate_cents": "cents/min, 0 = rate-cents-per-min; ",
     "rate_interstate_cents": "cents/min, 0 = rate-cents-per-min; ",
-    "rate_international_cents": "cents/min, 0 = no international calls; ",
+    "international": 'countries allowed, "GB:12:1200, JM:15:4000" (country:cents/min:termination '
+                     'millicents/min; rate at most the FCC cap plus termination), empty = none; ',
+    "emergency_routed": "911 is routed elsewhere by the facility (the refusal prompt says so); ",
     "tax_bps": "taxes passed through, basis points (100 = 1%%); ",
     "warn_before_s": "notices before the time limit, seconds, comma-separated; ",
     "hold_grace_s": "a hold undone within this is forgiven, 0 = none; ",
@@ -54,7 +56,7 @@ SETTING_HELP = {
     "schedule": 'calling hours, e.g. "mon-fri 08:00-21:00; sun 09:00-17:00"; ',
     "approved_max": "numbers per inmate (pending + approved); ",
     "notice_interval_s": "in-call facility notice to the called party every N s, 0 = off; ",
-    "caller_id": "outbound caller ID number (10 digits), empty = withheld; ",
+    "caller_id": "outbound caller ID number (a US number), empty = withheld; ",
 }
 
 log = logs.get("icsctl")
@@ -198,11 +200,12 @@ def need_account(store: Store, aid: str):
     return acct
 
 
-def need_number(number: str) -> str:
-    if not valid_destination(number):
-        raise CliError(f"invalid number {number!r}: 10 digits not starting with 0 or 1, "
-                       "or 011 and an international number")
-    return number
+def need_number(text: str) -> str:
+    """A number as typed ("(312) 555-0100", "+44 20 7946 0000") in its one stored spelling, E.164."""
+    try:
+        return destination.e164(text)
+    except destination.NumberError as exc:
+        raise CliError(f"invalid number: {exc}") from None
 
 
 # --- facilities --------------------------------------------------------------------
@@ -277,9 +280,11 @@ def facility_list(store: Store, a) -> int:
 
 
 def class_rate_text(doc: dict, cls: str) -> str:
+    if cls == "international":
+        countries = rating.parse_international(doc["international"]).values()
+        return ", ".join(f"{c.region} {dollars(c.rate_cents)}/min (termination {c.termination_millicents} "
+                         f"millicents/min)" for c in countries) or "not allowed"
     cents = rating.class_rate(doc, cls)
-    if cents is None:
-        return "not allowed"
     own = doc[f"rate_{cls}_cents"] > 0
     return f"{dollars(cents)}/min  ({'own rate' if own else 'rate-cents-per-min'})"
 
@@ -316,6 +321,8 @@ def facility_show(store: Store, a) -> int:
         ("in-call notice", (f"every {doc['notice_interval_s']} s" if doc["notice_interval_s"] else "off")
                            + f"  ({src('notice_interval_s')})"),
         ("caller ID", f"{doc['caller_id'] or 'withheld'}  ({src('caller_id')})"),
+        ("emergency numbers", ("refused, prompt: the facility routes them elsewhere" if doc["emergency_routed"]
+                               else "refused, prompt: tell an officer") + f"  ({src('emergency_routed')})"),
         ("PIN tries per call", f"{doc['pin_max_tries']}  ({src('pin_max_tries')})"),
         ("PIN locks after", f"{doc['pin_lock_after']} failures  ({src('pin_lock_after')})"),
         ("rule hold", rule_text(doc, "rule_hold", f"after {doc['hold_grace_s']} s grace", src)),
@@ -410,7 +417,7 @@ def inmate_import_name(store: Store, a) -> int:
 
 def inmate_approve(store: Store, a) -> int:
     need_inmate(store, a.iid)
-    need_number(a.number)
+    a.number = need_number(a.number)
     if store.is_approved(a.iid, a.number):
         out(f"{a.number} is already approved for inmate {a.iid}")
         return 0
@@ -425,7 +432,7 @@ def inmate_approve(store: Store, a) -> int:
 def inmate_request(store: Store, a) -> int:
     """A number the inmate asked for: on the list, not callable until staff approve it."""
     need_inmate(store, a.iid)
-    need_number(a.number)
+    a.number = need_number(a.number)
     state = store.number_state(a.iid, a.number)
     if state in ("pending", "approved"):
         out(f"{a.number} is already {state} for inmate {a.iid}")
@@ -438,7 +445,7 @@ def inmate_request(store: Store, a) -> int:
 
 def inmate_reject(store: Store, a) -> int:
     need_inmate(store, a.iid)
-    need_number(a.number)
+    a.number = need_number(a.number)
     before = store.set_number_state(a.iid, a.number, "rejected")
     log.info("ops.inmate_reject", inmate=a.iid, number=a.number, was=before or None)
     out(f"rejected {a.number} for inmate {a.iid}" + (f" (was {before})" if before else ""))
@@ -502,7 +509,7 @@ def _block_target(store: Store, a) -> tuple[dict, str]:
 
 def block_add(store: Store, a) -> int:
     target, label = _block_target(store, a)
-    need_number(a.number)
+    a.number = need_number(a.number)
     store.block(a.number, **target)
     log.info("ops.block_add", number=a.number, **target)
     out(f"blocked {a.number} for {label}")
@@ -511,7 +518,7 @@ def block_add(store: Store, a) -> int:
 
 def block_remove(store: Store, a) -> int:
     target, label = _block_target(store, a)
-    need_number(a.number)
+    a.number = need_number(a.number)
     if not store.unblock(a.number, **target):
         raise CliError(f"{a.number} is not blocked for {label}")
     log.info("ops.block_remove", number=a.number, **target)
@@ -532,9 +539,8 @@ def block_list(store: Store, a) -> int:
 # --- accounts ----------------------------------------------------------------------
 
 def account_create(store: Store, a) -> int:
-    numbers = list(dict.fromkeys(a.number or []))  # a repeated --number is one number
-    for n in numbers:
-        need_number(n)
+    # one spelling each, so a number typed twice in two ways is one number
+    numbers = list(dict.fromkeys(need_number(n) for n in a.number or []))
     if a.type == "inmate_debit":
         if not a.inmate:
             raise CliError("an inmate_debit account needs --inmate IID (its id is debit-IID)")
@@ -613,8 +619,7 @@ def account_show(store: Store, a) -> int:
 # --- LIDB (line information) ---------------------------------------------------------
 
 def lidb_set(store: Store, a) -> int:
-    if not valid_number(a.number):
-        raise CliError(f"invalid number {a.number!r}: 10 digits, not starting with 0 or 1")
+    a.number = need_number(a.number)
     store.set_lidb(a.number, a.line_type, a.collect_block, a.new_number)
     log.info("ops.lidb_set", number=a.number, line_type=a.line_type, collect_block=a.collect_block,
              new_number=a.new_number)
@@ -626,8 +631,7 @@ def lidb_set(store: Store, a) -> int:
 
 
 def lidb_show(store: Store, a) -> int:
-    if not valid_number(a.number):
-        raise CliError(f"invalid number {a.number!r}: 10 digits, not starting with 0 or 1")
+    a.number = need_number(a.number)
     doc = store.lidb(a.number)
     problem = store.collect_problem(a.number)
     doc["collect_billable"] = problem is None
@@ -636,7 +640,7 @@ def lidb_show(store: Store, a) -> int:
         return 0
     fields([
         ("number", doc["number"]),
-        ("line type", doc["line_type"] + ("" if doc["known"] else "  (not in the table: treated as a landline)")),
+        ("line type", doc["line_type"] + ("" if doc["known"] else "  (not in the table: from its number type)")),
         ("collect block", yes_no(doc["collect_block"])),
         ("new-number restriction", yes_no(doc["new_number"])),
         ("collect / direct bill", "yes" if problem is None else f"no: {problem}; prepaid only"),
@@ -963,10 +967,57 @@ def lockdown_off(store: Store, a) -> int:
     return 0
 
 
+# --- numbers ---------------------------------------------------------------------------
+
+def numbers_check(store: Store, a) -> int:
+    try:
+        d = destination.parse(a.number)
+    except destination.NumberError as exc:
+        raise CliError(f"invalid number: {exc}") from None
+    refused = policy.destination_refusal(d)
+    doc: dict[str, Any] = {"number": d.e164, "kind": d.kind, "region": d.region, "dial": d.dial,
+                           "domestic": d.domestic, "refused": refused}
+    if a.facility and not refused:
+        cls, rate = rating.rate_for(need_facility(store, a.facility), d)
+        doc.update(facility=a.facility, dest_class=cls, rate_cents=rate)
+        if rate is None:
+            doc["refused"] = "international_not_allowed"
+    if a.json:
+        emit_json(doc)
+        return 0
+    pairs = [("number", d.e164), ("type", d.kind.replace("_", " ")),
+             ("country", f"{d.region} ({'domestic' if d.domestic else 'international'})"), ("dialled as", d.dial)]
+    if "dest_class" in doc:
+        pairs.append(("rated", f"{doc['dest_class']} at {dollars(doc['rate_cents'])}/min" if doc["rate_cents"]
+                      is not None else f"{doc['dest_class']}: not allowed at facility {a.facility}"))
+    pairs.append(("inmates may call it", f"no: {reasons.describe(doc['refused'])}" if doc["refused"]
+                  else "yes (once approved)"))
+    fields(pairs)
+    return 0
+
+
+def numbers_migrate(store: Store, a) -> int:
+    done = store.migrate_numbers()
+    log.info("ops.numbers_migrate", migrated=len(done["migrated"]), kept_existing=len(done["kept_existing"]),
+             unreadable=len(done["unreadable"]))
+    if a.json:
+        emit_json(done)
+        return 0
+    for line in done["migrated"]:
+        out(f"migrated      {line}")
+    for line in done["kept_existing"]:
+        out(f"kept existing {line} (the E.164 entry was already there; the old one is gone)")
+    for text in done["unreadable"]:
+        out(f"unreadable    {text!r} (no phone number; left as it was)")
+    out(f"{len(done['migrated'])} migrated, {len(done['kept_existing'])} already in E.164, "
+        f"{len(done['unreadable'])} unreadable")
+    return 0
+
+
 # --- privileged numbers, investigators, audit ------------------------------------------
 
 def privileged_add(store: Store, a) -> int:
-    need_number(a.number)
+    a.number = need_number(a.number)
     store.set_privileged(a.number, one_line("--note", a.note))
     log.info("ops.privileged_add", number=a.number)
     out(f"{a.number} is privileged: calls to it are never recorded or monitored")
@@ -974,7 +1025,7 @@ def privileged_add(store: Store, a) -> int:
 
 
 def privileged_remove(store: Store, a) -> int:
-    need_number(a.number)
+    a.number = need_number(a.number)
     if not store.remove_privileged(a.number):
         raise CliError(f"{a.number} is not privileged")
     log.info("ops.privileged_remove", number=a.number)
@@ -1240,9 +1291,18 @@ def build_parser() -> Parser:
     c.add_argument("--line-type", required=True, choices=LINE_TYPES)
     c.add_argument("--collect-block", action="store_true", help="the carrier blocks collect calls")
     c.add_argument("--new-number", action="store_true", help="a new-number restriction applies")
-    c = command(lid, "show", lidb_show, "a number's line information (unknown: a landline, no blocks)",
+    c = command(lid, "show", lidb_show, "a number's line information (unknown: by its number type, no blocks)",
                 json_out=True)
     c.add_argument("number", metavar="NUMBER")
+
+    num = groups.add_parser("numbers", help="what a typed number is; numbers stored before E.164").add_subparsers(
+        dest="cmd", required=True, metavar="SUBCOMMAND")
+    c = command(num, "check", numbers_check, "a number as the system reads it: E.164, country, type, "
+                "whether inmates may call it and how a facility rates it", json_out=True)
+    c.add_argument("number", metavar="NUMBER")
+    c.add_argument("--facility", metavar="FID", help="rate it for this facility")
+    command(num, "migrate", numbers_migrate, "rewrite numbers stored in an older spelling as E.164 "
+            "(ics-fastagi also does at start-up)", json_out=True)
 
     cl = groups.add_parser("calls", help="call records").add_subparsers(
         dest="cmd", required=True, metavar="SUBCOMMAND")

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from . import policy, rating
+from . import destination, policy, rating
 
 DEFAULT_CONFIG_PATH = "/etc/ics/ics.toml"
 
@@ -71,8 +71,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "dir": "/var/lib/asterisk/sounds/ics",
     },
     "dial": {
-        # {number} is a whitelisted digit string (10-digit NANP or 011...); production points at a trunk,
-        # e.g. "PJSIP/{number}@carrier".
+        # {number}: the digits as dialled from the US (10 digits inside the NANP, 011... elsewhere;
+        # the lab's PJSIP endpoints are named so); {e164}: +13125550100. Both come from a parsed
+        # Destination (digits only). Production points at a trunk, e.g. "PJSIP/{e164}@carrier".
         "template": "PJSIP/{number}",
         "ring_timeout_s": 30,
     },
@@ -100,7 +101,10 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "rate_local_cents": 0,  # 0: use rate_cents_per_min
         "rate_instate_cents": 0,  # 0: use rate_cents_per_min
         "rate_interstate_cents": 0,  # 0: use rate_cents_per_min
-        "rate_international_cents": 0,  # 0: international calls not allowed (not capped)
+        # international calls, per country: "GB:12:1200, JM:15:4000" = ISO country code, rate in
+        # cents/min, termination cost in millicents/min; each rate at most the domestic cap plus
+        # its termination cost (FCC). "" = no international calls.
+        "international": "",
         "tax_bps": 0,  # taxes passed through, basis points of the call total
         "local_npas": "",  # comma-separated area codes billed as local
         "state_npas": "",  # comma-separated area codes billed as in-state
@@ -124,7 +128,10 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "schedule": "",  # e.g. "mon-fri 08:00-21:00; sat,sun 09:00-20:00"
         "approved_max": 20,  # numbers per inmate, pending and approved together
         "notice_interval_s": 0,  # in-call "correctional facility" notice to the called party; 0 = off
-        "caller_id": "",  # outbound caller ID number (10 digits); "" = withheld (anonymous)
+        "caller_id": "",  # outbound caller ID number (a US number); "" = withheld (anonymous)
+        # the inmate dialled an emergency number: false = "emergency calls cannot be made from this
+        # phone, tell an officer"; true = the facility routes them elsewhere and the prompt says so
+        "emergency_routed": False,
     },
 }
 
@@ -196,9 +203,14 @@ def _check_policy(values: Mapping[str, Any], where: str) -> None:
     if notice and not MIN_NOTICE_INTERVAL_S <= notice < values["time_limit_s"]:
         raise ConfigError(f"{where}: notice_interval_s is 0 (off) or {MIN_NOTICE_INTERVAL_S} s up to "
                           f"less than time_limit_s ({values['time_limit_s']}), got {notice}")
-    if values["caller_id"] and not policy.TEN_DIGIT_RE.match(values["caller_id"]):
-        raise ConfigError(f"{where}: caller_id is a 10-digit number (or empty: withheld), "
-                          f"got {values['caller_id']!r}")
+    if values["caller_id"]:
+        try:
+            d = destination.parse(values["caller_id"])
+        except destination.NumberError as exc:
+            raise ConfigError(f"{where}: caller_id: {exc}") from None
+        if not d.domestic or d.short:
+            raise ConfigError(f"{where}: caller_id is a US number (or empty: withheld), "
+                              f"got {values['caller_id']!r} ({d.kind}, {d.region})")
 
 
 MAX_TAX_BPS = 5000  # 50 %: anything above is a typo (bps, not percent)
@@ -209,7 +221,7 @@ def _check_rating(values: Mapping[str, Any], where: str) -> None:
     if values["type"] not in rating.FACILITY_TYPES:
         raise ConfigError(f"{where}: type must be prison or jail, got {values['type']!r}")
     for key in ("adp", "rate_local_cents", "rate_instate_cents", "rate_interstate_cents",
-                "rate_international_cents", "tax_bps", "facility_cost_cents"):
+                "tax_bps", "facility_cost_cents"):
         if values[key] < 0:
             raise ConfigError(f"{where}: {key} must not be negative, got {values[key]}")
     if values["facility_cost_cents"] > rating.MAX_FACILITY_COST_CENTS:
@@ -228,6 +240,10 @@ def _check_rating(values: Mapping[str, Any], where: str) -> None:
     if both:
         raise ConfigError(f"{where}: area codes {', '.join(sorted(both))} are in both local_npas "
                           "and state_npas")
+    try:
+        rating.parse_international(values["international"])
+    except ValueError as exc:
+        raise ConfigError(f"{where}: international: {exc}") from None
     try:
         rating.check_caps(values)
     except ValueError as exc:
@@ -309,6 +325,8 @@ def coerce(section: str, key: str, raw: Any, where: str) -> Any:
 def _unknown(name: str, known: list[str], where: str) -> ConfigError:
     hint = difflib.get_close_matches(name, known, n=1)
     more = f" (did you mean {hint[0]!r}?)" if hint else ""
+    if name.endswith("rate_international_cents"):  # removed: one uncapped rate for every country
+        more = " (replaced by international: a rate per country, capped; see README)"
     return ConfigError(f"{where}: unknown setting {name!r}{more}")
 
 
@@ -377,8 +395,7 @@ def load(path: str | None = None, environ: Mapping[str, str] | None = None) -> C
     _check_facility(values["facility_defaults"], "facility_defaults")
     if values["log"]["format"] not in ("auto", "json", "console"):
         raise ConfigError(f"log.format must be auto, json or console, got {values['log']['format']!r}")
-    if "{number}" not in values["dial"]["template"]:
-        raise ConfigError("dial.template must contain {number}")
+    check_dial_template(values["dial"]["template"])
     if not 1 <= values["capacity"]["max_calls"] <= MAX_CALLS_LIMIT:
         raise ConfigError(f"capacity.max_calls must be 1 to {MAX_CALLS_LIMIT}, got {values['capacity']['max_calls']}")
     short = values["recordings"]["max_short_ms"]
@@ -388,6 +405,16 @@ def load(path: str | None = None, environ: Mapping[str, str] | None = None) -> C
         if values["ami"][key] <= 0:  # 0 would make the listener's upkeep loop spin
             raise ConfigError(f"ami.{key} must be greater than 0, got {values['ami'][key]}")
     return Config(values=values, sources=tuple(sources))
+
+
+def check_dial_template(template: str) -> None:
+    """{number} or {e164}, nothing else in braces (a typo would fail the first call)."""
+    if "{number}" not in template and "{e164}" not in template:
+        raise ConfigError("dial.template must contain {number} or {e164}")
+    try:
+        template.format(number="3125550100", e164="+13125550100")
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ConfigError(f"dial.template {template!r}: only {{number}} and {{e164}} are filled in ({exc})") from None
 
 
 def facility_settings(defaults: Mapping[str, Any], stored: Mapping[str, str], where: str) -> dict[str, Any]:

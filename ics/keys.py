@@ -1,6 +1,9 @@
 """Redis key layout: the one place every key is named.
 
 All money fields are integer cents. All times are integer epoch milliseconds.
+Every phone number in a key, a hash field or a set member is E.164 (+13125550100,
+ics.destination); older spellings (3125550100, 011...) are rewritten once by
+ics.store.Store.migrate_numbers (icsctl numbers migrate; ics-fastagi runs it at start-up).
 
   ics:facilities                    set    facility ids
   ics:facility:{fid}                hash   name, overrides of [facility_defaults]
@@ -151,3 +154,10 @@ def ledger(aid: str) -> str:
 
 def call(cid: str) -> str:
     return f"{PREFIX}:call:{cid}"
+
+
+# Every place a number is kept, for the migration to E.164: hashes whose fields are numbers,
+# sets whose members are numbers, and key prefixes followed by a number.
+NUMBER_HASHES = (f"{PREFIX}:inmate:*:approved", PRIVILEGED)
+NUMBER_SETS = (f"{PREFIX}:block:inmate:*", f"{PREFIX}:block:facility:*", f"{PREFIX}:account:*:numbers")
+NUMBER_KEY_PREFIXES = (f"{PREFIX}:number:", f"{PREFIX}:lidb:")

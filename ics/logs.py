@@ -6,9 +6,11 @@ one call through the FastAGI server, the AMI listener and settlement.
 
 Event names (the `event` field):
   service.start / service.stop / service.config_error / service.prompts_missing
+  numbers.migrated           ics-fastagi start-up rewrote numbers stored before E.164 (migrated, kept_existing)
+  numbers.unreadable         WARNING: stored text that is no phone number, left as it was (numbers, count)
   agi.session.start / agi.session.end / agi.session.error
   agi.protocol_error         malformed environment or reply from Asterisk
-  call.start                 inmate call entered the flow
+  call.start                 inmate call entered the flow (number in E.164, its kind and region)
   call.pin_ok / call.pin_failed / call.pin_locked
   call.refused               refused before ringing (reason)
   call.listener_down         the AMI listener's heartbeat is missing: the call is refused

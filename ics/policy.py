@@ -1,8 +1,10 @@
 """Facility policy that decides whether a call may be placed at all: pure functions.
 
-- Destination policy: toll-free, premium-rate (900 / NXX 976), N11 and other short
-  codes are refused whatever the approved list says. International numbers are
-  allowed only where the facility has a rate for them (ics.rating.class_rate).
+- Destination policy: by the number's kind (ics.destination, from the numbering plan):
+  emergency numbers, short codes, toll-free, premium, shared-cost and forwarding
+  (personal, pager, UAN, voicemail) numbers are refused whatever the approved list
+  says. International numbers are allowed only to the countries the facility lists
+  (ics.rating.international_rate).
 - Call schedules: per living unit (else the facility's), in the facility's time
   zone, e.g. "mon-fri 08:00-11:30,13:00-21:45; sat,sun 09:00-20:00". An empty
   schedule means any time.
@@ -18,36 +20,30 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from . import destination
+
 # --- destinations ---------------------------------------------------------------
 
-TOLL_FREE_NPAS = frozenset({"800", "833", "844", "855", "866", "877", "888"})
-PREMIUM_NPAS = frozenset({"900"})
-PREMIUM_NXXS = frozenset({"976"})
-N11_RE = re.compile(r"^[2-9]11$")
-TEN_DIGIT_RE = re.compile(r"^[2-9][0-9]{9}$")
-INTERNATIONAL_PREFIX = "011"
+# Kinds of number an inmate may never call, whatever the approved list says (the kind comes
+# from the numbering plan, ics.destination). Personal, pager, UAN and voicemail numbers
+# forward to wherever their owner points them; shared-cost ones charge the called side.
+REFUSED_KINDS = {
+    destination.EMERGENCY: "emergency_not_allowed",
+    destination.SHORT_CODE: "short_code_not_allowed",
+    "toll_free": "toll_free_not_allowed",
+    "premium": "premium_not_allowed",
+    "shared_cost": "number_type_not_allowed",
+    "personal": "number_type_not_allowed",
+    "pager": "number_type_not_allowed",
+    "uan": "number_type_not_allowed",
+    "voicemail": "number_type_not_allowed",
+}
 
 
-def destination_refusal(number: str) -> str | None:
-    """The reason code refusing this dialed string by destination alone, or None.
-
-    Short codes (N11 such as 911 or 411, and anything else that is neither a 10-digit
-    NANP number nor 011 + an international number) are `short_code_not_allowed`; a
-    10-digit toll-free number `toll_free_not_allowed`; 900 and NXX 976
-    `premium_not_allowed`."""
-    number = number or ""
-    if TEN_DIGIT_RE.match(number):
-        npa, nxx = number[:3], number[3:6]
-        if npa in TOLL_FREE_NPAS:
-            return "toll_free_not_allowed"
-        if npa in PREMIUM_NPAS or nxx in PREMIUM_NXXS:
-            return "premium_not_allowed"
-        return None
-    if number.startswith(INTERNATIONAL_PREFIX):
-        return None  # validity and whether the facility allows it are decided elsewhere
-    if N11_RE.match(number) or (number.isdigit() and len(number) < 10) or number[:1] in ("*", "#"):
-        return "short_code_not_allowed"
-    return None
+def destination_refusal(d: destination.Destination) -> str | None:
+    """The reason code refusing this destination by its kind alone, or None. Whether an
+    international call is allowed (and at what rate) is the facility's: ics.rating."""
+    return REFUSED_KINDS.get(d.kind)
 
 
 # --- time zones ------------------------------------------------------------------

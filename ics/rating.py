@@ -4,18 +4,24 @@ The rate quote played to the called party, the pre-connect balance (or
 direct-bill limit) check, the bridge's time limit and the bill all come from
 here, so what a family hears is what they pay. No float ever touches money.
 
-Rates are per destination class (local, in-state, interstate, international),
-chosen per facility; taxes are passed through in basis points, computed once on
+Rates are per destination class (local, in-state, interstate) chosen per facility, and
+per country for international calls (a facility lists the countries it allows, each
+with its rate and the cost of terminating a minute there); taxes are passed through in basis points, computed once on
 the call total (round half up). There are no ancillary fees of any kind.
 The FCC 25-75 interim caps (compliance from 2026-04-06) are enforced on every
-domestic rate when a facility or the defaults are loaded (`check_caps`).
+domestic rate when a facility or the defaults are loaded (`check_caps`); an
+international rate is capped, as the FCC's international rule has it, at the
+domestic cap plus that country's termination cost.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any, Mapping
+
+import phonenumbers
+
+from .destination import DOMESTIC_REGIONS, Destination
 
 MINUTE_MS = 60_000
 BPS = 10_000  # basis points in 100 %
@@ -23,8 +29,7 @@ BPS = 10_000  # basis points in 100 %
 CLASSES = ("local", "instate", "interstate", "international")
 FACILITY_TYPES = ("prison", "jail")
 MAX_FACILITY_COST_CENTS = 2  # FCC 25-75 facility-cost additive, per minute
-INTERNATIONAL_RE = re.compile(r"^011[1-9][0-9]{6,14}$")  # 011 + E.164 (country code first)
-NPA_RE = re.compile(r"^[2-9][0-9]{2}$")
+MILLICENTS = 1000  # per cent: termination costs are fractions of a cent per minute
 
 # FCC 25-75 interim audio caps, cents per minute, before the facility-cost additive.
 PRISON_CAP_CENTS = 11
@@ -115,17 +120,54 @@ def parse_npas(text: str) -> frozenset[str]:
         part = part.strip()
         if not part:
             continue
-        if not NPA_RE.match(part):
+        # a NANP area code: three digits, the first 2-9 (config text, not a dialled number)
+        if not (len(part) == 3 and part.isascii() and part.isdigit() and part[0] not in "01"):
             raise ValueError(f"{part!r} is not a 3-digit area code")
         out.add(part)
     return frozenset(out)
 
 
-def destination_class(facility: Mapping[str, Any], number: str) -> str:
-    """local / instate / interstate for a 10-digit number by its area code; international for 011..."""
-    if INTERNATIONAL_RE.match(number):
+@dataclass(frozen=True)
+class CountryRate:
+    """An international destination a facility allows: its rate (what the call costs, cents
+    per minute) and the cost of terminating a minute there (millicents), which the FCC's
+    international rule adds to the domestic cap."""
+    region: str
+    rate_cents: int
+    termination_millicents: int
+
+
+def parse_international(text: str) -> dict[str, CountryRate]:
+    """"GB:12:1200, JM:15:4000" -> per country (ISO 3166 code) its rate in cents/min and its
+    termination cost in millicents/min; "" allows no international call. ValueError names
+    a bad entry."""
+    out: dict[str, CountryRate] = {}
+    for part in (text or "").split(","):
+        part = part.strip()
+        if not part:
+            continue
+        fields = [f.strip() for f in part.split(":")]
+        if len(fields) != 3 or not all(f.isascii() and f.isdigit() for f in fields[1:]):
+            raise ValueError(f"{part!r} is not COUNTRY:RATE_CENTS:TERMINATION_MILLICENTS (e.g. GB:12:1200)")
+        region, rate, term = fields[0].upper(), int(fields[1]), int(fields[2])
+        if region not in phonenumbers.SUPPORTED_REGIONS:
+            raise ValueError(f"{part!r}: {fields[0]!r} is not a country code (ISO 3166, e.g. GB, MX, JM)")
+        if region in DOMESTIC_REGIONS:
+            raise ValueError(f"{part!r}: calls to {region} are domestic, rated by local_npas / state_npas")
+        if rate <= 0:
+            raise ValueError(f"{part!r}: the rate must be at least 1 cent per minute")
+        if region in out:
+            raise ValueError(f"{region} is listed twice")
+        out[region] = CountryRate(region, rate, term)
+    return out
+
+
+def destination_class(facility: Mapping[str, Any], d: Destination) -> str:
+    """local / instate / interstate for a domestic number by its area code; international
+    for any other country (Canada and the Caribbean included, NANP or not)."""
+    if not d.domestic:
         return "international"
-    npa = number[:3]
+    npa = d.national[:3]  # every domestic region is in the NANP: 10 digits, area code first
     if npa in parse_npas(facility["local_npas"]):
         return "local"
     if npa in parse_npas(facility["state_npas"]):
@@ -133,15 +175,21 @@ def destination_class(facility: Mapping[str, Any], number: str) -> str:
     return "interstate"
 
 
-def class_rate(facility: Mapping[str, Any], cls: str) -> int | None:
-    """Cents per minute for a class. A domestic class without its own rate uses
-    rate_cents_per_min; international has no default: None means not allowed."""
-    if cls not in CLASSES:
-        raise ValueError(f"unknown destination class {cls!r}")
-    own = facility[f"rate_{cls}_cents"]
-    if own > 0:
-        return own
-    return None if cls == "international" else facility["rate_cents_per_min"]
+def class_rate(facility: Mapping[str, Any], cls: str) -> int:
+    """Cents per minute for a domestic class; one without its own rate uses rate_cents_per_min."""
+    if cls not in CLASSES or cls == "international":
+        raise ValueError(f"{cls!r} is not a domestic destination class")
+    return facility[f"rate_{cls}_cents"] or facility["rate_cents_per_min"]
+
+
+def rate_for(facility: Mapping[str, Any], d: Destination) -> tuple[str, int | None]:
+    """(destination class, cents per minute) for a call to d; the rate is None for a country
+    the facility does not list: the call is not allowed."""
+    cls = destination_class(facility, d)
+    if cls != "international":
+        return cls, class_rate(facility, cls)
+    country = parse_international(facility["international"]).get(d.region)
+    return cls, country.rate_cents if country else None
 
 
 def fcc_cap(facility_type: str, adp: int) -> tuple[int, str]:
@@ -157,9 +205,9 @@ def fcc_cap(facility_type: str, adp: int) -> tuple[int, str]:
 
 
 def check_caps(facility: Mapping[str, Any]) -> None:
-    """Every domestic rate at or under its FCC cap plus the facility-cost additive;
-    raises ValueError naming the rate, the cap and why. International calls are not
-    capped by FCC 25-75 (its caps cover domestic interstate and intrastate calls)."""
+    """Every domestic rate at or under its FCC cap plus the facility-cost additive, every
+    international rate at or under that plus its country's termination cost; raises
+    ValueError naming the rate, the cap and why."""
     cost = facility["facility_cost_cents"]
     base, why = fcc_cap(facility["type"], facility["adp"])
     cap = base + cost
@@ -168,3 +216,9 @@ def check_caps(facility: Mapping[str, Any]) -> None:
             raise ValueError(
                 f"{key} {facility[key]} is above the FCC cap of {cap} cents/min "
                 f"({base} for a {why} under FCC 25-75, plus facility_cost_cents {cost})")
+    for c in parse_international(facility["international"]).values():
+        if c.rate_cents * MILLICENTS > cap * MILLICENTS + c.termination_millicents:
+            raise ValueError(
+                f"international {c.region} rate {c.rate_cents} is above its cap of {cap} cents/min plus "
+                f"{c.termination_millicents} millicents termination ({base} for a {why} under FCC 25-75, "
+                f"plus facility_cost_cents {cost}, plus the cost of terminating a minute in {c.region})")

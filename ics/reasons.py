@@ -8,12 +8,17 @@ REASONS: dict[str, str] = {
     # refused before the called party's phone rings
     "pin_invalid": "Three wrong inmate number / PIN entries in one call",
     "pin_locked": "The inmate's PIN is locked after repeated failures; staff must unlock it",
-    "invalid_number": "The dialed number is neither a 10-digit number nor 011 and an international number",
+    "invalid_number": "The dialed number is not a number in use in the numbering plan (a US number is "
+                      "10 digits, an international one 011 and the number)",
     "not_approved": "The number is not on the inmate's approved list",
     "approval_pending": "The number is on the inmate's list but staff have not approved it yet",
-    "toll_free_not_allowed": "Toll-free numbers (800, 833, 844, 855, 866, 877, 888) cannot be called",
-    "premium_not_allowed": "Premium-rate numbers (900 and NXX 976) cannot be called",
-    "short_code_not_allowed": "N11 and other short codes (911, 411, ...) cannot be dialed from an inmate phone",
+    "toll_free_not_allowed": "Toll-free numbers (800, 833, 844, ... and abroad) cannot be called",
+    "premium_not_allowed": "Premium-rate numbers (900 and abroad) cannot be called",
+    "short_code_not_allowed": "Short codes (411, 611, 988, star codes, ...) cannot be dialed from an inmate phone",
+    "emergency_not_allowed": "Emergency numbers (911, 112) are not placed from an inmate phone; the inmate "
+                             "is told to alert staff (or where the facility routes them)",
+    "number_type_not_allowed": "Shared-cost and forwarding numbers (personal, pager, UAN, voicemail) "
+                               "cannot be called",
     "inmate_suspended": "The inmate's calling privileges are suspended",
     "quota_exhausted": "The inmate's weekly quota of calls or minutes is used up",
     "outside_schedule": "The living unit's calling schedule does not allow calls at this time",
@@ -26,7 +31,7 @@ REASONS: dict[str, str] = {
                      "or a new-number restriction without a prepaid account); the called party must "
                      "open a prepaid account",
     "direct_bill_limit": "The direct-bill account reached its monthly spending limit",
-    "international_not_allowed": "The facility has no rate for international calls",
+    "international_not_allowed": "The facility does not allow calls to that country (its international list)",
     "insufficient_funds": "The account cannot pay for the first minute",
     "account_expired": "The prepaid account expired after 180 days without use; a deposit reactivates it",
     "system_unavailable": "The call monitor (AMI listener) was down, so nothing could enforce the call's "

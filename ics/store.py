@@ -19,11 +19,10 @@ from typing import Any, Mapping
 
 import redis
 
-from . import keys, policy, reasons
+from . import destination, keys, policy, reasons
 from .config import Config, ConfigError, facility_settings
-from .rating import INTERNATIONAL_RE
+from .destination import Destination, NumberError
 
-NUMBER_RE = re.compile(r"^[2-9][0-9]{9}$")  # NANP 10-digit, no leading 0/1
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")
 INMATE_ID_RE = re.compile(r"^[0-9]{4,10}$")  # keyed in on a phone keypad
 PIN_RE = re.compile(r"^[0-9]{4,8}$")
@@ -46,14 +45,27 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def valid_number(number: str) -> bool:
-    """A 10-digit NANP number."""
-    return bool(NUMBER_RE.match(number or ""))
+def dest(number: Destination | str) -> Destination:
+    """A number given as a Destination or as typed (parsed here, once): every number the
+    store keeps is a Destination's E.164, so one number has one spelling in Redis."""
+    if isinstance(number, Destination):
+        return number
+    try:
+        d = destination.parse(number)
+    except NumberError as exc:
+        raise StoreError(f"invalid number: {exc}") from None
+    if d.short:
+        raise StoreError(f"invalid number: {d.e164} is a short code ({d.kind.replace('_', ' ')}), "
+                         "not a phone number")
+    return d
 
 
-def valid_destination(number: str) -> bool:
-    """A number an inmate may dial: 10-digit NANP, or international 011 + country code + number."""
-    return valid_number(number) or bool(INTERNATIONAL_RE.match(number or ""))
+def stored(number: Destination | str) -> str | None:
+    """The stored spelling to look a number up by; None for text that is no number (found nowhere)."""
+    try:
+        return dest(number).e164
+    except StoreError:
+        return None
 
 
 ACCOUNT_TYPES = ("prepaid", "direct_bill", "inmate_debit")
@@ -61,6 +73,7 @@ NUMBER_STATES = ("pending", "approved", "rejected")
 INMATE_STATUSES = ("active", "restricted", "suspended")
 MAX_QUOTA = 10_000
 LINE_TYPES = ("landline", "wireless", "voip")
+LINE_BY_KIND = {"mobile": "wireless", "pager": "wireless", "voip": "voip"}  # LIDB fallback by number type
 MAX_MONTHLY_LIMIT_CENTS = 100_000_00
 
 
@@ -429,52 +442,56 @@ class Store:
         Returns the previous state ("" if the number was not listed)."""
         if state not in NUMBER_STATES:
             raise StoreError(f"number state is one of {', '.join(NUMBER_STATES)}, got {state!r}")
-        if not valid_destination(number):
-            raise StoreError(f"invalid number {number!r}: 10 digits not starting with 0 or 1, "
-                             "or 011 and an international number")
-        refused = policy.destination_refusal(number)
+        d = dest(number)
+        refused = policy.destination_refusal(d)
         if refused:
-            raise StoreError(f"{number} cannot be approved: {reasons.describe(refused)}")
+            raise StoreError(f"{d.e164} cannot be approved: {reasons.describe(refused)}")
         inmate = self.inmate(iid)
         if inmate is None:
             raise StoreError(f"no inmate {iid!r}")
         fac = self.facility(inmate.get("facility", ""))
         limit = fac["approved_max"] if fac else self.cfg["facility_defaults"]["approved_max"]
-        code, before = self._number_state(keys=[keys.approved(iid)], args=[number, state, limit])
+        code, before = self._number_state(keys=[keys.approved(iid)], args=[d.e164, state, limit])
         if code == -1:
             raise StoreError(f"inmate {iid} already has {limit} pending or approved numbers "
                              f"(the facility's approved_max): reject or remove one first")
         return before
 
-    def number_state(self, iid: str, number: str) -> str | None:
-        return self.r.hget(keys.approved(iid), number)
+    def number_state(self, iid: str, number: Destination | str) -> str | None:
+        n = stored(number)
+        return self.r.hget(keys.approved(iid), n) if n else None
 
-    def remove_number(self, iid: str, number: str) -> bool:
-        return bool(self.r.hdel(keys.approved(iid), number))
+    def remove_number(self, iid: str, number: Destination | str) -> bool:
+        n = stored(number)
+        return bool(n and self.r.hdel(keys.approved(iid), n))
 
     def number_states(self, iid: str) -> dict[str, str]:
         return dict(sorted(self.r.hgetall(keys.approved(iid)).items()))
 
-    def is_approved(self, iid: str, number: str) -> bool:
-        return self.r.hget(keys.approved(iid), number) == "approved"
+    def is_approved(self, iid: str, number: Destination | str) -> bool:
+        return self.number_state(iid, number) == "approved"
 
-    def block(self, number: str, *, inmate: str | None = None, facility: str | None = None) -> None:
-        if not valid_destination(number):
-            raise StoreError(f"invalid number {number!r}")
+    def block(self, number: Destination | str, *, inmate: str | None = None, facility: str | None = None) -> None:
+        n = dest(number).e164
         if (inmate is None) == (facility is None):
             raise StoreError("block either for one inmate or for a whole facility")
         key = keys.block_inmate(inmate) if inmate else keys.block_facility(facility)
-        self.r.sadd(key, number)
+        self.r.sadd(key, n)
 
-    def unblock(self, number: str, *, inmate: str | None = None, facility: str | None = None) -> bool:
+    def unblock(self, number: Destination | str, *, inmate: str | None = None,
+                facility: str | None = None) -> bool:
+        n = stored(number)
         key = keys.block_inmate(inmate) if inmate else keys.block_facility(facility)
-        return bool(self.r.srem(key, number))
+        return bool(n and self.r.srem(key, n))
 
-    def block_reason(self, iid: str, fid: str, number: str) -> str | None:
+    def block_reason(self, iid: str, fid: str, number: Destination | str) -> str | None:
         """Which block stops this call, if any. Both sets are read in one round trip."""
+        n = stored(number)
+        if n is None:
+            return None
         with self.r.pipeline(transaction=False) as p:
-            p.sismember(keys.block_inmate(iid), number)
-            p.sismember(keys.block_facility(fid), number)
+            p.sismember(keys.block_inmate(iid), n)
+            p.sismember(keys.block_facility(fid), n)
             by_inmate, by_facility = p.execute()
         if by_facility:
             return "blocked_facility"
@@ -483,33 +500,38 @@ class Store:
         return None
 
     # --- LIDB (line information, a local table standing in for a LIDB query) ----
-    def set_lidb(self, number: str, line_type: str, collect_block: bool = False,
+    def set_lidb(self, number: Destination | str, line_type: str, collect_block: bool = False,
                  new_number: bool = False) -> None:
-        if not valid_number(number):
-            raise StoreError(f"invalid number {number!r}: 10 digits, not starting with 0 or 1")
+        d = dest(number)
+        if d.country_code != 1:
+            raise StoreError(f"{d.e164}: the line table holds North American (+1) numbers only")
         if line_type not in LINE_TYPES:
             raise StoreError(f"line type must be one of {', '.join(LINE_TYPES)}, got {line_type!r}")
-        self.r.hset(keys.lidb(number), mapping={
+        self.r.hset(keys.lidb(d.e164), mapping={
             "line_type": line_type, "collect_block": int(bool(collect_block)),
             "new_number": int(bool(new_number)), "updated_ms": now_ms()})
 
-    def lidb(self, number: str) -> dict[str, Any]:
-        """A number's line record. A number not in the table is treated as a landline
-        with no collect block and no new-number restriction (known=False)."""
-        raw = self.r.hgetall(keys.lidb(number))
-        return {"number": number, "known": bool(raw), "line_type": raw.get("line_type", "landline"),
+    def lidb(self, number: Destination | str) -> dict[str, Any]:
+        """A number's line record. A number not in the table (known=False) has no collect
+        block and no new-number restriction, and the line type its number type says: mobile
+        (or pager) is wireless, VoIP is voip, anything else (US numbers do not tell fixed from
+        mobile) a landline."""
+        d = dest(number)
+        raw = self.r.hgetall(keys.lidb(d.e164))
+        return {"number": d.e164, "known": bool(raw), "line_type": raw.get("line_type", LINE_BY_KIND.get(d.kind, "landline")),
                 "collect_block": raw.get("collect_block") == "1", "new_number": raw.get("new_number") == "1"}
 
-    def collect_problem(self, number: str) -> str | None:
+    def collect_problem(self, number: Destination | str) -> str | None:
         """Why a number cannot be billed collect / direct (None if it can): only a
         landline without a collect block or a new-number restriction can."""
         line = self.lidb(number)
+        n = line["number"]
         if line["line_type"] != "landline":
-            return f"{number} is a {line['line_type']} line"
+            return f"{n} is a {line['line_type']} line"
         if line["collect_block"]:
-            return f"{number} has a collect-call block"
+            return f"{n} has a collect-call block"
         if line["new_number"]:
-            return f"{number} has a new-number restriction"
+            return f"{n} has a new-number restriction"
         return None
 
     # --- accounts ------------------------------------------------------------
@@ -545,9 +567,12 @@ class Store:
             raise StoreError("only an inmate_debit account belongs to an inmate")
         if self.r.exists(keys.account(aid)):
             raise StoreError(f"account {aid!r} already exists")
+        parsed = [dest(n) for n in numbers]
+        numbers = list(dict.fromkeys(d.e164 for d in parsed))  # "(312) 555-0100" and "3125550100" are one
+        for d in parsed:
+            if kind == "direct_bill" and d.country_code != 1:
+                raise StoreError(f"{d.e164}: direct bill is for North American (+1) landlines")
         for n in numbers:
-            if not (valid_number(n) if kind == "direct_bill" else valid_destination(n)):
-                raise StoreError(f"invalid number {n!r}")
             other = self.r.get(keys.number_account(n))
             if other:
                 raise StoreError(f"number {n} already belongs to account {other}")
@@ -582,8 +607,9 @@ class Store:
         acct = self.account(debit_account_id(iid))
         return acct if acct is not None and acct.type == "inmate_debit" else None
 
-    def account_for_number(self, number: str) -> Account | None:
-        aid = self.r.get(keys.number_account(number))
+    def account_for_number(self, number: Destination | str) -> Account | None:
+        n = stored(number)
+        aid = self.r.get(keys.number_account(n)) if n else None
         return self.account(aid) if aid else None
 
     def adjust(self, aid: str, kind: str, amount_cents: int, note: str = "") -> int:
@@ -826,23 +852,24 @@ class Store:
         return None
 
     # --- privileged (attorney) numbers -----------------------------------------------
-    def set_privileged(self, number: str, note: str) -> None:
-        if not valid_destination(number):
-            raise StoreError(f"invalid number {number!r}")
+    def set_privileged(self, number: Destination | str, note: str) -> None:
+        n = dest(number).e164
         if not note or any(c in note for c in "\r\n\0"):
             raise StoreError("a privileged number needs a note (who it is), one line")
-        self.r.hset(keys.PRIVILEGED, number, note)
+        self.r.hset(keys.PRIVILEGED, n, note)
 
-    def remove_privileged(self, number: str) -> bool:
-        return bool(self.r.hdel(keys.PRIVILEGED, number))
+    def remove_privileged(self, number: Destination | str) -> bool:
+        n = stored(number)
+        return bool(n and self.r.hdel(keys.PRIVILEGED, n))
 
     def listener_alive(self) -> bool:
         """The AMI listener's heartbeat is fresh (ami.listener beats while logged in to AMI)."""
         return bool(self.r.exists(keys.LISTENER_ALIVE))
 
-    def privileged(self, number: str) -> str | None:
+    def privileged(self, number: Destination | str) -> str | None:
         """The note of a privileged (attorney) number, or None."""
-        return self.r.hget(keys.PRIVILEGED, number)
+        n = stored(number)
+        return self.r.hget(keys.PRIVILEGED, n) if n else None
 
     def privileged_numbers(self) -> dict[str, str]:
         return dict(sorted(self.r.hgetall(keys.PRIVILEGED).items()))
@@ -856,6 +883,54 @@ class Store:
     def audit_entries(self, call_id: str | None = None) -> list[dict[str, str]]:
         rows = [dict(f, id=eid) for eid, f in self.r.xrange(keys.AUDIT)]
         return [r for r in rows if call_id is None or r.get("call") == call_id]
+
+    # --- numbers stored before E.164 ----------------------------------------------------
+    def migrate_numbers(self) -> dict[str, list[str]]:
+        """Rewrite every number kept in an older spelling (3125550100, 01144...) as E.164, in
+        place; idempotent, so it runs at every FastAGI start. A number whose E.164 form is
+        already there keeps that entry (the old one is dropped: never two spellings); text
+        that is no number is left as it was and reported. Returns {"migrated": [...],
+        "kept_existing": [...], "unreadable": [...]}, each "key old -> new" or "key old"."""
+        done: dict[str, list[str]] = {"migrated": [], "kept_existing": [], "unreadable": []}
+
+        def legacy(text: str) -> str | None:  # the E.164 an old spelling stands for, or None
+            if text.startswith("+"):
+                return None
+            n = stored(text)
+            if n is None:
+                done["unreadable"].append(text)
+            return n
+
+        for pattern in keys.NUMBER_HASHES:
+            for key in self.r.scan_iter(match=pattern, count=500):
+                for old, value in self.r.hgetall(key).items():
+                    new = legacy(old)
+                    if new:
+                        with self.r.pipeline() as p:
+                            p.hsetnx(key, new, value)
+                            p.hdel(key, old)
+                            fresh, _ = p.execute()
+                        done["migrated" if fresh else "kept_existing"].append(f"{key} {old} -> {new}")
+        for pattern in keys.NUMBER_SETS:
+            for key in self.r.scan_iter(match=pattern, count=500):
+                for old in self.r.smembers(key):
+                    new = legacy(old)
+                    if new:
+                        with self.r.pipeline() as p:
+                            p.sadd(key, new)
+                            p.srem(key, old)
+                            fresh, _ = p.execute()
+                        done["migrated" if fresh else "kept_existing"].append(f"{key} {old} -> {new}")
+        for prefix in keys.NUMBER_KEY_PREFIXES:
+            for key in self.r.scan_iter(match=prefix + "*", count=500):
+                new = legacy(key[len(prefix):])
+                if new:
+                    if self.r.renamenx(key, prefix + new):
+                        done["migrated"].append(f"{key} -> {prefix}{new}")
+                    else:
+                        self.r.delete(key)
+                        done["kept_existing"].append(f"{key} -> {prefix}{new}")
+        return done
 
     # --- listings (read-only, for icsctl) ------------------------------------
     def facilities(self) -> list[str]:

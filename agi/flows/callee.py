@@ -237,15 +237,18 @@ def offer(m: Menu, facility: dict, escape: str) -> str:
 
 def say_rate(m: Menu, rec: dict, escape: str) -> str:
     """Read out this call's per-minute price: the rate the inmate flow chose for its
-    destination class (the one that was held and will be billed), through ics.rating.
-    Taxes are added to the bill, so they are mentioned only when the call has some."""
+    destination class, or for an international call its country's rate (the one that was
+    held and will be billed), through ics.rating. Taxes are added to the bill, so they are
+    mentioned only when the call has some."""
     rate, tax_bps = rec.get("rate_cents"), rec.get("tax_bps", 0)
     if not isinstance(rate, int) or not isinstance(tax_bps, int):
         # no rate on the record: nothing truthful can be quoted, so the call must not go on
         raise LookupError(f"call {rec.get('call_id')} has no rate to quote (rate_cents={rate!r})")
     cents = rating.quote(rate).cents
-    log.info("callee.quote", cents_per_min=cents, tax_bps=tax_bps, dest_class=rec.get("dest_class"))
-    digit = m.play("rate-is", escape)
+    international = rec.get("dest_class") == "international"
+    log.info("callee.quote", cents_per_min=cents, tax_bps=tax_bps, dest_class=rec.get("dest_class"),
+             region=rec.get("dest_region"))
+    digit = m.play("rate-international" if international else "rate-is", escape)
     dollars, rest = divmod(cents, 100)
     if not digit and dollars:
         m.s.agi.say_number(dollars)

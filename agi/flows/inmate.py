@@ -12,8 +12,9 @@ from dataclasses import dataclass
 
 import structlog
 
-from ics import capacity, policy, prompts, rating, records
-from ics.store import Account, AccountExpired, now_ms, valid_destination
+from ics import capacity, destination, policy, prompts, rating, records
+from ics.destination import Destination, NumberError
+from ics.store import Account, AccountExpired, now_ms
 
 from .. import channelvars as V
 from ..session import Session
@@ -40,10 +41,11 @@ def run(s: Session) -> None:
         # A phone without a facility is a provisioning fault: fail closed.
         raise LookupError(f"inmate phone has no known facility (ICS_FACILITY={fid!r})")
 
-    number = s.env.get("agi_extension", "")
+    d = dialled(s.env.get("agi_extension", ""))
     call_id = records.new_call_id()
     structlog.contextvars.bind_contextvars(call_id=call_id)
-    records.create(s.r, call_id, facility=fid, number=number if valid_destination(number) else "invalid",
+    records.create(s.r, call_id, facility=fid, number=d.e164 if d else destination.INVALID,
+                   dest_kind=d.kind if d else destination.INVALID, dest_region=d.region if d else None,
                    channel=s.env.get("agi_channel", ""), uniqueid=s.env.get("agi_uniqueid", ""),
                    outcome="pin")
     # The handset's caller ID is untrusted text: it is stored and echoed to the
@@ -53,15 +55,19 @@ def run(s: Session) -> None:
     s.agi.set_variable(V.CALL_ID, call_id)
     s.agi.set_variable(V.STATION, station)
     s.agi.set_variable(V.RESULT, "refused")
-    log.info("call.start", facility=fid, number=number)
+    log.info("call.start", facility=fid, number=d.e164 if d else destination.INVALID,
+             kind=d.kind if d else destination.INVALID, region=d.region if d else None)
     s.agi.answer()
 
     try:
+        if d is not None and d.kind == destination.EMERGENCY:
+            # someone dialling 911 is told at once where help is, not asked for a PIN first
+            raise destination_refused(d, facility)
         check_capacity(s, "start")  # all lines busy: said before the inmate keys in a PIN
         inmate_id = identify(s, facility)
         records.update(s.r, call_id, inmate=inmate_id, outcome="checks")
         inmate = s.store.inmate(inmate_id)
-        go = check_call(s, facility, inmate_id, inmate, number, call_id)
+        go = check_call(s, facility, inmate_id, inmate, d, call_id)
         # first use: only an inmate whose call may go ahead records a name (never one
         # who is then refused); the first minute is held meanwhile, released if they hang up
         if inmate.get("name_recorded") != "1":
@@ -78,13 +84,14 @@ def run(s: Session) -> None:
 
     limit_ms, held = go.limit_ms, go.held_cents
     # An attorney's number is never recorded or monitored; every other call is.
-    privileged = s.store.privileged(number) is not None
+    privileged = s.store.privileged(d) is not None
     recording = "" if privileged else recording_name(facility, inmate_id, call_id)
     records.update(s.r, call_id, account=go.account, rate_cents=go.rate_cents, tax_bps=go.tax_bps,
                    dest_class=go.dest_class, limit_s=limit_ms // 1000, held_cents=held, outcome="dialing",
                    unit=inmate.get("unit") or None,
                    privileged="1" if privileged else "0", recording=recording or None)
-    s.agi.set_variable(V.DIAL, s.cfg["dial"]["template"].format(number=number))
+    # digits only (a Destination's): nothing dialled can add a Dial target with "&"
+    s.agi.set_variable(V.DIAL, dial_string(s.cfg["dial"]["template"], d))
     s.agi.set_variable(V.RING_S, s.cfg["dial"]["ring_timeout_s"])
     # The AMI listener ends the call at limit_ms with a prompt; Dial's L() is the
     # backstop should the listener be down, and settlement never bills past limit_ms.
@@ -93,7 +100,8 @@ def run(s: Session) -> None:
     s.agi.set_variable(V.NOTICE, notice_options(facility["notice_interval_s"], dial_limit_ms))
     # The called party sees the facility, never the handset's own caller ID.
     s.agi.set_variable("CALLERID(name)", facility["name"][:CALLER_NAME_MAX])
-    s.agi.set_variable("CALLERID(num)", facility["caller_id"] or "anonymous")
+    s.agi.set_variable("CALLERID(num)", destination.parse(facility["caller_id"]).dial
+                       if facility["caller_id"] else "anonymous")
     log.info("call.dialing", limit_s=limit_ms // 1000, held_cents=held, account=go.account,
              dest_class=go.dest_class, rate_cents=go.rate_cents)
     s.play("please-hold")
@@ -101,6 +109,32 @@ def run(s: Session) -> None:
 
 
 CALLER_NAME_MAX = 40
+
+
+def dialled(extension: str) -> Destination | None:
+    """What the inmate dialled (Asterisk's extension, any text); None for text that is no
+    number, which is refused as invalid_number with its prompt, never an error (silence)."""
+    try:
+        return destination.parse(extension)
+    except NumberError:
+        return None
+
+
+def destination_refused(d: Destination | None, facility: dict) -> Refused | None:
+    """The refusal, with its prompt, of a destination by its kind alone (or None)."""
+    if d is None:
+        return Refused("invalid_number", "invalid-number")
+    reason = policy.destination_refusal(d)
+    if reason is None:
+        return None
+    if reason == "emergency_not_allowed" and facility["emergency_routed"]:
+        return Refused(reason, "emergency-routed")
+    return Refused(reason, reason.replace("_", "-"))
+
+
+def dial_string(template: str, d: Destination) -> str:
+    """ICS_DIAL: {number} the digits as dialled from the US, {e164} +E.164 (dial.template)."""
+    return template.format(number=d.dial, e164=d.e164)
 
 
 def recording_name(facility: dict, inmate_id: str, call_id: str) -> str:
@@ -177,7 +211,7 @@ class Go:
     dest_class: str
 
 
-def check_policy(s: Session, facility: dict, inmate_id: str, inmate: dict, number: str) -> int:
+def check_policy(s: Session, facility: dict, inmate_id: str, inmate: dict, number: Destination | None) -> int:
     """Facility policy before any money: status, lockdown, schedule, destination, the
     approved list and blocks, the weekly quota. Returns the time limit (s) the quota
     leaves, at most the facility's."""
@@ -191,11 +225,9 @@ def check_policy(s: Session, facility: dict, inmate_id: str, inmate: dict, numbe
     now = now_ms()
     if not s.store.schedule_for(facility, inmate).allows(policy.local_time(now, facility["timezone"])):
         raise Refused("outside_schedule", "outside-schedule")
-    refused = policy.destination_refusal(number)
+    refused = destination_refused(number, facility)
     if refused:
-        raise Refused(refused, refused.replace("_", "-"))
-    if not valid_destination(number):
-        raise Refused("invalid_number", "invalid-number")
+        raise refused
     state = s.store.number_state(inmate_id, number)
     if state == "pending":
         raise Refused("approval_pending", "approval-pending")
@@ -217,7 +249,8 @@ def check_policy(s: Session, facility: dict, inmate_id: str, inmate: dict, numbe
     return limit_s
 
 
-def check_call(s: Session, facility: dict, inmate_id: str, inmate: dict, number: str, call_id: str) -> Go:
+def check_call(s: Session, facility: dict, inmate_id: str, inmate: dict, number: Destination | None,
+               call_id: str) -> Go:
     """Policy (check_policy), destination class and rate, who pays; holds the
     first minute (tax included). Any Redis error raises: no call."""
     limit_s = check_policy(s, facility, inmate_id, inmate, number)
@@ -226,9 +259,8 @@ def check_call(s: Session, facility: dict, inmate_id: str, inmate: dict, number:
         # or hold the next minute; the caller is told, nothing is held
         log.warning("call.listener_down")
         raise Refused("system_unavailable", "system-error")
-    dest_class = rating.destination_class(facility, number)
-    rate = rating.class_rate(facility, dest_class)
-    if rate is None:
+    dest_class, rate = rating.rate_for(facility, number)
+    if rate is None:  # a country the facility does not list
         raise Refused("international_not_allowed", "international-not-allowed")
     tax = facility["tax_bps"]
     one_minute = rating.price(rate, rating.MINUTE_MS, tax).cents
@@ -269,12 +301,13 @@ def choose_debit(s: Session) -> bool:
     return chosen
 
 
-def payer_for(s: Session, number: str) -> Account:
+def payer_for(s: Session, number: Destination) -> Account:
     """The called party's account, if the number can be billed; else needs_prepaid.
 
     A prepaid account pays for any line. Direct bill (collect to a landline) needs the
     LIDB record to allow it at call time too: a landline with no collect block and no
-    new-number restriction (a number not in the table counts as such a landline). No
+    new-number restriction (a number not in the table has the line type its number type
+    says: a mobile number is wireless; US numbers, which do not say, count as landlines). No
     account at all is needs_prepaid too (it replaced no_account)."""
     account = s.store.account_for_number(number)
     if account is None:

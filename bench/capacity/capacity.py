@@ -465,8 +465,9 @@ def wait_records(store: Store, numbers: set[str], since: float) -> dict[str, dic
     while True:
         recs = {}
         for r in records.recent(store.r, 4 * len(numbers) + 50):
-            if r.get("number") in numbers and r.get("started_ms", 0) >= since * 1000 - 1000:
-                recs.setdefault(r["number"], r)
+            dialled = r.get("number", "").removeprefix("+1")  # records keep E.164; the bench 10 digits
+            if dialled in numbers and r.get("started_ms", 0) >= since * 1000 - 1000:
+                recs.setdefault(dialled, r)
         if all(r.get("settled") == "1" for r in recs.values()) or time.time() > deadline:
             return recs
         time.sleep(0.5)

@@ -6,6 +6,7 @@ import pytest
 
 from agi.protocol import quote
 from ics import keys, records
+from ics.destination import e164
 
 from tests.support.phones import sip_quote
 from tests.support.callflow import (INMATE, NUMBER, OTHER_NUMBER, PIN, agi_command, balance,
@@ -124,7 +125,7 @@ def test_block_refuses_the_next_call_before_it_rings(ami, lines):
     press_when(ami, callee, "menu-accept", "9", mark, channel_prefix=f"PJSIP/{NUMBER}")
     rec = wait_settled(world)
     assert rec["reason"] == "blocked_by_called" and rec["billed_cents"] == 0
-    assert world.store.r.sismember(keys.block_inmate(INMATE), NUMBER)
+    assert world.store.r.smembers(keys.block_inmate(INMATE)) == {e164(NUMBER)}  # stored once, in E.164
     call.wait_disconnected(20)
 
     mark = ami.mark()

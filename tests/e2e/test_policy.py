@@ -121,20 +121,23 @@ def _setup(case: str, world) -> str:
     elif case == "approval_pending":
         store.remove_number(INMATE, NUMBER)
         store.set_number_state(INMATE, NUMBER, "pending")
-    return {"toll_free_not_allowed": "8005551212", "premium_not_allowed": "9005551212",
-            "short_code_not_allowed": "911"}.get(case, NUMBER)
+    # toll-free and premium in their 011-1 form (the cases: the same numbers as 1-800, 1-900)
+    return {"toll_free_not_allowed": "01118005551234", "premium_not_allowed": "01119005551234",
+            "short_code_not_allowed": "411", "invalid_number": "3120550100",
+            "emergency_not_allowed": "911"}.get(case, NUMBER)
 
 
 @pytest.mark.parametrize("case", ["outside_schedule", "lockdown", "inmate_suspended", "quota_exhausted",
                                   "approval_pending", "toll_free_not_allowed", "premium_not_allowed",
-                                  "short_code_not_allowed"])
+                                  "short_code_not_allowed", "invalid_number", "emergency_not_allowed"])
 def test_policy_refuses_before_anything_rings(ami, lines, case):
     inmate, _ = lines
     world = make_world(balance_cents=500)
     number = _setup(case, world)
     mark = ami.mark()
     call = inmate.call(number)
-    login(ami, call, mark)
+    if case != "emergency_not_allowed":  # 911 is told where help is before any PIN
+        login(ami, call, mark)
     call.wait_disconnected(30)
     rec = wait_settled(world)
     assert rec["reason"] == case

@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from ics.destination import e164
 from ics import keys, ledger
 from ics.store import Store, StoreError, month_of
 
@@ -34,14 +35,14 @@ def inmate(store: Store) -> str:
 # --- LIDB ----------------------------------------------------------------------------
 
 def test_unknown_numbers_are_landlines_without_blocks(store):
-    assert store.lidb(LAND) == {"number": LAND, "known": False, "line_type": "landline",
+    assert store.lidb(LAND) == {"number": e164(LAND), "known": False, "line_type": "landline",
                                 "collect_block": False, "new_number": False}
     assert store.collect_problem(LAND) is None
 
 
 def test_lidb_records_and_what_stops_collect_billing(store):
     store.set_lidb(CELL, "wireless")
-    assert store.collect_problem(CELL) == f"{CELL} is a wireless line"
+    assert store.collect_problem(CELL) == f"{e164(CELL)} is a wireless line"
     store.set_lidb(LAND, "landline", collect_block=True)
     assert "collect-call block" in store.collect_problem(LAND)
     store.set_lidb(LAND, "landline", new_number=True)

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import structlog
 
+from ics.destination import e164
 from ics import cli, keys, records
 from ics.store import Store, StoreError
 
@@ -150,7 +151,7 @@ def test_inmate_create_and_show_never_reveal_the_pin(run, world):
     status, out, _ = run("inmate", "show", INMATE, "--json")
     assert status == 0
     doc = json.loads(out)
-    assert doc["facility"] == "main" and doc["approved_numbers"] == [NUMBER] and doc["pin_locked"] is False
+    assert doc["facility"] == "main" and doc["approved_numbers"] == [e164(NUMBER)] and doc["pin_locked"] is False
     assert "pin_hash" not in doc and "pin_salt" not in doc
     _, text, _ = run("inmate", "show", INMATE)
     for secret in (inmate["pin_hash"], inmate["pin_salt"]):
@@ -220,15 +221,15 @@ def test_inmate_import_name_converts_and_marks_recorded(run, world, sounds, tmp_
 def test_approve_rejects_bad_numbers_and_numbers_shows_blocks_and_accounts(run, world):
     status, _, err = run("inmate", "approve", INMATE, "1125550100")
     assert status == 1
-    one_line_error(err, "invalid number '1125550100'")
+    one_line_error(err, "invalid number: '1125550100' is not a number in use")
     assert run("inmate", "approve", INMATE, OTHER)[0] == 0
     assert world.is_approved(INMATE, OTHER)
     run("block", "add", OTHER, "--facility", "main")
     doc = json.loads(run("inmate", "numbers", INMATE, "--json")[1])
     assert doc["numbers"] == [
-        {"number": NUMBER, "approval": "approved", "privileged": False, "blocked": None, "account": "fam1",
+        {"number": e164(NUMBER), "approval": "approved", "privileged": False, "blocked": None, "account": "fam1",
          "available_cents": 0},
-        {"number": OTHER, "approval": "approved", "privileged": False, "blocked": "blocked_facility",
+        {"number": e164(OTHER), "approval": "approved", "privileged": False, "blocked": "blocked_facility",
          "account": None, "available_cents": None},
     ]
 
@@ -240,12 +241,12 @@ def test_block_add_list_remove(run, world):
     assert status == 0 and events(err)[0]["event"] == "ops.block_add"
     assert world.block_reason(INMATE, "main", NUMBER) == "blocked_inmate"
     assert json.loads(run("block", "list", "--inmate", INMATE, "--json")[1]) == {
-        "inmate": INMATE, "numbers": [NUMBER]}
+        "inmate": INMATE, "numbers": [e164(NUMBER)]}
     assert run("block", "remove", NUMBER, "--inmate", INMATE)[0] == 0
     assert world.block_reason(INMATE, "main", NUMBER) is None
     status, _, err = run("block", "remove", NUMBER, "--inmate", INMATE)
     assert status == 1
-    one_line_error(err, f"{NUMBER} is not blocked for inmate {INMATE}")
+    one_line_error(err, f"{e164(NUMBER)} is not blocked for inmate {INMATE}")
     status, _, err = run("block", "add", NUMBER, "--facility", "nope")
     assert status == 1
     one_line_error(err, "no such facility nope")
@@ -286,7 +287,7 @@ def test_fund_show_and_ledger(run, world):
     doc = json.loads(run("account", "show", "fam1", "--json")[1])
     assert doc["balance_cents"] == 1494 and doc["held_cents"] == 0 and doc["available_cents"] == 1494
     assert all(isinstance(doc[k], int) for k in doc if k.endswith("_cents"))
-    assert doc["owner"] == "Sam Doe" and doc["numbers"] == [NUMBER]
+    assert doc["owner"] == "Sam Doe" and doc["numbers"] == [e164(NUMBER)]
     assert "balance    $14.94" in run("account", "show", "fam1")[1]
 
     ledger = json.loads(run("account", "ledger", "fam1", "--json")[1])["entries"]
@@ -300,7 +301,7 @@ def test_fund_show_and_ledger(run, world):
 def test_account_create_rejects_a_number_another_account_pays_for(run, world):
     status, _, err = run("account", "create", "fam2", "--owner", "Kim", "--number", NUMBER)
     assert status == 1
-    one_line_error(err, f"number {NUMBER} already belongs to account fam1")
+    one_line_error(err, f"number {e164(NUMBER)} already belongs to account fam1")
     assert world.account("fam2") is None
     status, _, err = run("account", "show", "fam2")
     assert status == 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from ics.destination import e164
 from ics import keys
 
 from .test_cli import INMATE, NUMBER, PIN, events, one_line_error, run, sounds  # noqa: F401 (fixtures)
@@ -13,20 +14,20 @@ CELL = "3125550199"
 
 def test_lidb_set_and_show(run, store):
     status, out, _ = run("lidb", "show", NUMBER, "--json")
-    assert status == 0 and json.loads(out) == {"number": NUMBER, "known": False, "line_type": "landline",
+    assert status == 0 and json.loads(out) == {"number": e164(NUMBER), "known": False, "line_type": "landline",
                                                "collect_block": False, "new_number": False,
                                                "collect_billable": True}
     status, out, err = run("lidb", "set", CELL, "--line-type", "wireless")
     assert status == 0 and "prepaid only" in out
     assert events(err)[0]["event"] == "ops.lidb_set"
     status, out, _ = run("lidb", "show", CELL)
-    assert "wireless" in out and "no: 3125550199 is a wireless line; prepaid only" in out
+    assert "wireless" in out and "no: +13125550199 is a wireless line; prepaid only" in out
     run("lidb", "set", NUMBER, "--line-type", "landline", "--collect-block", "--new-number")
     doc = json.loads(run("lidb", "show", NUMBER, "--json")[1])
     assert doc["collect_block"] and doc["new_number"] and not doc["collect_billable"]
     status, _, err = run("lidb", "set", "123", "--line-type", "landline")
     assert status == 1
-    one_line_error(err, "invalid number '123'")
+    one_line_error(err, "invalid number: 123 is a short code")
     assert run("lidb", "set", NUMBER, "--line-type", "fax")[0] == 2
 
 
@@ -35,7 +36,7 @@ def test_direct_bill_create_refuses_wireless_and_needs_a_limit(run, store):
     status, _, err = run("account", "create", "db1", "--type", "direct_bill", "--owner", "Sam",
                          "--number", CELL, "--monthly-limit-cents", "5000")
     assert status == 1
-    one_line_error(err, "direct bill needs a landline that accepts collect calls: 3125550199 is a voip line")
+    one_line_error(err, "direct bill needs a landline that accepts collect calls: +13125550199 is a voip line")
     status, _, err = run("account", "create", "db1", "--type", "direct_bill", "--owner", "Sam", "--number", NUMBER)
     assert status == 1
     one_line_error(err, "needs a monthly limit")

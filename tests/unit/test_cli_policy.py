@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+from ics.destination import e164
 from ics import keys
 
 from .test_cli import INMATE, NUMBER, OTHER, events, one_line_error, run, sounds, world  # noqa: F401
@@ -47,7 +48,7 @@ def test_request_approve_reject_and_the_list(run, world):
     assert run("inmate", "request", INMATE, OTHER)[0] == 0
     assert world.number_state(INMATE, OTHER) == "pending"
     rows = {d["number"]: d["approval"] for d in json.loads(run("inmate", "numbers", INMATE, "--json")[1])["numbers"]}
-    assert rows == {NUMBER: "approved", OTHER: "pending"}
+    assert rows == {e164(NUMBER): "approved", e164(OTHER): "pending"}
     status, out, _ = run("inmate", "approve", INMATE, OTHER)
     assert status == 0 and "was pending" in out
     assert run("inmate", "reject", INMATE, OTHER)[0] == 0
@@ -72,9 +73,9 @@ def test_lockdown_on_off_is_audited(run, world):
 
 def test_privileged_numbers(run, world):
     assert run("privileged", "add", NUMBER, "--note", "Attorney J. Smith, bar 12345")[0] == 0
-    assert world.r.hget(keys.PRIVILEGED, NUMBER) == "Attorney J. Smith, bar 12345"
+    assert world.r.hget(keys.PRIVILEGED, e164(NUMBER)) == "Attorney J. Smith, bar 12345"
     doc = json.loads(run("privileged", "list", "--json")[1])
-    assert doc == {"privileged": [{"number": NUMBER, "note": "Attorney J. Smith, bar 12345"}]}
+    assert doc == {"privileged": [{"number": e164(NUMBER), "note": "Attorney J. Smith, bar 12345"}]}
     assert "(privileged)" in run("inmate", "numbers", INMATE)[1]
     assert run("privileged", "remove", NUMBER)[0] == 0
     assert run("privileged", "remove", NUMBER)[0] == 1

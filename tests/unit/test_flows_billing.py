@@ -17,7 +17,7 @@ from ics.store import Store, connect, month_of, now_ms
 from .test_flows_scripted import INMATE, NUMBER, PIN, serve_fastagi, ScriptedAsterisk, env_block, fastagi
 
 CELL = "3125550199"
-INTL = "01144207946000"
+INTL = "011442079460000"  # London, dialled from the US
 DEBIT = f"debit-{INMATE}"
 
 
@@ -71,16 +71,37 @@ def test_class_and_tax_set_the_rate_and_the_hold(port, world, number, cls, rate)
     assert rec["paid_minutes"] == 1 and store.account("fam1").held_cents == expected.cents
 
 
-def test_international_needs_a_facility_rate(port, world):
+def test_international_is_allowed_per_country_at_its_own_rate(port, world):
     cfg, store = world
     prepaid(store, "fam1", [INTL])
     cmds, rec = run_call(port, store, INTL)
     assert not dialed(cmds) and rec["reason"] == "international_not_allowed"
     assert played(cmds, "international-not-allowed")
-    store.r.hset(keys.facility("main"), "rate_international_cents", 45)  # not capped by FCC 25-75
+    assert (rec["number"], rec["dest_kind"], rec["dest_region"]) == ("+442079460000", "fixed_line", "GB")
+    # another country listed is not this one
+    store.r.hset(keys.facility("main"), "international", "MX:14:1000")
     cmds, rec = run_call(port, store, INTL)
-    assert dialed(cmds) and (rec["dest_class"], rec["rate_cents"]) == ("international", 45)
-    assert 'SET VARIABLE "ICS_DIAL" "PJSIP/01144207946000"' in cmds
+    assert not dialed(cmds) and rec["reason"] == "international_not_allowed"
+    # the jail's cap is 13 c/min; GB's termination (1.2 c) lifts it to 14.2: 14 is allowed
+    store.r.hset(keys.facility("main"), "international", "MX:14:1000, GB:14:1200")
+    cmds, rec = run_call(port, store, INTL)
+    assert dialed(cmds) and (rec["dest_class"], rec["rate_cents"]) == ("international", 14)
+    assert 'SET VARIABLE "ICS_DIAL" "PJSIP/011442079460000"' in cmds
+
+
+@pytest.mark.parametrize("number, region", [("8769271234", "JM"), ("4169671111", "CA")])
+def test_nanp_numbers_outside_the_us_are_international(port, world, number, region):
+    """The issue's case: Jamaica and Toronto are not interstate calls under the domestic caps."""
+    cfg, store = world
+    store.approve_number(INMATE, number)
+    prepaid(store, "fam1", [number])
+    cmds, rec = run_call(port, store, number)
+    assert not dialed(cmds) and rec["reason"] == "international_not_allowed"
+    assert (rec["dest_class"] if "dest_class" in rec else None, rec["dest_region"]) == (None, region)
+    store.r.hset(keys.facility("main"), "international", f"{region}:15:4000")
+    cmds, rec = run_call(port, store, number)
+    assert dialed(cmds) and (rec["dest_class"], rec["rate_cents"]) == ("international", 15)
+    assert f'SET VARIABLE "ICS_DIAL" "PJSIP/{number}"' in cmds  # inside the NANP: 10 digits
 
 
 def test_wireless_without_prepaid_needs_prepaid(port, world):
@@ -205,6 +226,7 @@ def test_quote_is_the_calls_class_rate_and_the_bill_matches_it(port, world, numb
     cmds = quote_then_accept(port, rec["call_id"])
     assert said_rate(cmds) == rating.quote(rate).cents == rate
     assert played(cmds, "rate-per-minute") and played(cmds, "rate-taxes")  # tax_bps 750
+    assert played(cmds, "rate-is") and not played(cmds, "rate-international")  # a domestic call
     assert 'SET VARIABLE "GOSUB_RESULT" ""' in cmds  # accepted after the quote
     # a normal end, said last: a fault before it is never bridged ([ics-callee])
     assert cmds.index('SET VARIABLE "ICS_MENU_DONE" "1"') > cmds.index('SET VARIABLE "GOSUB_RESULT" ""')
@@ -232,12 +254,15 @@ def test_quote_without_tax_does_not_mention_taxes(port, world):
 
 def test_quote_over_a_dollar_says_dollars_and_cents(port, world):
     cfg, store = world
-    store.r.hset(keys.facility("main"), "rate_international_cents", 125)  # international is not capped
+    # a country whose termination costs $1.12 a minute: cap 13 c + 112 c
+    store.r.hset(keys.facility("main"), "international", "GB:125:112000")
     prepaid(store, "fam1", [INTL])
     _, rec = run_call(port, store, INTL)
     cmds = quote_then_accept(port, rec["call_id"])
     assert [c.split('"')[1] for c in cmds if c.startswith("SAY NUMBER")] == ["1", "25"]
     assert played(cmds, "rate-dollars")
+    # the quote says it is an international call and reads that country's rate
+    assert played(cmds, "rate-international") and not played(cmds, "rate-is")
 
 
 def test_a_call_without_a_rate_is_not_quoted_and_not_connected(port, world):

@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 import pytest
 
 from agi.flows.inmate import notice_options, recording_name
-from ics import config, livecalls, policy, rating, records
+from ics import config, destination, livecalls, policy, rating, records
 from ics.store import StoreError
 
 from .test_flows_billing import port, run_call  # noqa: F401 (fixture)
@@ -21,15 +21,22 @@ from tests.support import seed_week
 # --- pure policy ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("number,reason", [
-    ("911", "short_code_not_allowed"), ("411", "short_code_not_allowed"), ("611", "short_code_not_allowed"),
+    ("911", "emergency_not_allowed"), ("112", "emergency_not_allowed"),
+    ("411", "short_code_not_allowed"), ("611", "short_code_not_allowed"),
     ("*67", "short_code_not_allowed"), ("0", "short_code_not_allowed"), ("12345", "short_code_not_allowed"),
     ("8005551212", "toll_free_not_allowed"), ("8885551212", "toll_free_not_allowed"),
-    ("8335551212", "toll_free_not_allowed"),
-    ("9005551212", "premium_not_allowed"), ("3129765555", "premium_not_allowed"),
-    ("3125550100", None), ("8015550100", None), ("01144207946000", None),
+    ("8335551212", "toll_free_not_allowed"), ("+44 800 123 4567", "toll_free_not_allowed"),
+    ("9005551212", "premium_not_allowed"), ("+44 909 876 5432", "premium_not_allowed"),
+    # the issue's cases: 011-1 is the same number as 1, and refused the same
+    ("01118005551234", "toll_free_not_allowed"), ("01119005551234", "premium_not_allowed"),
+    ("+33 810 12 34 56", "number_type_not_allowed"),  # French shared cost
+    ("+44 70 1234 5678", "number_type_not_allowed"),  # UK personal (follow-me) number
+    # 976 exchanges are ordinary numbers in today's plan (the old hand rule refused them)
+    ("3129765555", None),
+    ("3125550100", None), ("8015550100", None), ("011442079460000", None), ("8769271234", None),
 ])
 def test_destination_refusals(number, reason):
-    assert policy.destination_refusal(number) == reason
+    assert policy.destination_refusal(destination.parse(number)) == reason
 
 
 def test_schedule_windows_days_and_edges():
@@ -98,13 +105,17 @@ def test_approval_states_and_the_list_limit(world):
         store.set_number_state(INMATE, "3125550103", "pending")
     store.set_number_state(INMATE, "3125550102", "rejected")  # rejected numbers do not count
     store.approve_number(INMATE, "3125550103")
-    assert store.number_states(INMATE) == {NUMBER: "approved", "3125550101": "approved",
-                                           "3125550102": "rejected", "3125550103": "approved"}
-    assert store.approved_numbers(INMATE) == [NUMBER, "3125550101", "3125550103"]
+    assert store.number_states(INMATE) == {"+13125550100": "approved", "+13125550101": "approved",
+                                           "+13125550102": "rejected", "+13125550103": "approved"}
+    assert store.approved_numbers(INMATE) == ["+13125550100", "+13125550101", "+13125550103"]
     store.approve_number(INMATE, NUMBER)  # already counted: no limit error
-    for bad in ("8005551212", "9005551212"):
-        with pytest.raises(StoreError, match="cannot be approved"):
+    store.approve_number(INMATE, "(312) 555-0101")  # the same number typed another way: no new entry
+    assert len(store.number_states(INMATE)) == 4
+    for bad in ("8005551212", "9005551212", "01118005551234", "01119005551234", "911", "411"):
+        with pytest.raises(StoreError, match="cannot be approved|short code"):
             store.approve_number(INMATE, bad)
+    with pytest.raises(StoreError, match="no such area code or exchange"):
+        store.approve_number(INMATE, "3120550100")  # the issue's invalid exchange
 
 
 def test_concurrent_requests_never_pass_the_limit(world):
@@ -173,7 +184,8 @@ def result(cmds) -> str:
 
 
 @pytest.mark.parametrize("case", ["inmate_suspended", "lockdown", "outside_schedule", "quota_exhausted",
-                                  "approval_pending", "not_approved", "short_code_not_allowed"])
+                                  "approval_pending", "not_approved", "short_code_not_allowed",
+                                  "toll_free_not_allowed", "premium_not_allowed", "invalid_number"])
 def test_each_policy_refusal_plays_its_prompt_and_holds_nothing(clock, port, world, case):
     _, store = world
     number = NUMBER
@@ -195,7 +207,13 @@ def test_each_policy_refusal_plays_its_prompt_and_holds_nothing(clock, port, wor
         store.set_number_state(INMATE, "3125550101", "rejected")
         number = "3125550101"
     elif case == "short_code_not_allowed":
-        number = "911"
+        number = "411"
+    elif case == "toll_free_not_allowed":
+        number = "01118005551234"  # the issue's case: toll-free in 011-1 form
+    elif case == "premium_not_allowed":
+        number = "01119005551234"
+    elif case == "invalid_number":
+        number = "3120550100"  # the issue's case: an exchange starting with 0
     cmds, rec = run_call(port, store, number)
     assert result(cmds) == "refused"
     assert rec["reason"] == case and rec["outcome"] == "refused"
@@ -203,9 +221,22 @@ def test_each_policy_refusal_plays_its_prompt_and_holds_nothing(clock, port, wor
     assert store.account("fam1").held_cents == 0
 
 
+@pytest.mark.parametrize("routed, prompt", [(False, "emergency-not-allowed"), (True, "emergency-routed")])
+def test_an_emergency_number_is_refused_at_once_with_its_own_prompt(port, world, routed, prompt):
+    """911 is told where help is before any PIN is asked for; the facility can say it routes it."""
+    _, store = world
+    if routed:
+        store.r.hset("ics:facility:main", "emergency_routed", "1")
+    cmds, rec = run_call(port, store, "911", digits=())
+    assert result(cmds) == "refused" and rec["reason"] == "emergency_not_allowed"
+    assert any(f"prompts/{prompt}" in c for c in cmds)
+    assert not any("enter-inmate-id" in c for c in cmds)
+    assert (rec["number"], rec["dest_kind"]) == ("911", "emergency")
+
+
 def test_a_call_that_may_dial_carries_caller_id_notice_recording_and_quota_limit(clock, port, world):
     _, store = world
-    store.r.hset("ics:facility:main", mapping={"notice_interval_s": 60, "caller_id": "3125550000"})
+    store.r.hset("ics:facility:main", mapping={"notice_interval_s": 60, "caller_id": "+1 (312) 555-0000"})
     store.set_inmate_status(INMATE, "restricted", quota_minutes_week=30)
     seed_week(store, INMATE, policy.week_of(clock(), "UTC"), 1, 25)  # 5 minutes left
     cmds, rec = run_call(port, store, NUMBER)

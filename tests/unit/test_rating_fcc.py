@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ics import config, rating
+from ics import destination, config, rating
 from ics.config import ConfigError, facility_settings
 
 ms = st.integers(min_value=0, max_value=4 * 3600 * 1000)
@@ -96,20 +96,33 @@ def test_time_limit_never_buys_more_than_the_funds(available, r, t, facility_s):
 
 # --- destination classes ------------------------------------------------------------------
 
-def test_destination_class_by_area_code():
+def test_destination_class_by_area_code_and_country():
     fac = settings(local_npas="312,773", state_npas="217, 630", rate_local_cents=5,
-                   rate_instate_cents=8, rate_international_cents=40)
+                   rate_instate_cents=8, international="GB:11:1200, JM:12:4000")
     cases = {"3125550100": ("local", 5), "7735550100": ("local", 5), "2175550100": ("instate", 8),
-             "2125550100": ("interstate", 11), "01144207946000": ("international", 40)}
-    for number, (cls, cents) in cases.items():
-        assert rating.destination_class(fac, number) == cls
-        assert rating.class_rate(fac, cls) == cents
+             "2125550100": ("interstate", 11), "011442079460000": ("international", 11),
+             # the case: Jamaica and Toronto are NANP numbers but international calls
+             "8769271234": ("international", 12), "4169671111": ("international", None),
+             "7872345678": ("interstate", 11)}  # Puerto Rico is domestic (FCC)
+    for number, want in cases.items():
+        assert rating.rate_for(fac, destination.parse(number)) == want, number
 
 
-def test_international_needs_its_own_rate_and_is_not_capped():
-    assert rating.class_rate(settings(), "international") is None
-    fac = settings(type="jail", adp=2000, rate_cents_per_min=10, rate_international_cents=99)
-    assert rating.class_rate(fac, "international") == 99
+def test_international_rates_are_capped_per_country_at_the_domestic_cap_plus_termination():
+    assert rating.parse_international(settings()["international"]) == {}  # none by default
+    # a prison: cap 11 c/min (+ facility cost 1) + the country's termination cost
+    fac = settings(facility_cost_cents=1, international="GB:12:0, MX:13:1000, JM:16:4000")
+    assert rating.rate_for(fac, destination.parse("+52 55 1234 5678")) == ("international", 13)
+    with pytest.raises(ConfigError, match=r"international GB rate 13 is above its cap of 12 cents/min plus 999"):
+        settings(facility_cost_cents=1, international="GB:13:999")
+    settings(facility_cost_cents=1, international="GB:13:1000")  # exactly at the cap
+    with pytest.raises(ConfigError, match="is above"):
+        settings(type="jail", adp=2000, international="JM:15:4999")  # 10 + 4.999 < 15
+    for bad, why in (("GB", "COUNTRY:RATE_CENTS"), ("XX:5:0", "not a country code"), ("US:5:0", "domestic"),
+                     ("PR:5:0", "domestic"), ("GB:0:0", "at least 1 cent"), ("GB:5:1.5", "COUNTRY:RATE"),
+                     ("GB:5:0,gb:6:0", "listed twice"), ("GB:-5:0", "COUNTRY:RATE")):
+        with pytest.raises(ConfigError, match=why):
+            settings(international=bad)
 
 
 def test_bad_area_codes_and_overlaps_are_refused():
