@@ -15,13 +15,13 @@ import pytest
 
 from ics import audio, capacity, keys, records
 
+from tests.e2e.test_billing_calls import accept
 from tests.support import services
-from tests.support.callflow import (INMATE, NUMBER, OTHER_NUMBER, agi_command, latest_call, login, make_world,
-                                    press_when, wait_settled)
+from tests.support.callflow import (INMATE, NUMBER, OTHER_NUMBER, agi_command, latest_call, make_world,
+                                    wait_settled)
 
 pytestmark = pytest.mark.e2e
 
-FAMILY = f"PJSIP/{NUMBER}"
 SECOND = "PJSIP/inmate2-"
 MAX_CALLS = "ICS_CAPACITY_MAX_CALLS"
 SETTLE_S = 1.0
@@ -110,14 +110,7 @@ def test_a_call_past_max_calls_hears_busy_and_is_never_dialled(ami, lines, one_l
     wait_live(world, 0)
 
     # the one line: a recorded call, accepted and bridged
-    mark = ami.mark()
-    call = inmate.call(NUMBER)
-    login(ami, call, mark)
-    callee = family.wait_incoming(15)
-    callee.answer()
-    press_when(ami, callee, "menu-accept", "1", mark, channel_prefix=FAMILY)
-    ami.wait_for(lambda e: e.get("Event") == "BridgeEnter" and e.get("Channel", "").startswith(FAMILY), 15,
-                 since=mark)
+    call, callee = accept(ami, inmate, family)
     first_id = latest_call(world)["call_id"]
     wait_live(world, 1)
     assert capacity.setting_up(world.store.r) == {}, "counted live, no longer as being placed"
