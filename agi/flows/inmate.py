@@ -153,6 +153,12 @@ def notice_options(interval_s: int, limit_ms: int) -> str:
     return f":{limit_ms - interval_ms}:{interval_ms}"
 
 
+def listener_down() -> Refused:
+    """The AMI listener's heartbeat (or its live count) is missing: no call is placed."""
+    log.warning("call.listener_down")
+    return Refused("system_unavailable", "system-error")
+
+
 def check_capacity(s: Session, at: str, admit: str = "") -> None:
     """Admission control (ics.capacity): refused while capacity.max_calls calls are live or
     being placed, rather than degrading every call on the box. With admit (the inmate
@@ -162,8 +168,7 @@ def check_capacity(s: Session, at: str, admit: str = "") -> None:
     max_calls = s.cfg["capacity"]["max_calls"]
     load = capacity.check(s.r, max_calls, admit)
     if load.room is None and admit:
-        log.warning("call.listener_down")
-        raise Refused("system_unavailable", "system-error")
+        raise listener_down()
     if load.room is False:
         log.warning("call.capacity_full", live=load.live, setting_up=load.setting_up, max_calls=max_calls, at=at)
         raise Refused("capacity_full", "all-lines-busy")
@@ -257,8 +262,7 @@ def check_call(s: Session, facility: dict, inmate_id: str, inmate: dict, number:
     if not s.store.listener_alive():
         # fail closed: with the listener down nothing would cut a transfer, a three-way call
         # or hold the next minute; the caller is told, nothing is held
-        log.warning("call.listener_down")
-        raise Refused("system_unavailable", "system-error")
+        raise listener_down()
     dest_class, rate = rating.rate_for(facility, number)
     if rate is None:  # a country the facility does not list
         raise Refused("international_not_allowed", "international-not-allowed")
