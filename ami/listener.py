@@ -486,7 +486,6 @@ class Listener:
                 self.spawn(self.sweep(call.call_id, self.ending.get(call.linkedid),
                                       (self.ending_by.get(call.linkedid, ""), call.inmate)))
         self.bridges = bridges
-        await asyncio.to_thread(self.register_node)
         self.rebuilt = True  # live calls known again: the periodic orphan scan may trust them
         # calls that ended while nobody settled them (FastAGI and listener both down)
         for call_id in await asyncio.to_thread(orphans, self.store.r, set(seen), self.node):
@@ -494,15 +493,7 @@ class Listener:
         log.info("ami.rebuilt", channels=len(rows), calls=len(seen),
                  watching=sum(1 for c in self.calls.values() if c.bridged and c.call_id))
 
-    # --- cluster: where this node is, and peers that died with calls on them (ami.peers) ---
-    def register_node(self) -> None:
-        """Where icsctl and peers reach this node's AMI (keys.node), written on every login."""
-        a = self.cfg["ami"]
-        with self.store.r.pipeline() as p:
-            p.sadd(keys.NODES, self.node)
-            p.hset(keys.node(self.node), mapping={"ami_host": a["host"], "ami_port": a["port"]})
-            p.execute()
-
+    # --- cluster: peer nodes that died with calls on them (ami.peers) ---
     async def watch_peers(self) -> None:
         while True:
             await asyncio.sleep(peers.PEER_CHECK_S)
@@ -650,8 +641,9 @@ class Listener:
             call = self.calls.get(linkedid)
             if call is not None:
                 call.admitted = True
+        a = self.cfg["ami"]
         await asyncio.to_thread(capacity.beat, self.store.r, self.live_calls(), set(self.calls), admitted,
-                                node=self.node)
+                                node=self.node, where={"ami_host": a["host"], "ami_port": a["port"]})
 
     def live_calls(self) -> set[str]:
         """Linkedids of the inmate calls placed now, for admission control: an inmate call (its

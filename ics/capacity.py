@@ -85,17 +85,19 @@ def setting_up(r: redis.Redis, node: str = keys.DEFAULT_NODE) -> dict[str, int]:
 
 
 def beat(r: redis.Redis, live: Collection[str], known: Collection[str], admitted: dict[str, int],
-         now: int | None = None, node: str = keys.DEFAULT_NODE) -> None:
+         now: int | None = None, node: str = keys.DEFAULT_NODE, where: dict | None = None) -> None:
     """The AMI listener's heartbeat (keys.LISTENER_ALIVE) and its live count (keys.LIVE_CALLS),
     one transaction: live are the Linkedids of the calls placed now, known every Linkedid it
-    has, admitted what setting_up() returned before. Entries now counted live, or whose inmate
+    has, admitted what setting_up() returned before, where its AMI address (keys.node). Entries now counted live, or whose inmate
     channel is gone, stop counting as setting up in the same step."""
     now = now_ms() if now is None else now
     done = [m for m, at in admitted.items() if m in live or (m not in known and now - at > GONE_GRACE_MS)]
     with r.pipeline(transaction=True) as p:
         p.set(keys.listener_alive(node), now, px=keys.LISTENER_ALIVE_MS)
         p.set(keys.live_calls(node), len(live), px=keys.LISTENER_ALIVE_MS)
-        p.hset(keys.node(node), "beat_ms", now)  # kept: dates the node's death (ami.peers)
+        # where the node's AMI is (icsctl, peers) and its last beat, kept: dates its death (ami.peers)
+        p.hset(keys.node(node), mapping={"beat_ms": now, **(where or {})})
+        p.sadd(keys.NODES, node)
         if done:
             p.zrem(keys.calls_setting_up(node), *done)
         p.execute()

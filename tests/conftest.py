@@ -49,7 +49,7 @@ ASTERISK_LOG_ALLOWED: list[tuple[str, str | None, str]] = [
      r"test_fastagi_killed|\[fastagi-", "FastAGI killed by the test"),
     # Asterisk restarted or killed by the test: the lab's network namespace has only lo,
     # so the new process seeds its EID without an ethernet interface (harmless).
-    (r"No ethernet interface found for seeding global EID", r"asterisk_(restart|killed)|\[asterisk-",
+    (r"No ethernet interface found for seeding global EID", r"asterisk_(restart|killed)|\[asterisk-|node_killed",
      "Asterisk restarted by the test in a loopback-only namespace"),
     # An AMI client (the listener's ping, a login) landing in the second Asterisk takes to
     # shut down is refused; the connection then closes and is made again.
