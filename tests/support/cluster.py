@@ -65,9 +65,10 @@ class Taps:
         return {node: tap.mark() for node, tap in self.taps.items()}
 
     def events(self, match: Matcher | None = None, since: dict[str, int] | None = None) -> list[Event]:
+        pred = matcher(match) if match is not None else (lambda e: True)
         out = []
         for node, tap in self.taps.items():  # a killed node's tap keeps the events it got
-            out += [dict(e, _node=node) for e in tap.events(match, (since or {}).get(node))]
+            out += [e for e in (dict(e, _node=node) for e in tap.events(None, (since or {}).get(node))) if pred(e)]
         return out
 
     def wait_for(self, match: Matcher, timeout: float = 10.0, since: dict[str, int] | None = None) -> Event:
