@@ -11,9 +11,10 @@ call through it; called phones are reached back through it.
   node's last heartbeat, and settlement credits it, once; Kamailio takes the node out
   within 5 s, and new calls, the first one placed right after the kill included, go to the
   surviving node within 5 s.
-- icsctl monitor start / stop / cut act on the node carrying the call (its record's node),
-  not the AMI configured for icsctl (here the single box's, which does not carry it); the
-  investigator's phone, registered at Kamailio, is rung from that node through Kamailio.
+- icsctl monitor start / stop / cut and lockdown --end-live act on the node carrying each
+  call (its record's node), not the AMI configured for icsctl (here the single box's, which
+  carries none of them); the investigator's phone, registered at Kamailio, is rung from
+  that node through Kamailio.
 """
 
 import json
@@ -209,7 +210,7 @@ def test_node_killed_mid_call_is_settled_by_its_peer_and_new_calls_fail_over(tap
         time.sleep(0.2)
 
 
-def test_icsctl_monitors_and_cuts_a_call_through_the_node_carrying_it(taps, clines):
+def test_icsctl_monitors_cuts_and_locks_down_through_the_node_carrying_each_call(taps, clines):
     inmate, family, investigator = clines
     world = make_world(balance_cents=500)
     mark = taps.mark()
@@ -237,3 +238,18 @@ def test_icsctl_monitors_and_cuts_a_call_through_the_node_carrying_it(taps, clin
     assert (rec["reason"], rec["rule"]) == ("cut_off", "cut_off") and "Lt. Cho" in rec["rule_threshold"]
     assert [(e["action"], e["by"]) for e in world.store.audit_entries(call_id)] == [
         ("monitor_start", "Det. Ray"), ("monitor_stop", "Det. Ray"), ("cut_off", "Lt. Cho")]
+
+    # the next call is on the other node (round robin): a lockdown ends it through that node
+    mark = taps.mark()
+    call, callee = accept(taps, inmate, family)
+    rec = latest_call(world)
+    assert rec["node"] != node
+    rc, out = icsctl("lockdown", "on", "--facility", "main", "--by", "Warden Ames", "--end-live")
+    assert rc == 0 and "live calls ended: 1" in out, out
+    call.wait_disconnected(20)
+    callee.wait_disconnected(20)
+    heard = {(e["_node"], e["Channel"].split("-")[0]) for e in taps.events(
+        {"Event": "TestEvent", "State": "PLAYBACK", "Message": "ics/prompts/cut-lockdown_ended"}, since=mark)}
+    assert heard == {(rec["node"], "PJSIP/inmate1"), (rec["node"], f"PJSIP/{NUMBER}")}
+    assert settled(world, rec["call_id"])["reason"] == "lockdown_ended"
+    assert icsctl("lockdown", "off", "--facility", "main", "--by", "Warden Ames")[0] == 0
