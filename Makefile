@@ -6,7 +6,7 @@
 #   make demo      up, one collect call between two softphones, down
 #   make up / down / status / provision / venv / bench
 #   make up-cluster / down-cluster / status-cluster   Kamailio in front of two call nodes
-#                  (README, Cluster); make farm: its bench (bench/farm.py)
+#                  (README, Cluster); make farm: its bench (bench/farm/farm.py)
 
 SHELL := /bin/bash
 STACK := bash docker/stack.sh
@@ -55,6 +55,15 @@ down-cluster:
 
 status-cluster:
 	$(STACK) status-cluster
+
+# make farm: calls through Kamailio to one call node, then two (bench/farm/farm.py, SIPp);
+# not in make bench (about 2 min with these defaults)
+FARM_CALLS ?= 300
+FARM_RATE ?= 20
+FARM_HOLD ?= 5
+
+farm: provision
+	$(PY) bench/farm/farm.py --calls $(FARM_CALLS) --rate $(FARM_RATE) --hold $(FARM_HOLD)
 
 test: provision
 	$(PY) -m pytest -q --durations=10 -n $(TEST_WORKERS) --dist worksteal tests

@@ -31,7 +31,8 @@ PYTHON=${ICS_PYTHON:-python3.11}
 SUITE=${ICS_DEBIAN_SUITE:-sid}
 FASTAGI_PORT=4573
 SOUNDS=$AST/var/lib/asterisk/sounds/ics
-HOST_PACKAGES=(debootstrap redis-server espeak-ng python3.11-venv kamailio)
+# kamailio: the cluster's SIP front; sip-tester (SIPp): the farm bench's handsets
+HOST_PACKAGES=(debootstrap redis-server espeak-ng python3.11-venv kamailio sip-tester)
 # the cluster (up-cluster): call nodes "id:address" (each an Asterisk from the same root with its
 # own ics-fastagi and ics-ami, all on that loopback address), Kamailio in front on its own
 CLUSTER_NODES=${ICS_CLUSTER_NODES:-a:127.0.0.2 b:127.0.0.3}
