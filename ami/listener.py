@@ -514,7 +514,10 @@ class Listener:
             if not await asyncio.to_thread(peers.claim, self.store.r, nid, self.node):
                 continue
             at_ms = int(info.get("beat_ms") or time.time() * 1000)
-            for rec in await asyncio.to_thread(peers.unsettled_calls, self.store.r, nid):
+            calls = await asyncio.to_thread(peers.unsettled_calls, self.store.r, nid)
+            if not calls:  # nothing of it left: forgotten until it beats again
+                await asyncio.to_thread(self.store.r.srem, keys.NODES, nid)
+            for rec in calls:
                 call_id = rec["call_id"]
                 if call_id in self.dropped or call_id in self.unsettled:
                     continue

@@ -14,7 +14,13 @@ node_down=<node>, the NodeDown evidence: last heartbeat, the AMI probe), dated b
 node's last heartbeat, then settles it through the listener's own system-drop path
 (credited per the rule, once: settlement is idempotent, so the dead node's listener
 coming back and doing the same for a call changes nothing). A call that had already
-ended (ended_ms) is settled as it ended, not as a drop.
+ended (ended_ms) is settled as it ended, not as a drop. A dead node with nothing left to
+settle leaves keys.NODES (its heartbeat puts it back).
+
+Left: a node whose listener alone is down keeps answering Kamailio's pings, so new calls
+still reach it and are refused there (system_unavailable, fail closed) until the listener
+is back; a node cut off from the network with its Asterisk alive is taken for dead: its
+calls are credited as drops while they run on to their paid minutes' backstop.
 """
 
 from __future__ import annotations

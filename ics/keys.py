@@ -58,7 +58,8 @@ ics.store.Store.migrate_numbers (icsctl numbers migrate; ics-fastagi runs it at 
   ics:capacity:{node}:setting_up    zset   inmate channel Uniqueid (the call's Linkedid) -> epoch ms the
                                            node's flow admitted it, until its listener counts it live or
                                            its channel is gone (ics.capacity)
-  ics:nodes                         set    call node ids that ever beat (a cluster's nodes)
+  ics:nodes                         set    call node ids that beat (a cluster's nodes; a dead one with
+                                           nothing left to settle is dropped until it beats again)
   ics:node:{node}                   hash   ami_host, ami_port (where icsctl and peers reach that node's
                                            AMI), beat_ms (its listener's last heartbeat, kept; dates
                                            the drop of its calls when the node dies: ami.peers)
