@@ -439,7 +439,7 @@ render_node() {   # render_node NODE ADDRESS
         echo "ICS_AMI_HOST=$addr"
         echo "ICS_FASTAGI_HOST=$addr"
         echo "ICS_CAPACITY_RTP_CONF=$etc/rtp.conf"
-        echo "ICS_NODE_ADDR=$addr"; } > "$STACK/node-$node.env" )
+        echo "ICS_NODE_ADDRESS=$addr"; } > "$STACK/node-$node.env" )
 }
 
 render_kamailio() {

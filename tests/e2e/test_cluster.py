@@ -7,10 +7,11 @@ call through it; called phones are reached back through it.
   enforced and settled on its own node only, billed once.
 - A node dies whole mid-call (Asterisk, FastAGI, listener SIGKILLed): a live peer's
   listener (the other node's, or the single box's beside it: same Redis) records the call
-  as a system drop with the NodeDown evidence, dated by the dead
-  node's last heartbeat, and settlement credits it, once; Kamailio takes the node out
-  within 5 s, and new calls, the first one placed right after the kill included, go to the
-  surviving node within 5 s.
+  as a system drop with the NodeDown evidence, dated by the dead node's last heartbeat,
+  and settlement credits it, once; Kamailio takes the node out within 5 s, and new calls,
+  two placed right after the kill included (round robin sends one of them to the dead
+  node first: it fails over), reach the surviving node within 5 s.
+- A node takes SIP only from Kamailio: a handset calling a node directly is refused (403).
 - icsctl monitor start / stop / cut and lockdown --end-live act on the node carrying each
   call (its record's node), not the AMI configured for icsctl (here the single box's, which
   carries none of them); the investigator's phone, registered at Kamailio, is rung from
@@ -162,7 +163,7 @@ def test_node_killed_mid_call_is_settled_by_its_peer_and_new_calls_fail_over(tap
                               and e.get("Channel", "").startswith("PJSIP/inmate1"), since=mark)) < 2:
             assert time.monotonic() - t0 < FAILOVER_S, "new calls did not reach the surviving node"
             time.sleep(0.05)
-        dead_addr = cluster.node_env(dead)["ICS_NODE_ADDR"]
+        dead_addr = cluster.node_env(dead)["ICS_NODE_ADDRESS"]
         assert f"call node sip:{dead_addr}:5060 failed" in kamailio_log.read_text()[kamailio_from:], \
             "no new call was sent to the dead node first: failover not exercised"
         for c in new:
@@ -205,7 +206,7 @@ def test_node_killed_mid_call_is_settled_by_its_peer_and_new_calls_fail_over(tap
     assert balance(world) == 500 and world.store.account(world.account).held_cents == 0
     assert ledger.check(world.store.r)["ok"]
     deadline = time.monotonic() + FAILOVER_S
-    while "A" not in dispatcher_flags().get(cluster.node_env(dead)["ICS_NODE_ADDR"], ""):
+    while "A" not in dispatcher_flags().get(cluster.node_env(dead)["ICS_NODE_ADDRESS"], ""):
         assert time.monotonic() < deadline, f"node {dead} not back in: {dispatcher_flags()}"
         time.sleep(0.2)
 
@@ -253,3 +254,16 @@ def test_icsctl_monitors_cuts_and_locks_down_through_the_node_carrying_each_call
     assert heard == {(rec["node"], "PJSIP/inmate1"), (rec["node"], f"PJSIP/{NUMBER}")}
     assert settled(world, rec["call_id"])["reason"] == "lockdown_ended"
     assert icsctl("lockdown", "off", "--facility", "main", "--by", "Warden Ames")[0] == 0
+
+
+def test_a_node_takes_sip_only_from_kamailio(taps, clines):
+    inmate, _, _ = clines
+    world = make_world(balance_cents=500)
+    mark = taps.mark()
+    # a handset that skips the front and calls a node directly (no digest there: Kamailio's job)
+    direct = inmate.call(f"sip:{NUMBER}@{cluster.node_env('a')['ICS_NODE_ADDRESS']}:5060")
+    direct.wait_disconnected(10)
+    assert direct.last_status_code == 403, (direct.last_status_code, direct.last_reason)
+    time.sleep(0.5)
+    assert not taps.events({"Event": "Newchannel"}, since=mark), "no channel for a request from elsewhere"
+    assert not records.recent(world.store.r, 1), "no call record"
