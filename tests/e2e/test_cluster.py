@@ -198,7 +198,7 @@ def test_node_killed_mid_call_is_settled_by_its_peer_and_new_calls_fail_over(tap
             t0 = time.monotonic()
             more = inmate.call(NUMBER)
             inmate_channel_on(taps, alive, mark, 2)
-            assert time.monotonic() - t0 < 1.0
+            assert time.monotonic() - t0 < 1.5, "not straight to it: a failover takes 2 s"
             more.hangup()
             time.sleep(0.5)
     finally:
