@@ -89,13 +89,22 @@ def set_reason(r: redis.Redis, call_id: str, reason: str) -> bool:
 PLAIN_ENDS = ("called_hangup", "inmate_hangup")
 
 
-# cut_ms is never after ended_ms, whichever of the listener's cut and the hang-up's settlement
-# (stamped by Asterisk's clock) writes first: each clamps in one step against the other.
-_CUT_AT = """
-local ended = tonumber(redis.call('HGET', KEYS[1], 'ended_ms') or '')
+# One step, so no reader sees half a cut: cut_ms never after ended_ms (whichever of the listener's
+# cut and settlement's end, stamped by Asterisk's clock, is written first, each clamps against the
+# other); the reason replaces none or a plain hang-up; a system drop (ARGV[5] = 1) writes nothing
+# over another reason. ARGV[6..] are the plain ends.
+_CUT = """
+local k = KEYS[1]
+local reason = redis.call('HGET', k, 'reason')
+local plain = not reason
+for i = 6, #ARGV do if reason == ARGV[i] then plain = true end end
+if ARGV[5] == '1' and not plain then return 0 end
+local ended = tonumber(redis.call('HGET', k, 'ended_ms') or '')
 local at = tonumber(ARGV[1])
 if ended and ended < at then at = ended end
-redis.call('HSET', KEYS[1], 'cut_ms', at)
+redis.call('HSET', k, 'cut_ms', at, 'rule', ARGV[2], 'rule_threshold', ARGV[3], 'evidence', ARGV[4])
+if plain then redis.call('HSET', k, 'reason', ARGV[2]) end
+return 1
 """
 _END_AT = """
 if redis.call('HSETNX', KEYS[1], 'ended_ms', ARGV[1]) == 1 then
@@ -105,17 +114,18 @@ end
 """
 
 
+def _cut(r: redis.Redis, call_id: str, reason: str, threshold: str, at_ms: int, events, system_drop: bool) -> bool:
+    return bool(r.eval(_CUT, 1, keys.call(call_id), at_ms, reason, threshold,
+                       json.dumps(list(events), separators=(",", ":")), int(system_drop), *PLAIN_ENDS))
+
+
 def record_cut(r: redis.Redis, call_id: str, reason: str, threshold: str, at_ms: int,
                events: list[dict] | tuple = ()) -> None:
     """A call ended on purpose (a rule of the AMI listener, a lockdown, an investigator):
     why, on what grounds, when billing stops, and the evidence. Written before the legs
     hear it. The first reason wins, except over a plain hang-up: a transfer can make
     Asterisk hang a leg up itself, and its hangup handler may settle the call first."""
-    r.eval(_CUT_AT, 1, keys.call(call_id), at_ms)
-    update(r, call_id, rule=reason, rule_threshold=threshold,
-           evidence=json.dumps(list(events), separators=(",", ":")))
-    if not set_reason(r, call_id, reason) and r.hget(keys.call(call_id), "reason") in PLAIN_ENDS:
-        r.hset(keys.call(call_id), "reason", reason)
+    _cut(r, call_id, reason, threshold, at_ms, events, system_drop=False)
 
 
 def record_system_drop(r: redis.Redis, call_id: str, threshold: str, at_ms: int,
@@ -125,10 +135,7 @@ def record_system_drop(r: redis.Redis, call_id: str, threshold: str, at_ms: int,
     writes a rule's. It replaces nothing but a plain hang-up (which a settlement that could not
     know may have written first); a deliberate cut's reason and evidence stay. Whether settled
     before or after, settlement's auto credit then applies once (ics.store.auto_credit)."""
-    if r.hget(keys.call(call_id), "reason") not in (None, *PLAIN_ENDS):
-        return False
-    record_cut(r, call_id, "system_error", threshold, at_ms, events)
-    return True
+    return _cut(r, call_id, "system_error", threshold, at_ms, events, system_drop=True)
 
 
 def note_before_accept(r: redis.Redis, call_id: str, reason: str, events: list[dict] | tuple) -> None:
