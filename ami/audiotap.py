@@ -1,9 +1,9 @@
 """The called leg's received audio, tapped into the listener: an AudioSocket server.
 
-For every bridged inmate call the listener originates a Local channel whose first half runs
-ChanSpy on the called leg (options q: no beep, o: only the audio the called side sends, E: end
-with it) and whose second half ([ics-tap], dialplan/extensions.conf) runs AudioSocket to this
-server with the tap's UUID. Nothing joins the call's bridge and nothing is written to it: ChanSpy
+For every bridged inmate call the listener originates an AudioSocket channel (chan_audiosocket,
+to this server, with the tap's UUID) that runs ChanSpy on the called leg (options q: no beep,
+o: only the audio the called side sends, E and S: end with it); what ChanSpy gives the channel
+is streamed here. Nothing joins the call's bridge and nothing is written to it: ChanSpy
 reads a copy through an audio hook, as TALK_DETECT already does, so neither party hears a
 change and no latency is added.
 
@@ -51,6 +51,10 @@ class TapServer:
         self.host, self.port = host, port
         self.taps: dict[str, Tap] = {}     # uuid -> tap
         self.server: asyncio.AbstractServer | None = None
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
 
     async def start(self) -> None:
         self.server = await asyncio.start_server(self._serve, self.host, self.port)

@@ -60,7 +60,6 @@ TICK_S = 0.2           # clock rules (hold grace, silence, time limit) are check
 CUT_PROMPT_MAX_S = 12  # a leg still up this long after the redirect is hung up outright
 RESERVE_AHEAD_MS = 10_000  # the next minute is held this long before the paid ones run out
 NOTICE_CONTEXT = "ics-notice"
-TAP_CONTEXT = "ics-tap"
 WARN_EXTEN = "threeway"   # [ics-notice] exten of the three-way warning (a rule's "warn" response)
 CALL_EVENTS = ("Newchannel", "Hangup", "BridgeEnter", "BridgeLeave", "Hold", "Unhold", "Flash",
                "BlindTransfer", "AttendedTransfer", "ConfbridgeJoin", "DTMFEnd",
@@ -409,13 +408,14 @@ class Listener:
 
     # --- the called leg's audio (ami.audiotap, ami.tones) ---------------------------------
     async def start_tap(self, call: LiveCall) -> None:
-        """ChanSpy (listen only, the called side's audio) on the called leg into AudioSocket here."""
+        """ChanSpy (listen only, the called side's audio) on the called leg, run by an AudioSocket
+        channel that streams what it is given to the listener (ami.audiotap)."""
         called = [c for c in self.bridges.get(call.bridge, ()) if c != call.inmate and c in call.channels]
         if not called:
             return
         call.tap_id = self.tap.expect(call.linkedid, call.policy.tones, self.on_detect)
         ok = await _succeeded(self.manager.send_action({
-            "Action": "Originate", "Channel": f"Local/{call.tap_id}@{TAP_CONTEXT}/n",
+            "Action": "Originate", "Channel": f"AudioSocket/{self.tap.address}/{call.tap_id}/c(slin)",
             "Application": "ChanSpy", "Data": f"{called[0]},qoES", "CallerID": "ICS tap",
             "Timeout": 5000, "Async": "true"}))
         if not ok:

@@ -30,6 +30,7 @@ WIN = 400          # 50 ms analysis window
 HOP = 200          # 25 ms step
 HOP_MS = HOP * 1000 // RATE
 FULL_SCALE = 32768.0
+SOUND_BEFORE_DROP = 20   # windows (500 ms): dead air counts as a drop only this soon after sound
 
 
 @dataclass(frozen=True)
@@ -211,7 +212,7 @@ class Detector:
             return [self._det("dial_tone", run)]
         if run.state == "ringback" and dur >= th.ringback_ms:
             return [self._det("ringback", run)]
-        if run.state == "dead" and dur >= th.drop_min_ms and self.loud_window == run.start - 1:
+        if run.state == "dead" and dur >= th.drop_min_ms and run.start - self.loud_window <= SOUND_BEFORE_DROP:
             return [self._det("dead_air", run, detail=f"after sound at {self._ms(run.start)} ms")]
         return []
 
