@@ -358,7 +358,8 @@ class Listener:
         except Exception as exc:  # Redis away: the facility's responses apply
             log.error("enforce.load_failed", call_id=call.call_id, error=repr(exc), where="responses")
         if call.bridged and call.tap_id is None:
-            await self.start_tap(call)
+            call.tap_id = ""  # once
+            self.spawn(self.start_tap(call))
 
     async def enforce(self, call: LiveCall, received: float, onset_ms: int | None = None) -> None:
         """Act on every rule that fired on the call, each by its response."""
@@ -376,7 +377,7 @@ class Listener:
         flag: nothing is heard. Either way the record and the investigators' alert stream get
         the rule and its evidence, and the call goes on."""
         if fired.response == "warn":
-            await self.barge(call, WARN_EXTEN)
+            self.spawn(self.barge(call, WARN_EXTEN))
         try:
             await asyncio.to_thread(note_fired, self.store.r, call.call_id, fired, call.info)
         except Exception as exc:
@@ -859,6 +860,8 @@ async def _succeeded(pending) -> bool:
     except Exception as exc:  # connection lost: never re-sent (ami.connection)
         log.error("ami.action_failed", error=repr(exc))
         return False
+    if isinstance(reply, list):  # an async Originate: the queued reply, then its OriginateResponse
+        reply = reply[-1] if reply else {}
     return str(getattr(reply, "get", lambda *_: "")("Response", "")).lower() == "success"
 
 

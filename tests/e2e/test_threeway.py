@@ -41,8 +41,8 @@ def clips(tmp_path_factory):
     }
     for name, body in bodies.items():
         out[name] = str(corpus.write(d / f"{name}.wav", np.concatenate([lead, body, corpus.silence(20000)])))
-    # a dial tone, then 12 s of talk: on the loop the tone comes back after the rule re-arms (10 s)
-    talk = corpus.conversation(rng, 12, -20)
+    # a dial tone, then talk: on the loop the tone comes back just after the rule re-arms (10 s)
+    talk = corpus.conversation(rng, 7, -20)
     out["dial_twice"] = str(corpus.write(d / "dial_twice.wav",
                                          np.concatenate([lead, corpus.tone((350, 440), 1500), talk])))
     out["benign"] = str(corpus.write(d / "benign.wav", np.concatenate([
