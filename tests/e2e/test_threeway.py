@@ -17,6 +17,7 @@ import pytest
 
 from bench.threeway import corpus
 from ics import keys
+from tests.e2e.test_policy import icsctl
 from tests.e2e.test_enforcer import assert_cut, bridged, lines, still_up  # noqa: F401 (fixture)
 from tests.support.callflow import NUMBER, answered, press_when, wait_settled
 
@@ -137,7 +138,8 @@ def test_a_number_overrides_its_facility(ami, lines, clips):
     """An attorney's PBX plays ringback-like hold tones: the facility disconnects on ringback,
     this number only flags it (set before the called party accepts, as ops would)."""
     world, call, callee, mark = answered(ami, lines)
-    world.store.set_number_rules(NUMBER, "ringback=flag")
+    rc, said = icsctl("number", "rules", NUMBER, "--set", "ringback=flag")
+    assert rc == 0 and "ringback=flag" in said, said
     press_when(ami, callee, "menu-accept", "1", mark, channel_prefix=f"PJSIP/{NUMBER}")
     ami.wait_for({"Event": "BridgeEnter", "Channel": lambda c: c.startswith(f"PJSIP/{NUMBER}")}, 15, since=mark)
     time.sleep(1.0)
@@ -150,6 +152,8 @@ def test_a_number_overrides_its_facility(ami, lines, clips):
     assert json.loads(rec["responses"])["ringback"] == "flag"
     assert json.loads(rec["responses"])["dial_tone"] == "disconnect"   # the facility's, untouched
     assert [(f["rule"], f["response"]) for f in fired(rec)] == [("ringback", "flag")]
+    rc, shown = icsctl("calls", "show", rec["call_id"])
+    assert rc == 0 and "ringback -> flag" in shown and "signature=ringback" in shown, shown
 
 
 def test_benign_talk_with_pauses_and_music_survives(ami, lines, clips):
