@@ -91,6 +91,7 @@ class Policy:
     responses: tuple[tuple[str, str], ...] = ()   # rule -> response, over DEFAULT_RESPONSES
     tones: Thresholds = Thresholds()       # the tone detector's plan and thresholds (ami.tones)
     sequence_window_s: int = 8             # flash_sequence: dead air, then a tone or digits this soon
+    inband_digits_max: int = 6             # in-band digits from the called side within digits_window_s
 
     def response(self, rule: str) -> str:
         """What this facility does when rule fires; a rule switched off (rule_hold = false ...)
@@ -112,7 +113,7 @@ class Policy:
                    tones=Thresholds(plan=f["tone_plan"], dial_tone_ms=f["dial_tone_ms"],
                                     ringback_ms=f["ringback_ms"], busy_bursts=f["busy_bursts"],
                                     drop_min_ms=f["drop_min_ms"]),
-                   sequence_window_s=f["sequence_window_s"])
+                   sequence_window_s=f["sequence_window_s"], inband_digits_max=f["inband_digits_max"])
 
 
 @dataclass(frozen=True)
@@ -280,11 +281,12 @@ class LiveCall:
             self.inband.append((wall_ms, ev))
             while self.inband and wall_ms - self.inband[0][0] > p.digits_window_s * 1000:
                 self.inband.popleft()
-            if len(self.inband) <= p.digits_max:
+            if len(self.inband) <= p.inband_digits_max:
                 return None
             events = [e for _, e in self.inband]
             self.inband.clear()
-            rule, threshold = "inband_digits", f"digits_max={p.digits_max} in digits_window_s={p.digits_window_s}"
+            rule, threshold = ("inband_digits",
+                               f"inband_digits_max={p.inband_digits_max} in digits_window_s={p.digits_window_s}")
         else:
             rule, events = det.signature, [ev]
             threshold = {"dial_tone": f"dial_tone_ms={p.tones.dial_tone_ms} plan={p.tones.plan}",

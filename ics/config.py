@@ -134,6 +134,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "busy_bursts": 2,  # busy / reorder bursts in cadence
         "drop_min_ms": 300,  # dead air (digital silence right after sound) this long
         "sequence_window_s": 8,  # flash_sequence: dead air, then a tone or digits within this
+        # in-band keypad tones from the called side: more than this within digits_window_s (a
+        # number being dialled is 7 or more; an IVR menu takes one or two a prompt)
+        "inband_digits_max": 6,
         # a hook flash, hold or transfer before the bridge (announcement, menu): "end" the call
         # (that rule's reason, nothing billed) or only "record" it on the call; a rule that is off never ends it
         "before_accept": "end",
@@ -224,7 +227,8 @@ def _check_facility(values: Mapping[str, Any], where: str) -> None:
     if values["tone_plan"] not in PLANS:
         raise ConfigError(f"{where}: tone_plan must be one of {', '.join(PLANS)}, got {values['tone_plan']!r}")
     for key, low, high in (("dial_tone_ms", 200, 5000), ("ringback_ms", 200, 5000), ("busy_bursts", 1, 10),
-                           ("drop_min_ms", 100, 5000), ("sequence_window_s", 1, 60)):
+                           ("drop_min_ms", 100, 5000), ("sequence_window_s", 1, 60),
+                           ("inband_digits_max", 1, 30)):
         if not low <= values[key] <= high:
             raise ConfigError(f"{where}: {key} must be {low} to {high}, got {values[key]}")
     _check_rating(values, where)

@@ -20,6 +20,7 @@ writes the clips and OUT_DIR/labels.json.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import random
 import subprocess
@@ -85,7 +86,14 @@ def sit() -> np.ndarray:
 
 
 def speech(text: str, voice: str = "en-us", level_dbfs: float = -20.0, speed: int = 160) -> np.ndarray:
-    """espeak-ng at 8 kHz, normalised to level_dbfs RMS."""
+    """espeak-ng at 8 kHz, normalised to level_dbfs RMS, over the room's noise."""
+    x = _espeak(text, voice, speed)
+    rms = np.sqrt(np.mean(x ** 2)) + 1e-9
+    return x * db(level_dbfs) / rms + silence(len(x) * 1000 // RATE + 1)[: len(x)]
+
+
+@functools.lru_cache(maxsize=512)
+def _espeak(text: str, voice: str, speed: int) -> np.ndarray:
     with tempfile.TemporaryDirectory() as d:
         raw = Path(d) / "s.wav"
         subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "-w", str(raw), text], check=True,
@@ -95,9 +103,7 @@ def speech(text: str, voice: str = "en-us", level_dbfs: float = -20.0, speed: in
             rate = w.getframerate()
     x = np.interp(np.arange(0, len(x), rate / RATE), np.arange(len(x)), x)   # resample to 8 kHz
     nz = np.flatnonzero(np.abs(x) > 1e-4)
-    x = x[nz[0]:nz[-1] + 1] if nz.size else x     # espeak pads with digital silence; a mic never does
-    rms = np.sqrt(np.mean(x ** 2)) + 1e-9
-    return x * db(level_dbfs) / rms + silence(len(x) * 1000 // RATE + 1)[: len(x)]   # the room's noise
+    return x[nz[0]:nz[-1] + 1] if nz.size else x     # espeak pads with digital silence; a mic never does
 
 
 def music(ms: int, level_dbfs: float = -24.0, seed: int = 0) -> np.ndarray:
@@ -120,7 +126,7 @@ def conversation(rng: random.Random, seconds: int, level_dbfs: float, pause_floo
     nrng = np.random.default_rng(rng.randrange(1 << 30))
     while total < seconds * RATE:
         s = speech(rng.choice(SENTENCES), rng.choice(VOICES), level_dbfs + rng.uniform(-4, 4),
-                   rng.randrange(140, 190))
+                   rng.choice((140, 160, 180)))
         pause = silence(rng.choice([300, 600, 1000, 1800, 3000]), pause_floor, nrng)
         parts += [s, pause]
         total += len(s) + len(pause)

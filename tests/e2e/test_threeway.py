@@ -59,7 +59,7 @@ def fired(rec):
 THRESHOLDS = {
     "dial_tone": "dial_tone_ms=800 plan=na", "ringback": "ringback_ms=800 plan=na",
     "busy": "busy_bursts=2 plan=na", "sit": "sit=3 segments",
-    "inband_digits": "digits_max=3 in digits_window_s=10",
+    "inband_digits": "inband_digits_max=6 in digits_window_s=10",
 }
 
 
@@ -72,7 +72,7 @@ def test_each_signature_on_the_called_line_disconnects_with_its_evidence(ami, li
     tones = [e for e in ev if e["event"] == "ToneDetect"]
     wanted = "digits" if signature == "inband_digits" else signature
     assert tones and all(e["signature"] == wanted for e in tones), ev
-    assert len(tones) == (4 if signature == "inband_digits" else 1)
+    assert len(tones) == (7 if signature == "inband_digits" else 1)
     # offset into the call: the signature began when the clip's lead ended (plus the 1 s after the bridge)
     offset_s = int(tones[0]["offset_ms"]) / 1000
     assert abs(offset_s - ((started - rec["bridged_ms"] / 1000) + clips["lead_s"])) < 0.6, (offset_s, rec)
