@@ -30,7 +30,7 @@ WIN = 400          # 50 ms analysis window
 HOP = 200          # 25 ms step
 HOP_MS = HOP * 1000 // RATE
 FULL_SCALE = 32768.0
-SOUND_BEFORE_DROP = 20   # windows (500 ms): dead air counts as a drop only this soon after sound
+SOUND_BEFORE_DROP = 40   # windows (1 s): dead air counts as a drop only this soon after sound
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ class Thresholds:
     busy_bursts: int = 2
     drop_min_ms: int = 300        # dead air at least this long after sound ...
     drop_floor_dbfs: float = -70.0  # ... below this level (a carrier's flash: digital silence)
-    sound_dbfs: float = -40.0     # the window before the drop was at least this loud
+    sound_dbfs: float = -45.0     # the sound before the drop was at least this loud
     min_tone_dbfs: float = -45.0  # a tone quieter than this is not looked at
     purity: float = 0.80          # share of a window's energy in the tone's frequencies
 
@@ -212,9 +212,15 @@ class Detector:
             return [self._det("dial_tone", run)]
         if run.state == "ringback" and dur >= th.ringback_ms:
             return [self._det("ringback", run)]
-        if run.state == "dead" and dur >= th.drop_min_ms and run.start - self.loud_window <= SOUND_BEFORE_DROP:
+        if run.state == "dead" and dur >= th.drop_min_ms and run.start - self.loud_window <= SOUND_BEFORE_DROP \
+                and self._after_sound():
             return [self._det("dead_air", run, detail=f"after sound at {self._ms(run.start)} ms")]
         return []
+
+    def _after_sound(self) -> bool:
+        """The dead air broke into speech or room sound, not into a tone's cadence (busy's off)."""
+        before = [r for r in self.prev_runs if r.windows > 2]   # (a boundary straddles 2 windows)
+        return bool(before) and before[-1].state in ("sound", "quiet")
 
     def _ended(self, run: _Run) -> list[Detection]:
         """Decisions made on a cadence: a run just ended."""
