@@ -357,7 +357,7 @@ class Listener:
                                     responses=_json(call.effective()), responses_why=why or None)
         except Exception as exc:  # Redis away: the facility's responses apply
             log.error("enforce.load_failed", call_id=call.call_id, error=repr(exc), where="responses")
-        if call.bridged and call.tap_id is None:
+        if call.bridged and call.tap_id is None and self.cfg["ami"]["tap"]:
             call.tap_id = ""  # once
             self.spawn(self.start_tap(call))
 
@@ -891,7 +891,8 @@ def main() -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     log.info("service.start", service="ami", host=cfg["ami"]["host"], port=cfg["ami"]["port"])
-    loop.run_until_complete(listener.tap.start())
+    if cfg["ami"]["tap"]:
+        loop.run_until_complete(listener.tap.start())
     manager.connect()
     ticker = loop.create_task(listener.ticker())
     upkeep = loop.create_task(listener.upkeep())

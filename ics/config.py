@@ -46,7 +46,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "settle_retry_ms": 1000,
         "settle_retry_max_s": 21600,
         "orphan_scan_s": 30,
-        # the AudioSocket server of the listener: each bridged call's called-leg audio (ami.audiotap)
+        # the AudioSocket server of the listener: each bridged call's called-leg audio (ami.audiotap);
+        # tap = false taps nothing (the audio rules never fire: benchmarks' baseline)
+        "tap": True,
         "tap_host": "127.0.0.1",
         "tap_port": 4575,
     },

@@ -25,7 +25,7 @@ import numpy as np
 from bench.capacity import capacity as cap
 from ics import config
 from ics.store import Store, connect
-from tests.support import load_stack_env
+from tests.support import load_stack_env, services
 
 from . import corpus
 
@@ -43,13 +43,16 @@ def make_clips(args, rng: random.Random) -> tuple[list[dict], list[dict]]:
         attempts.append({"clip": f"{CLIPS}/a{i:03d}", "kind": kind, "rule": rule, "onset_s": onset})
     for i in range(args.distinct_benign):
         kind = corpus.BENIGN_KINDS[i % len(corpus.BENIGN_KINDS)]
-        corpus.write(d / f"b{i:03d}.wav", corpus.benign(kind, rng, args.benign_s))
+        # longer than the call: the clip never ends (into silence) while the call is up
+        corpus.write(d / f"b{i:03d}.wav", corpus.benign(kind, rng, args.benign_s + 20))
         benign.append({"clip": f"{CLIPS}/b{i:03d}", "kind": kind, "rule": "", "onset_s": None})
     cap.in_root("chown", "-R", "asterisk:asterisk", CLIPS)
     return attempts, benign
 
 
-def run_batch(jobs: list[dict], far, store, args) -> None:
+def run_batch(jobs: list[dict], far, store, args, sampler=None) -> dict[str, float]:
+    """Place the jobs' calls at once and wait them out; returns each process's CPU-s per
+    bridged call-second over the batch (with a sampler)."""
     tap = far.tap
     cap.wait_idle(far, 120)
     mark = tap.mark()
@@ -78,6 +81,26 @@ def run_batch(jobs: list[dict], far, store, args) -> None:
         job["reason"] = rec.get("reason", "")
         job["bridged_s"] = ((rec.get("ended_ms") or 0) - (rec.get("bridged_ms") or 0)) / 1000 \
             if rec.get("bridged_ms") else 0
+    if sampler is None:
+        return {}
+    call_s = sum(j["bridged_s"] for j in jobs) or 1
+    return {k: sampler.cpu_s(k, t_first, time.time()) / call_s for k in ("asterisk", "ami")}
+
+
+def tap_cost(jobs, far, store, args) -> tuple[dict, dict]:
+    """The same benign batch with the listener's tap off, then on: CPU per call of each."""
+    out = []
+    for tap_on in ("false", "true"):
+        cap.os.environ["ICS_AMI_TAP"] = tap_on
+        services.kill("ami")
+        services.restart("ami")
+        time.sleep(2)
+        sampler = cap.Sampler(cap.service_pids(far))
+        sampler.start()
+        out.append(run_batch([dict(j) for j in jobs], far, store, args, sampler))
+        sampler.halt.set()
+        sampler.join()
+    return out[0], out[1]
 
 
 def main() -> int:
@@ -89,6 +112,7 @@ def main() -> int:
     ap.add_argument("--distinct-benign", type=int, default=20, help="benign clips synthesised (then reused)")
     ap.add_argument("--rate", type=float, default=8, help="calls placed per second")
     ap.add_argument("--seed", type=int, default=11)
+    ap.add_argument("--baseline", type=int, default=40, help="benign calls run with the tap off, then on (0: skip)")
     args = ap.parse_args()
     load_stack_env()
     cfg = config.load()
@@ -98,13 +122,15 @@ def main() -> int:
     n_benign = -(-args.benign_minutes * 60 // args.benign_s)
     jobs = [dict(a) for a in attempts] + [dict(benign[i % len(benign)]) for i in range(n_benign)]
     random.Random(args.seed).shuffle(jobs)
-    far = cap.FarEnd(args.benign_s + 5)
+    far = cap.FarEnd(args.benign_s)
     cap.seed(store, cfg, args.calls, recording=False)
     cap.install_overlay(args.calls)
     t0 = time.time()
     try:
         far.start()
         cap.set_globals(far, cfg, recording=False)
+        cost = tap_cost([dict(benign[i % len(benign)]) for i in range(args.baseline)], far, store, args) \
+            if args.baseline else None
         pids = cap.service_pids(far)
         sampler = cap.Sampler(pids)
         sampler.start()
@@ -118,11 +144,11 @@ def main() -> int:
         far.stop()
         cap.subprocess.run(["bash", str(cap.ROOT / "docker" / "stack.sh"), "reload"], capture_output=True,
                            timeout=120, check=False)
-    report(jobs, sampler, t0)
+    report(jobs, sampler, t0, cost)
     return 0
 
 
-def report(jobs, sampler, t0) -> None:
+def report(jobs, sampler, t0, cost) -> None:
     by, late, own = defaultdict(lambda: [0, 0]), defaultdict(list), defaultdict(int)
     false = defaultdict(int)
     benign_min = call_s = 0.0
@@ -157,6 +183,14 @@ def report(jobs, sampler, t0) -> None:
     for name in ("asterisk", "ami", "farend"):
         cpu = sampler.cpu_s(name, *span)
         print(f"CPU {name}: {cpu:.1f} s, {cpu / max(call_s, 1) * 100:.3f}% of a core per live call")
+    if cost:
+        off, on = cost
+        ast, lst = on["asterisk"] - off["asterisk"], on["ami"] - off["ami"]
+        print(f"tap off/on, same benign batch, % of a core per live call: Asterisk {off['asterisk'] * 100:.3f}"
+              f" / {on['asterisk'] * 100:.3f}, listener {off['ami'] * 100:.3f} / {on['ami'] * 100:.3f}")
+        print(f"detector cost (tap in Asterisk + listener): {(ast + lst) * 100:.3f}% of a core per live call, "
+              f"{(ast + lst) / max(off['asterisk'], 1e-9) * 100:.0f}% of Asterisk's own per call "
+              f"(Asterisk's share {ast * 100:.3f}, listener's {lst * 100:.3f})")
 
 
 if __name__ == "__main__":
