@@ -120,8 +120,12 @@ def main() -> int:
     rng = random.Random(args.seed)
     attempts, benign = make_clips(args, rng)
     n_benign = -(-args.benign_minutes * 60 // args.benign_s)
-    jobs = [dict(a) for a in attempts] + [dict(benign[i % len(benign)]) for i in range(n_benign)]
-    random.Random(args.seed).shuffle(jobs)
+    # attempts first: their calls end at the disconnect, so their batches are short
+    shuffle = random.Random(args.seed).shuffle
+    a_jobs, b_jobs = [dict(a) for a in attempts], [dict(benign[i % len(benign)]) for i in range(n_benign)]
+    shuffle(a_jobs)
+    shuffle(b_jobs)
+    jobs = a_jobs + b_jobs
     far = cap.FarEnd(args.benign_s)
     cap.seed(store, cfg, args.calls, recording=False)
     cap.install_overlay(args.calls)
@@ -134,21 +138,22 @@ def main() -> int:
         pids = cap.service_pids(far)
         sampler = cap.Sampler(pids)
         sampler.start()
-        for b in range(0, len(jobs), args.calls):
-            run_batch(jobs[b:b + args.calls], far, store, args)
-            print(f"  batch {b // args.calls + 1}/{-(-len(jobs) // args.calls)} done at {time.time() - t0:.0f} s",
-                  flush=True)
+        batches = [a_jobs[b:b + args.calls] for b in range(0, len(a_jobs), args.calls)] + \
+                  [b_jobs[b:b + args.calls] for b in range(0, len(b_jobs), args.calls)]
+        for n, batch in enumerate(batches):
+            run_batch(batch, far, store, args)
+            print(f"  batch {n + 1}/{len(batches)} ({len(batch)} calls) done at {time.time() - t0:.0f} s", flush=True)
         sampler.halt.set()
         sampler.join()
     finally:
         far.stop()
         cap.subprocess.run(["bash", str(cap.ROOT / "docker" / "stack.sh"), "reload"], capture_output=True,
                            timeout=120, check=False)
-    report(jobs, sampler, t0, cost)
+    report(jobs, sampler, t0, cost, args)
     return 0
 
 
-def report(jobs, sampler, t0, cost) -> None:
+def report(jobs, sampler, t0, cost, args) -> None:
     by, late, own = defaultdict(lambda: [0, 0]), defaultdict(list), defaultdict(int)
     false = defaultdict(int)
     benign_min = call_s = 0.0
@@ -166,7 +171,7 @@ def report(jobs, sampler, t0, cost) -> None:
             benign_min += j["bridged_s"] / 60
             for f in j["fired"]:
                 false[(j["kind"], f["rule"], f["response"])] += 1
-    print(f"attempts {sum(v[1] for v in by.values())}, benign {benign_min:.0f} call-minutes "
+    print(f"{args.calls} calls at once; attempts {sum(v[1] for v in by.values())}, benign {benign_min:.0f} call-minutes "
           f"({sum(1 for j in jobs if not j['rule'])} calls), {time.time() - t0:.0f} s")
     print(f"{'signature':<12}{'caught':>10}{'own rule':>10}{'p50 ms':>9}{'p99 ms':>9}")
     for k in sorted(by):
