@@ -65,11 +65,11 @@ capacity: up
 # make threeway: the three-way detector's error rates. First the labelled corpus through the
 # detector and rules alone (bench/threeway/bench.py), then through the real path at CALLS calls at
 # once (bench/threeway/live.py: the capacity bench's far end plays each clip as the called line);
-# not in make bench (about 20 min with these defaults)
-CALLS ?= 80
+# not in make bench (about 30 min with these defaults)
+CALLS ?= 100
 ATTEMPTS ?= 300
 BENIGN_MINUTES ?= 1000
-BENIGN_S ?= 180
+BENIGN_S ?= 300
 threeway: export ICS_CAPACITY_MAX_CALLS ?= 500
 threeway: up
 	@$(WITH_ENV) rc=0; $(PY) -m bench.threeway.bench --attempts 350 --benign-minutes 1000 || rc=$$?; \

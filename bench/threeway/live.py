@@ -119,7 +119,8 @@ def main() -> int:
     store = Store(connect(cfg), cfg)
     rng = random.Random(args.seed)
     attempts, benign = make_clips(args, rng)
-    n_benign = -(-args.benign_minutes * 60 // args.benign_s)
+    # about a minute of each call goes before the bridge or to the settling of the far end's legs
+    n_benign = -(-args.benign_minutes * 60 // max(args.benign_s - 60, 30))
     # attempts first: their calls end at the disconnect, so their batches are short
     shuffle = random.Random(args.seed).shuffle
     a_jobs, b_jobs = [dict(a) for a in attempts], [dict(benign[i % len(benign)]) for i in range(n_benign)]
