@@ -431,7 +431,9 @@ class Listener:
             return
         onset = tap.onset_ms(det)
         offset = tap.started_ms - call.bridged_ms if call.bridged_ms else 0   # the tap's start, into the call
-        fired = call.detected(det, int(time.time() * 1000), offset)
+        # windows and re-arming run on the audio's own clock: a listener late under load hands
+        # detections over in bursts, and wall time would squeeze 20 s of digits into 10
+        fired = call.detected(det, onset + det.duration_ms, offset)
         log.info("tap.detected", call_id=call.call_id, signature=det.signature, onset_offset_ms=offset + det.onset_ms,
                  duration_ms=det.duration_ms, level_dbfs=det.level_dbfs, detail=det.detail,
                  rule=fired.reason if fired else "", response=fired.response if fired else "")
