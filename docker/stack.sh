@@ -438,6 +438,7 @@ render_node() {   # render_node NODE ADDRESS
         echo "ICS_NODE_ID=$node"
         echo "ICS_AMI_HOST=$addr"
         echo "ICS_FASTAGI_HOST=$addr"
+        echo "ICS_AMI_TAP_HOST=$addr"  # the three-way audio tap: each listener on its own node
         echo "ICS_CAPACITY_RTP_CONF=$etc/rtp.conf"
         echo "ICS_NODE_ADDRESS=$addr"; } > "$STACK/node-$node.env" )
 }

@@ -50,6 +50,9 @@ SETTING_HELP = {
     "warn_before_s": "notices before the time limit, seconds, comma-separated; ",
     "hold_grace_s": "a hold undone within this is forgiven, 0 = none; ",
     "before_accept": "a hook flash, hold or transfer before the bridge: end (the call) or record (only); ",
+    "responses": 'what each rule does, "hold=warn, dead_air=off" (disconnect, warn, flag, off; '
+                 'README "Three-way calls"); ',
+    "tone_plan": "the carrier's call-progress tones: na or eu (425 Hz); ",
     "local_npas": "comma-separated local area codes; ",
     "state_npas": "comma-separated in-state area codes; ",
     "timezone": "IANA time zone of schedules and dates; ",
@@ -812,11 +815,12 @@ def call_doc(rec: dict) -> dict:
             doc[k.removesuffix("_ms") + "_at"] = iso(rec[k])
     if rec.get("reason"):
         doc["reason_description"] = reasons.describe(rec["reason"])
-    if rec.get("evidence"):
-        try:
-            doc["evidence"] = json.loads(rec["evidence"])
-        except ValueError:  # shown as stored rather than hidden
-            doc["evidence"] = rec["evidence"]
+    for k in ("evidence", "fired", "responses"):
+        if rec.get(k):
+            try:
+                doc[k] = json.loads(rec[k])
+            except ValueError:  # shown as stored rather than hidden
+                doc[k] = rec[k]
     if isinstance(rec.get("bridged_ms"), int) and isinstance(rec.get("ended_ms"), int):
         doc["bridged_duration_ms"] = max(0, rec["ended_ms"] - rec["bridged_ms"])
     return doc
@@ -857,7 +861,8 @@ def calls_show(store: Store, a) -> int:
         return 0
     pairs: list[tuple[str, Any]] = []
     for k, v in doc.items():
-        if k.endswith("_at") or k in ("reason_description", "bridged_duration_ms", "evidence", "recording_file_ms",
+        if k.endswith("_at") or k in ("reason_description", "bridged_duration_ms", "evidence", "fired",
+                                      "recording_file_ms",
                                       "recording_file_final", "recording_verdict", "recording_check",
                                       "recording_ms", "recording_short_ms", "bridged_for_ms"):
             continue
@@ -888,6 +893,12 @@ def calls_show(store: Store, a) -> int:
         out("evidence (AMI events that triggered the rule):")
         for ev in doc["evidence"] if isinstance(doc["evidence"], list) else [doc["evidence"]]:
             out("  " + evidence_line(ev))
+    if isinstance(doc.get("fired"), list) and doc["fired"]:
+        out("rules that fired (and what was done):")
+        for f in doc["fired"]:
+            out(f"  {iso(f.get('at_ms', 0))}  {f.get('rule')} -> {f.get('response')}  ({f.get('threshold')})")
+            for ev in f.get("evidence", []):
+                out("    " + evidence_line(ev))
     return 0
 
 
@@ -1014,6 +1025,20 @@ def numbers_migrate(store: Store, a) -> int:
 
 
 # --- privileged numbers, investigators, audit ------------------------------------------
+
+def number_rules(store: Store, a) -> int:
+    """Show, set or clear a number's responses over its facility's (an attorney's PBX ...)."""
+    a.number = need_number(a.number)
+    if a.set is not None or a.clear:
+        try:
+            now = store.set_number_rules(a.number, "" if a.clear else a.set)
+        except StoreError as exc:
+            raise CliError(str(exc)) from None
+        log.info("ops.number_rules", number=a.number, rules=now)
+    now = store.number_rules(a.number)
+    out(f"{a.number}: " + (", ".join(f"{k}={v}" for k, v in sorted(now.items())) or "the facility's responses"))
+    return 0
+
 
 def privileged_add(store: Store, a) -> int:
     a.number = need_number(a.number)
@@ -1186,6 +1211,13 @@ def build_parser() -> Parser:
             c.add_argument("--note", help="why")
             c.add_argument("--end-live", action="store_true",
                            help="also end calls in progress, with a prompt to both parties")
+
+    nr = groups.add_parser("number", help="per-number settings").add_subparsers(
+        dest="cmd", required=True, metavar="SUBCOMMAND")
+    c = command(nr, "rules", number_rules, "a number's rule responses over its facility's")
+    c.add_argument("number", metavar="NUMBER")
+    c.add_argument("--set", metavar="RULES", help='e.g. "ringback=flag, dial_tone=warn, hold=off"')
+    c.add_argument("--clear", action="store_true", help="back to the facility's responses")
 
     pv = groups.add_parser("privileged", help="attorney numbers: never recorded or monitored"
                            ).add_subparsers(dest="cmd", required=True, metavar="SUBCOMMAND")

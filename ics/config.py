@@ -52,6 +52,11 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "settle_retry_ms": 1000,
         "settle_retry_max_s": 21600,
         "orphan_scan_s": 30,
+        # the AudioSocket server of the listener: each bridged call's called-leg audio (ami.audiotap);
+        # tap = false taps nothing (the audio rules never fire: benchmarks' baseline)
+        "tap": True,
+        "tap_host": "127.0.0.1",
+        "tap_port": 4575,
     },
     "recordings": {
         # Host path of Asterisk's monitor directory: MixMonitor files live under
@@ -125,6 +130,21 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "digits_max": 3,  # more keypad digits than this from the called side ...
         "digits_window_s": 10,  # ... within this many seconds
         "warn_before_s": "60,30",  # notices to both parties this many seconds before the time limit
+        # What each rule does when it fires (README "Three-way calls"): disconnect, warn (both hear
+        # the three-way warning; the next rule that fires disconnects), flag (the call goes on; the
+        # record and the investigators' alert stream keep the evidence) or off. "" = DEFAULT_RESPONSES;
+        # e.g. "hold=warn, dead_air=off". A number can override its facility (icsctl number rules).
+        "responses": "",
+        # the called leg's audio (ami/tones.py): the carrier's tone plan and each signature's threshold
+        "tone_plan": "na",  # na (350+440 dial, 440+480 ringback, 480+620 busy) | eu (425 Hz, by cadence)
+        "dial_tone_ms": 800,  # dial tone held this long
+        "ringback_ms": 800,  # two-frequency ringback held this long
+        "busy_bursts": 2,  # busy / reorder bursts in cadence
+        "drop_min_ms": 300,  # dead air (digital silence right after sound) this long
+        "sequence_window_s": 8,  # flash_sequence: dead air, then a tone or digits within this
+        # in-band keypad tones from the called side: more than this within digits_window_s (a
+        # number being dialled is 7 or more; an IVR menu takes one or two a prompt)
+        "inband_digits_max": 6,
         # a hook flash, hold or transfer before the bridge (announcement, menu): "end" the call
         # (that rule's reason, nothing billed) or only "record" it on the call; a rule that is off never ends it
         "before_accept": "end",
@@ -142,6 +162,30 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 BEFORE_ACCEPT = ("end", "record")  # facility_defaults before_accept
+RESPONSES = ("disconnect", "warn", "flag", "off")
+# every rule of the AMI listener (ami/rules.py) and what it does unless configured otherwise;
+# dead air alone is weak evidence (a dropped cell packet, a mute button): flagged, never cut
+DEFAULT_RESPONSES: dict[str, str] = {
+    "hold": "disconnect", "hook_flash": "disconnect", "transfer": "disconnect", "conference": "disconnect",
+    "silence": "disconnect", "extra_digits": "disconnect",
+    "dial_tone": "disconnect", "ringback": "disconnect", "busy": "disconnect", "sit": "disconnect",
+    "inband_digits": "disconnect", "dead_air": "flag", "flash_sequence": "disconnect",
+}
+
+
+def parse_responses(text: str) -> dict[str, str]:
+    """'hold=warn, dead_air=off' -> {'hold': 'warn', 'dead_air': 'off'}; a bad rule or response raises."""
+    out: dict[str, str] = {}
+    for part in str(text).replace(";", ",").split(","):
+        part = part.strip()
+        if not part:
+            continue
+        rule, sep, response = (x.strip() for x in part.partition("="))
+        if not sep or rule not in DEFAULT_RESPONSES or response not in RESPONSES:
+            raise ValueError(f"responses takes rule=response pairs (rules: {', '.join(DEFAULT_RESPONSES)}; "
+                             f"responses: {', '.join(RESPONSES)}), got {part!r}")
+        out[rule] = response
+    return out
 FACILITY_DIGIT_KEYS = ("accept_digit", "refuse_digit", "quote_digit", "block_digit")
 
 
@@ -184,8 +228,17 @@ def _check_facility(values: Mapping[str, Any], where: str) -> None:
                           f"got {values['before_accept']!r}")
     try:
         parse_warnings(values["warn_before_s"])
+        parse_responses(values["responses"])
     except ValueError as exc:
         raise ConfigError(f"{where}: {exc}") from None
+    from ami.tones import PLANS  # the plans are data beside the detector that reads them
+    if values["tone_plan"] not in PLANS:
+        raise ConfigError(f"{where}: tone_plan must be one of {', '.join(PLANS)}, got {values['tone_plan']!r}")
+    for key, low, high in (("dial_tone_ms", 200, 5000), ("ringback_ms", 200, 5000), ("busy_bursts", 1, 10),
+                           ("drop_min_ms", 100, 5000), ("sequence_window_s", 1, 60),
+                           ("inband_digits_max", 1, 30)):
+        if not low <= values[key] <= high:
+            raise ConfigError(f"{where}: {key} must be {low} to {high}, got {values[key]}")
     _check_rating(values, where)
     _check_policy(values, where)
 

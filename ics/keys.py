@@ -68,6 +68,16 @@ ics.store.Store.migrate_numbers (icsctl numbers migrate; ics-fastagi runs it at 
   ics:recordings:flagged_count      string calls whose recording was found short or missing when they
                                            settled (ics.recordings; shown by icsctl ledger check)
   ics:recordings:flagged            zset   those call ids, scored by the call's ended_ms
+  ics:rules:number:{number}         hash   rule -> response (disconnect|warn|flag|off) for calls to that
+                                           number, over its facility's (icsctl number rules; an attorney's
+                                           PBX with music on hold)
+  ics:rules:call:{cid}              hash   rule -> response for one call, over the number's and the
+                                           facility's (set before the bridge by whoever knows the call is
+                                           special, e.g. a relay/TTY call turning silence and tone rules off);
+                                           field "why" says who and why (kept on the record)
+  ics:alerts:threeway               stream investigators' alerts: call, facility, inmate, number, rule,
+                                           response, at_ms, evidence (JSON), for every rule that fired
+                                           with response flag or warn (capped near ALERTS_MAXLEN)
   ics:recordings:pending            zset   calls whose recording check waits for Asterisk to close the
                                            file (scored by ended_ms; the AMI listener retries them)
 """
@@ -82,6 +92,8 @@ NODES = f"{PREFIX}:nodes"
 RECORDINGS_FLAGGED_COUNT = f"{PREFIX}:recordings:flagged_count"
 RECORDINGS_FLAGGED = f"{PREFIX}:recordings:flagged"
 RECORDINGS_PENDING = f"{PREFIX}:recordings:pending"
+ALERTS = f"{PREFIX}:alerts:threeway"
+ALERTS_MAXLEN = 100_000
 LISTENER_ALIVE_MS = 3000  # three missed beats (ami.listener HEARTBEAT_S): calls are refused
 DEFAULT_NODE = "main"     # config node.id of a single box
 
@@ -186,6 +198,14 @@ def ledger(aid: str) -> str:
 
 def call(cid: str) -> str:
     return f"{PREFIX}:call:{cid}"
+
+
+def number_rules(number: str) -> str:
+    return f"{PREFIX}:rules:number:{number}"
+
+
+def call_rules(cid: str) -> str:
+    return f"{PREFIX}:rules:call:{cid}"
 
 
 # Every place a number is kept, for the migration to E.164: hashes whose fields are numbers,

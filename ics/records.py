@@ -26,6 +26,13 @@ Fields (times are epoch ms, money integer cents):
                triggered it (JSON list of {event, time, channel, headers})
   before_accept  JSON list of {reason, events} for each hook flash, hold or transfer before
                the bridge that the facility only records (before_accept = "record")
+  fired        JSON list of {rule, response, at_ms, threshold, evidence}: every rule that fired
+               during the call and what was done (disconnect, warn, flag); evidence of the called
+               leg's audio is {event: ToneDetect, signature, offset_ms (into the call), duration_ms,
+               level_dbfs, detail}
+  responses    JSON {rule: response}: the call's effective responses (facility, then the number's
+               override, then the call's own: keys.number_rules, keys.call_rules)
+  responses_why  who set the call's own responses and why (keys.call_rules field "why")
   unit         the inmate's living unit when the call was placed
   privileged   1 for a registered attorney number: never recorded, never monitored
   recording    MixMonitor file, relative to the recordings dir (absent when privileged)
@@ -55,6 +62,7 @@ FIELDS = (
     "rule", "rule_threshold", "cut_ms", "evidence", "paid_minutes",
     "unit", "privileged", "recording", "before_accept",
     "recording_check", "bridged_for_ms", "recording_ms", "recording_short_ms",
+    "fired", "responses", "responses_why",
 )
 
 INT_FIELDS = {
@@ -140,15 +148,34 @@ def record_system_drop(r: redis.Redis, call_id: str, threshold: str, at_ms: int,
 
 def note_before_accept(r: redis.Redis, call_id: str, reason: str, events: list[dict] | tuple) -> None:
     """A fault before the bridge the facility only records: appended to the call's list."""
+    _append(r, call_id, "before_accept", {"reason": reason, "events": list(events)})
+
+
+def note_fired(r: redis.Redis, call_id: str, fired: dict) -> None:
+    """A rule fired during the call ({rule, response, at_ms, threshold, evidence}): appended to
+    the record's `fired` list, whatever was done about it."""
+    _append(r, call_id, "fired", fired)
+
+
+def alert(r: redis.Redis, call_id: str, fired: dict, info: dict) -> None:
+    """The investigators' alert stream (keys.ALERTS): a rule that warned or flagged."""
+    r.xadd(keys.ALERTS, {"call": call_id, **{k: info.get(k, "") for k in ("facility", "inmate", "number")},
+                         "rule": fired["rule"], "response": fired["response"], "at_ms": fired["at_ms"],
+                         "threshold": fired["threshold"],
+                         "evidence": json.dumps(fired["evidence"], separators=(",", ":"))},
+           maxlen=keys.ALERTS_MAXLEN, approximate=True)
+
+
+def _append(r: redis.Redis, call_id: str, field_name: str, item: dict) -> None:
     key = keys.call(call_id)
     with r.pipeline() as p:  # optimistic: a concurrent note retries, none is lost
         while True:
             try:
                 p.watch(key)
-                noted = json.loads(p.hget(key, "before_accept") or "[]")
-                noted.append({"reason": reason, "events": list(events)})
+                noted = json.loads(p.hget(key, field_name) or "[]")
+                noted.append(item)
                 p.multi()
-                p.hset(key, "before_accept", json.dumps(noted, separators=(",", ":")))
+                p.hset(key, field_name, json.dumps(noted, separators=(",", ":")))
                 p.execute()
                 return
             except redis.WatchError:

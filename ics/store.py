@@ -20,7 +20,7 @@ from typing import Any, Mapping
 import redis
 
 from . import destination, keys, policy, reasons
-from .config import Config, ConfigError, facility_settings
+from .config import Config, ConfigError, facility_settings, parse_responses
 from .destination import Destination, NumberError
 
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")
@@ -861,6 +861,24 @@ class Store:
     def remove_privileged(self, number: Destination | str) -> bool:
         n = stored(number)
         return bool(n and self.r.hdel(keys.PRIVILEGED, n))
+
+    def set_number_rules(self, number: Destination | str, text: str) -> dict[str, str]:
+        """Responses for calls to number over its facility's ('dial_tone=flag, hold=off'; an
+        attorney's PBX with music on hold). "" clears them. Returns what is now stored."""
+        try:
+            wanted = parse_responses(text)
+        except ValueError as exc:
+            raise StoreError(str(exc)) from None
+        key = keys.number_rules(dest(number).e164)
+        with self.r.pipeline() as p:
+            p.delete(key)
+            if wanted:
+                p.hset(key, mapping=wanted)
+            p.execute()
+        return wanted
+
+    def number_rules(self, number: Destination | str) -> dict[str, str]:
+        return self.r.hgetall(keys.number_rules(dest(number).e164))
 
     def listener_alive(self) -> bool:
         """The AMI listener's heartbeat is fresh (ami.listener beats while logged in to AMI)."""
