@@ -40,13 +40,13 @@ from dataclasses import dataclass, field
 import structlog
 
 from ics import config as config_mod
-from ics import capacity, logs, rating, recordings, records, settlement
+from ics import capacity, logs, prompts, rating, recordings, records, settlement
 from ics.livecalls import cut_redirect
 from ics.rating import MINUTE_MS
 from ics.store import Store, connect
 
 from .connection import GuardedManager
-from .rules import Cut, LiveCall, Noted, Policy, event_ms, evidence
+from .rules import Cut, LiveCall, Noted, Policy, event_ms, evidence, for_call
 
 log = structlog.get_logger("ami")
 
@@ -277,7 +277,7 @@ class Listener:
             log.error("enforce.load_failed", call_id=call.call_id, error=repr(exc), where="before_accept")
             return
         if facility is not None and not call.bridged:
-            call.policy = Policy.from_facility(facility)
+            call.policy = for_call(Policy.from_facility(facility), rec)
 
     async def release_called(self, call: LiveCall, event, received: float) -> None:
         """The inmate hung up while the called party hears the announcement or menu. Asterisk
@@ -341,8 +341,11 @@ class Listener:
         call.account, call.rate_cents, call.tax_bps = rec.get("account", ""), rec.get("rate_cents", 0), \
             rec.get("tax_bps", 0)
         call.paid_ms = rec.get("paid_minutes", 0) * MINUTE_MS
+        call.language = rec.get("called_language") or call.language
         if facility is not None:
-            call.policy = Policy.from_facility(facility)
+            call.policy = for_call(Policy.from_facility(facility), rec)
+        if rec.get("rules_off"):
+            log.info("enforce.rules_off", call_id=call.call_id, rules=rec["rules_off"], why=rec.get("rules_off_why"))
 
     async def enforce(self, call: LiveCall, received: float) -> None:
         cut = call.cut
@@ -410,6 +413,7 @@ class Listener:
         ok = await _succeeded(self.manager.send_action({
             "Action": "Originate", "Channel": f"Local/{seconds}@{NOTICE_CONTEXT}/n",
             "Application": "ChanSpy", "Data": f"{call.inmate},qBES", "CallerID": "ICS notice",
+            "Variable": f"ICS_LANG={call.language},ICS_PROMPTS={prompts.prompts_dir(call.language)}",
             "Timeout": 5000, "Async": "true"}))
         if not ok:
             log.error("enforce.warning_failed", call_id=call.call_id, seconds_left=seconds)

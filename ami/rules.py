@@ -31,6 +31,7 @@ Dial's U() gosub) two small decisions apply instead (`before_accept`):
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -96,6 +97,19 @@ class Policy:
                    before_accept=f["before_accept"])
 
 
+# The rules that listen to the call's audio and keypad: a TTY's Baudot tones (1400/1800 Hz), its
+# long silences and keys are normal on a relay or TTY call, so these are off for one (the call
+# record's rules_off, written by the call flow with why). A tone rule joins this set.
+AUDIO_RULES = frozenset({"silence", "extra_digits"})
+
+
+def for_call(policy: Policy, rec: Mapping[str, Any] | None) -> Policy:
+    """The call's own policy: the facility's, less the rules its record turns off."""
+    off = {name for name in str((rec or {}).get("rules_off") or "").split(",") if name} & AUDIO_RULES
+    fields = {f.name for f in dataclasses.fields(policy)}
+    return dataclasses.replace(policy, **{name: False for name in off if name in fields})
+
+
 @dataclass(frozen=True)
 class Cut:
     reason: str            # a code from ics.reasons
@@ -141,6 +155,8 @@ class LiveCall:
     extending: bool = False
     funds_short: bool = False              # the next minute could not be held: limit_ms = paid_ms
     inmate_left: bool = False              # the inmate's hang-up request before the bridge was seen
+    language: str = "en"                   # the called party's (the call record's called_language):
+                                           # the notices are said in it
     admitted: bool = False                 # the flow admitted it (ics.capacity): an inmate call, counted
                                            # live (admission control) once a leg besides the inmate's exists
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from . import destination, policy, rating
+from . import destination, policy, prompts, rating
 
 DEFAULT_CONFIG_PATH = "/etc/ics/ics.toml"
 
@@ -132,6 +132,22 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         # the inmate dialled an emergency number: false = "emergency calls cannot be made from this
         # phone, tell an officer"; true = the facility routes them elsewhere and the prompt says so
         "emergency_routed": False,
+        # Languages (ics/prompts.py, the manifest's): what an inmate without a language of their own
+        # hears, and a called party whose number and account set none; the key a called party
+        # presses to switch, before choosing, to another language (not one of the menu keys)
+        "language": "en",
+        "lang_switch_digit": "8",
+        # Relay for deaf and hard-of-hearing callers (47 CFR 64.6040): these destinations (711, a TRS
+        # or captioned-telephone provider's number; comma-separated) are always allowed whatever the
+        # approved list says, never billed (rate 0, nothing held), and the audio rules (silence,
+        # extra_digits, tones: ami/rules.py AUDIO_RULES) are off for them, as for calls to a number
+        # marked tty (icsctl numbers set N --tty), which are billed at most tty_rate_cents (0: free)
+        "relay_numbers": "",
+        "relay_recorded": True,  # recorded like any call (false: never recorded)
+        "tty_rate_cents": 0,
+        # numbers marked free (icsctl numbers set N --free: PREA lines, public defenders): outside
+        # schedules and weekly quotas when true
+        "free_lines_anytime": True,
     },
 }
 
@@ -169,6 +185,9 @@ def _check_facility(values: Mapping[str, Any], where: str) -> None:
                 "silence_s", "digits_max", "digits_window_s"):
         if values[key] <= 0:
             raise ConfigError(f"{where}: {key} must be positive, got {values[key]}")
+    _check_languages(values, where)
+    if values["tty_rate_cents"] < 0:
+        raise ConfigError(f"{where}: tty_rate_cents must not be negative, got {values['tty_rate_cents']}")
     if values["pin_lock_after"] < values["pin_max_tries"]:
         raise ConfigError(f"{where}: pin_lock_after must be >= pin_max_tries")
     if values["hold_grace_s"] < 0:
@@ -182,6 +201,29 @@ def _check_facility(values: Mapping[str, Any], where: str) -> None:
         raise ConfigError(f"{where}: {exc}") from None
     _check_rating(values, where)
     _check_policy(values, where)
+
+
+def _check_languages(values: Mapping[str, Any], where: str) -> None:
+    """The facility's language is one the manifest has; the switch key is a keypad key that is
+    none of the menu's; relay numbers are numbers."""
+    if values["language"] not in prompts.TEXTS:
+        raise ConfigError(f"{where}: language {values['language']!r} has no prompts in {prompts.MANIFEST_PATH} "
+                          f"(known: {', '.join(prompts.LANGUAGES)})")
+    d = values["lang_switch_digit"]
+    if not (isinstance(d, str) and len(d) == 1 and d in "0123456789*#"):
+        raise ConfigError(f"{where}: lang_switch_digit must be one keypad key (0-9, * or #), got {d!r}")
+    taken = {values[k]: k for k in FACILITY_DIGIT_KEYS}
+    if d in taken:
+        raise ConfigError(f"{where}: lang_switch_digit {d!r} is already the menu's {taken[d]}")
+    try:
+        relay_numbers(values["relay_numbers"])
+    except destination.NumberError as exc:
+        raise ConfigError(f"{where}: relay_numbers: {exc}") from None
+
+
+def relay_numbers(text: str) -> set[str]:
+    """relay_numbers "711, 8005551234" -> their E.164 spellings (a short code keeps its digits)."""
+    return {destination.parse(part.strip()).e164 for part in str(text).split(",") if part.strip()}
 
 
 # recordings.max_short_ms: below 200 ms the normal jitter of a bridge's start and end would flag
@@ -392,6 +434,10 @@ def load(path: str | None = None, environ: Mapping[str, str] | None = None) -> C
         if "environment" not in sources:
             sources.append("environment")
 
+    try:  # every language of the prompt manifest complete, with its voice
+        prompts.check()
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     _check_facility(values["facility_defaults"], "facility_defaults")
     if values["log"]["format"] not in ("auto", "json", "console"):
         raise ConfigError(f"log.format must be auto, json or console, got {values['log']['format']!r}")

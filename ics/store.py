@@ -19,7 +19,7 @@ from typing import Any, Mapping
 
 import redis
 
-from . import destination, keys, policy, reasons
+from . import destination, keys, policy, prompts, reasons
 from .config import Config, ConfigError, facility_settings
 from .destination import Destination, NumberError
 
@@ -498,6 +498,57 @@ class Store:
         if by_inmate:
             return "blocked_inmate"
         return None
+
+    # --- what a number is to us: language, free, unrecorded, TTY (ics:numinfo) -----------
+    NUMBER_FLAGS = ("free", "unrecorded", "tty")
+
+    def set_number_info(self, number: Destination | str, *, language: str | None = None,
+                        note: str | None = None, **flags: bool) -> dict[str, str]:
+        """Set a number's language ("" clears it) and flags (free, unrecorded, tty)."""
+        d = dest(number)
+        fields: dict[str, Any] = {}
+        if language is not None:
+            if language and language not in prompts.TEXTS:
+                raise StoreError(f"language {language!r} has no prompts (known: {', '.join(prompts.LANGUAGES)})")
+            fields["language"] = language
+        for flag, on in flags.items():
+            if flag not in self.NUMBER_FLAGS:
+                raise StoreError(f"unknown number flag {flag!r} ({', '.join(self.NUMBER_FLAGS)})")
+            if on is not None:
+                fields[flag] = int(bool(on))
+        if note is not None:
+            if any(c in note for c in "\r\n\0"):
+                raise StoreError("note must be one line")
+            fields["note"] = note
+        if fields:
+            self.r.hset(keys.numinfo(d.e164), mapping=fields)
+        return self.number_info(d)
+
+    def number_info(self, number: Destination | str) -> dict[str, str]:
+        return self.r.hgetall(keys.numinfo(dest(number).e164))
+
+    def set_inmate_language(self, iid: str, language: str) -> None:
+        if not self.r.exists(keys.inmate(iid)):
+            raise StoreError(f"no inmate {iid}")
+        if language and language not in prompts.TEXTS:
+            raise StoreError(f"language {language!r} has no prompts (known: {', '.join(prompts.LANGUAGES)})")
+        self.r.hset(keys.inmate(iid), "language", language)
+
+    def set_account_language(self, aid: str, language: str) -> None:
+        if not self.r.exists(keys.account(aid)):
+            raise StoreError(f"no account {aid}")
+        if language and language not in prompts.TEXTS:
+            raise StoreError(f"language {language!r} has no prompts (known: {', '.join(prompts.LANGUAGES)})")
+        self.r.hset(keys.account(aid), "language", language)
+
+    def called_language(self, number: Destination | str, facility: Mapping[str, Any]) -> str:
+        """What the called party hears first: their number's language, else their account's,
+        else the facility's."""
+        lang = self.number_info(number).get("language")
+        if not lang:
+            aid = self.r.get(keys.number_account(dest(number).e164))
+            lang = self.r.hget(keys.account(aid), "language") if aid else None
+        return lang or facility["language"]
 
     # --- LIDB (line information, a local table standing in for a LIDB query) ----
     def set_lidb(self, number: Destination | str, line_type: str, collect_block: bool = False,
