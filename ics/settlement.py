@@ -114,7 +114,7 @@ def settle(store: Store, call_id: str, dialstatus: str = "", hangupsource: str =
         bill = rating.Price(0, 0)
     records.set_reason(r, call_id, reason)
     week = None
-    if bridged and rec.get("inmate"):
+    if bridged and rec.get("inmate") and rec.get("anytime") != "1":  # a relay or free line: outside quotas
         # weekly quotas count accepted calls and billed minutes, in the facility's week,
         # in the settle script itself: once, with the charge
         fac = store.facility(rec.get("facility", ""))

@@ -268,7 +268,7 @@ def special_line(s: Session, facility: dict, d: Destination | None) -> Line | No
 def record_line(s: Session, call_id: str, line: Line, d: Destination, recorded: bool) -> None:
     """On the record (and, for a free line, the audit stream, without any content): what kind of
     line, whether it is recorded, and which rules are off and why."""
-    fields = {"line": line.kind, "free": "1" if line.free else "0"}
+    fields = {"line": line.kind, "free": "1" if line.free else "0", "anytime": "1" if line.anytime else "0"}
     if line.rules_off:
         fields.update(rules_off=",".join(sorted(AUDIO_RULES)), rules_off_why=RULES_OFF_WHY.get(line.kind, line.kind))
     records.update(s.r, call_id, **fields)
