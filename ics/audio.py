@@ -66,7 +66,19 @@ def speak(text: str, out: Path, voice: str = DEFAULT_VOICE) -> Path:
                               else [exe, *cmd[1:], str(raw), text], capture_output=True, timeout=30)
         if proc.returncode != 0 or not raw.is_file():
             raise AudioError(f"{cmd[0]} failed: {proc.stderr.decode(errors='replace').strip()}")
-        return to_asterisk(AudioSegment.from_wav(raw), out)
+        return to_asterisk(level(AudioSegment.from_wav(raw)), out)
+
+
+SPEECH_DBFS = -21.0   # every voice's speech brought to one loudness (espeak-ng's English is about
+PEAK_MAX_DBFS = -1.0  # this; Pico's Spanish came out 5 dB louder), never clipping
+
+
+def level(segment: AudioSegment) -> AudioSegment:
+    """One loudness for every voice and language, so a switch of language is not a jump in volume."""
+    if segment.dBFS == float("-inf"):
+        return segment
+    gain = min(SPEECH_DBFS - segment.dBFS, PEAK_MAX_DBFS - segment.max_dBFS)
+    return segment.apply_gain(gain)
 
 
 def import_file(src: Path, out: Path, max_seconds: int = 10) -> Path:
