@@ -55,7 +55,8 @@ class Menu:
     def __init__(self, s: Session, rec: dict):
         self.s = s
         self.inmate_channel = rec.get("channel", "")
-        self.notice_due = rec.get("privileged") != "1"   # an attorney call is never recorded
+        # an attorney's call, or a line the facility keeps unrecorded, is never recorded: no notice
+        self.notice_due = bool(rec.get("recording"))
         self.notice_heard = False
         self.notice_stopped_at: int | None = None  # where a key stopped the notice, until another prompt
         self.announced = False   # the announcement was heard to its end (a language switch then replays the menu)
