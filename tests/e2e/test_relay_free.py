@@ -132,3 +132,26 @@ def test_free_unrecorded_hotline_outside_the_schedule_and_the_list(ami, stack, p
     call2.wait_disconnected(20)
     assert wait_settled(world)["reason"] == "outside_schedule"
     assert world.store.number_state(INMATE, HOTLINE) is None
+
+
+def test_tty_to_tty_call_is_billed_at_most_the_facilitys_tty_rate(ami, stack, phones):
+    inmate, family = phones.phone("inmate1"), phones.phone(NUMBER)
+    for p in (inmate, family):
+        p.register(10)
+    world = make_world(balance_cents=500, rate_cents_per_min=11, tty_rate_cents=3)
+    world.store.set_number_info(NUMBER, tty=True)  # the family's line is a TTY
+    mark = ami.mark()
+    call = inmate.call(NUMBER)
+    login(ami, call, mark)
+    callee = family.wait_incoming(15)
+    callee.answer()
+    press_when(ami, callee, "menu-accept", "1", mark, channel_prefix=f"PJSIP/{NUMBER}")
+    ami.wait_for(bridged(f"PJSIP/{NUMBER}"), 10, since=mark)
+    time.sleep(3)
+    callee.hangup()
+    rec = wait_settled(world)
+    # one minute at the TTY rate (3), not the voice rate (11); the audio rules off, and why
+    assert (rec["line"], rec["rate_cents"], rec["billed_minutes"], rec["billed_cents"]) == ("tty", 3, 1, 3)
+    assert world.store.account("fam1").balance_cents == 500 - 3
+    assert rec["rules_off"] == "extra_digits,silence" and "TTY" in rec["rules_off_why"]
+    call.wait_disconnected(10)
