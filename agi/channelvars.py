@@ -30,6 +30,8 @@ Set on the called channel by the called-party menu:
   ICS_MENU_DONE   "1" when the menu ended normally (accept, refuse, block, no response,
                   the inmate gone); [ics-callee] clears it before the AGI. Unset after the
                   AGI (the FastAGI socket died, the flow raised) is a menu fault.
+  ICS_COURTESY_END  on accepting a courtesy call: the provider's billing number; [ics-cut] then
+                  tells the called party how to open a prepaid account and says it
 Set by the dialplan on a menu fault ([ics-callee]: on the called channel, and on the
 inmate channel via MASTER_CHANNEL):
   ICS_FAULT       "menu": [ics-inmate] sends the inmate to [ics-fail] after Dial; passed to
@@ -52,6 +54,7 @@ LIMIT_MS = "ICS_LIMIT_MS"
 NOTICE = "ICS_NOTICE"
 PROMPTS = "ICS_PROMPTS"
 CALLEE_PROMPTS = "ICS_CALLEE_PROMPTS"
+COURTESY_END = "ICS_COURTESY_END"
 GOSUB_RESULT = "GOSUB_RESULT"
 TIMEOUT = "TIMEOUT(absolute)"
 MENU_DONE = "ICS_MENU_DONE"

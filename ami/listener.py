@@ -55,6 +55,7 @@ HEARTBEAT_S = 1.0       # keys.LISTENER_ALIVE and keys.LIVE_CALLS are refreshed 
 SETTLE_GRACE_S = 5.0   # the hangup handler normally settles within milliseconds
 TICK_S = 0.2           # clock rules (hold grace, silence, time limit) are checked this often
 CUT_PROMPT_MAX_S = 12  # a leg still up this long after the redirect is hung up outright
+COURTESY_END_MAX_S = 25  # ... longer after a courtesy call: how to open a prepaid account, and the number
 RESERVE_AHEAD_MS = 10_000  # the next minute is held this long before the paid ones run out
 NOTICE_CONTEXT = "ics-notice"
 CALL_EVENTS = ("Newchannel", "Hangup", "BridgeEnter", "BridgeLeave", "Hold", "Unhold", "Flash",
@@ -342,6 +343,7 @@ class Listener:
             rec.get("tax_bps", 0)
         call.paid_ms = rec.get("paid_minutes", 0) * MINUTE_MS
         call.language = rec.get("called_language") or call.language
+        call.courtesy = rec.get("line") == "courtesy"
         if facility is not None:
             call.policy = for_call(Policy.from_facility(facility), rec)
         if rec.get("rules_off"):
@@ -367,7 +369,7 @@ class Listener:
         if not ok:
             await self.hangup(call, legs)
             return
-        await asyncio.sleep(CUT_PROMPT_MAX_S)
+        await asyncio.sleep(CUT_PROMPT_MAX_S + (COURTESY_END_MAX_S if call.courtesy else 0))
         await self.hangup(call, list(call.channels))
 
     async def extend(self, call: LiveCall) -> None:

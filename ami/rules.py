@@ -155,6 +155,7 @@ class LiveCall:
     extending: bool = False
     funds_short: bool = False              # the next minute could not be held: limit_ms = paid_ms
     inmate_left: bool = False              # the inmate's hang-up request before the bridge was seen
+    courtesy: bool = False                 # a courtesy call: [ics-cut] also says how to open an account
     language: str = "en"                   # the called party's (the call record's called_language):
                                            # the notices are said in it
     admitted: bool = False                 # the flow admitted it (ics.capacity): an inmate call, counted

@@ -87,6 +87,10 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "refuse_digit": "2",
         "quote_digit": "3",
         "block_digit": "9",
+        # the provider, how to hear the rate, and how to reach billing and complaints, read out
+        # (47 CFR 64.710); billing_phone is said digit by digit
+        "info_digit": "0",
+        "billing_phone": "8005550199",
         "menu_timeout_s": 6,
         "time_limit_s": 900,
         "pin_max_tries": 3,
@@ -148,11 +152,15 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         # numbers marked free (icsctl numbers set N --free: PREA lines, public defenders): outside
         # schedules and weekly quotas when true
         "free_lines_anytime": True,
+        # a number nobody can be billed for (needs_prepaid) may get one free courtesy call of this
+        # many seconds (whole minutes), once per number, ending with how to open a prepaid account;
+        # 0 = off
+        "courtesy_call_s": 0,
     },
 }
 
 BEFORE_ACCEPT = ("end", "record")  # facility_defaults before_accept
-FACILITY_DIGIT_KEYS = ("accept_digit", "refuse_digit", "quote_digit", "block_digit")
+FACILITY_DIGIT_KEYS = ("accept_digit", "refuse_digit", "quote_digit", "block_digit", "info_digit")
 
 
 class ConfigError(ValueError):
@@ -178,7 +186,7 @@ def _check_facility(values: Mapping[str, Any], where: str) -> None:
         if not (isinstance(d, str) and len(d) == 1 and d in "0123456789*#"):
             raise ConfigError(f"{where}: {key} must be one keypad key (0-9, * or #), got {d!r}")
     if len(set(digits)) != len(digits):
-        raise ConfigError(f"{where}: accept/refuse/quote/block digits must differ, got {digits}")
+        raise ConfigError(f"{where}: accept/refuse/quote/block/info digits must differ, got {digits}")
     if values["time_limit_s"] < 60:
         raise ConfigError(f"{where}: time_limit_s must be at least 60 (calls are sold by the minute)")
     for key in ("menu_timeout_s", "time_limit_s", "rate_cents_per_min", "pin_max_tries", "pin_lock_after",
@@ -186,6 +194,16 @@ def _check_facility(values: Mapping[str, Any], where: str) -> None:
         if values[key] <= 0:
             raise ConfigError(f"{where}: {key} must be positive, got {values[key]}")
     _check_languages(values, where)
+    courtesy = values["courtesy_call_s"]
+    if courtesy and not (courtesy % 60 == 0 and MIN_COURTESY_S <= courtesy <= MAX_COURTESY_S):
+        raise ConfigError(f"{where}: courtesy_call_s is 0 (off) or whole minutes from {MIN_COURTESY_S} to "
+                          f"{MAX_COURTESY_S} s, got {courtesy}")
+    try:
+        bp = destination.parse(values["billing_phone"])
+    except destination.NumberError as exc:
+        raise ConfigError(f"{where}: billing_phone: {exc}") from None
+    if bp.short:
+        raise ConfigError(f"{where}: billing_phone must be a whole number, got {values['billing_phone']!r}")
     if values["tty_rate_cents"] < 0:
         raise ConfigError(f"{where}: tty_rate_cents must not be negative, got {values['tty_rate_cents']}")
     if values["pin_lock_after"] < values["pin_max_tries"]:
@@ -219,6 +237,9 @@ def _check_languages(values: Mapping[str, Any], where: str) -> None:
         relay_numbers(values["relay_numbers"])
     except destination.NumberError as exc:
         raise ConfigError(f"{where}: relay_numbers: {exc}") from None
+
+
+MIN_COURTESY_S, MAX_COURTESY_S = 60, 600  # a courtesy call is short: one to ten minutes
 
 
 def relay_numbers(text: str) -> set[str]:

@@ -45,6 +45,8 @@ ics.store.Store.migrate_numbers (icsctl numbers migrate; ics-fastagi runs it at 
                                            free (0/1: never billed, PREA lines, public defenders),
                                            unrecorded (0/1), tty (0/1: a family TTY, billed at most the
                                            facility's tty_rate_cents, audio rules off), note
+  ics:courtesy:{number}             string the call id that used the number's one free courtesy call
+                                           (taken when dialled, given back by settlement if never bridged)
   ics:lidb:{number}                 hash   line_type (landline|wireless|voip), collect_block (0/1),
                                            new_number (0/1), updated_ms; absent = landline, no blocks
   ics:ledger:{aid}                  stream append-only: kind, amount_cents (> 0), balance_cents
@@ -154,6 +156,10 @@ def numinfo(number: str) -> str:
     return f"{PREFIX}:numinfo:{number}"
 
 
+def courtesy(number: str) -> str:
+    return f"{PREFIX}:courtesy:{number}"
+
+
 def lidb(number: str) -> str:
     return f"{PREFIX}:lidb:{number}"
 
@@ -170,4 +176,4 @@ def call(cid: str) -> str:
 # sets whose members are numbers, and key prefixes followed by a number.
 NUMBER_HASHES = (f"{PREFIX}:inmate:*:approved", PRIVILEGED)
 NUMBER_SETS = (f"{PREFIX}:block:inmate:*", f"{PREFIX}:block:facility:*", f"{PREFIX}:account:*:numbers")
-NUMBER_KEY_PREFIXES = (f"{PREFIX}:number:", f"{PREFIX}:lidb:", f"{PREFIX}:numinfo:")
+NUMBER_KEY_PREFIXES = (f"{PREFIX}:number:", f"{PREFIX}:lidb:", f"{PREFIX}:numinfo:", f"{PREFIX}:courtesy:")

@@ -550,6 +550,16 @@ class Store:
             lang = self.r.hget(keys.account(aid), "language") if aid else None
         return lang or facility["language"]
 
+    def take_courtesy(self, number: Destination | str, call_id: str) -> bool:
+        """The number's one free courtesy call, for call_id: False if it was used."""
+        return bool(self.r.set(keys.courtesy(dest(number).e164), call_id, nx=True))
+
+    def give_back_courtesy(self, number: Destination | str, call_id: str) -> bool:
+        """A courtesy call never bridged does not use it up (only call_id's own claim is removed)."""
+        key = keys.courtesy(dest(number).e164)
+        return bool(self.r.eval("if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) "
+                                "end return 0", 1, key, call_id))
+
     # --- LIDB (line information, a local table standing in for a LIDB query) ----
     def set_lidb(self, number: Destination | str, line_type: str, collect_block: bool = False,
                  new_number: bool = False) -> None:

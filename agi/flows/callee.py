@@ -31,7 +31,7 @@ import re
 
 import structlog
 
-from ics import prompts, rating, records
+from ics import destination, prompts, rating, records
 from ics.store import now_ms
 
 from .. import channelvars as V
@@ -159,6 +159,8 @@ def run(s: Session) -> None:
         # A free call holds no minutes: its backstop is the call's limit.
         paid_ms = rating.MINUTE_MS if rec.get("held_cents") else rec.get("limit_s", 0) * 1000
         s.agi.set_variable(V.TIMEOUT, (paid_ms + rating.BACKSTOP_MS) // 1000)
+        if rec.get("line") == "courtesy":  # its end tells how to open a prepaid account ([ics-cut])
+            s.agi.set_variable(V.COURTESY_END, destination.parse(facility["billing_phone"]).dial)
         s.agi.set_variable(V.GOSUB_RESULT, "")
         done(s)  # after GOSUB_RESULT: a fault before this is never bridged
         log.info("callee.accepted")
@@ -200,8 +202,16 @@ def announce(m: Menu, facility: dict, rec: dict, escape: str, switch: str = "") 
     parts = [m.s.sound("announce-from"), name, m.s.sound("announce-at")]
     if prompts.exists(sounds_dir, prompts.facility_sound(facility["id"])):
         parts.append(prompts.facility_sound(facility["id"]))
+    parts.append(m.s.sound("announce-provider"))  # who provides the service (47 CFR 64.710)
     for part in parts:
         digit = m.stream(part, escape)
+        if digit:
+            return digit
+    if rec.get("line") == "courtesy":
+        digit = m.play("courtesy-offer", escape)
+        if not digit:
+            m.s.agi.say_number(rec.get("limit_s", 0) // 60)
+            digit = m.play("courtesy-minutes", escape)
         if digit:
             return digit
     digit = m.notice(escape) if m.notice_due else ""
@@ -228,6 +238,7 @@ def menu(m: Menu, facility: dict, rec: dict) -> str:
         facility["refuse_digit"]: "refuse",
         facility["quote_digit"]: "quote",
         facility["block_digit"]: "block",
+        facility["info_digit"]: "info",
     }
     # with more than one language, the switch key (never a menu key: ics.config)
     switch = facility["lang_switch_digit"] if len(prompts.LANGUAGES) > 1 else ""
@@ -245,9 +256,9 @@ def menu(m: Menu, facility: dict, rec: dict) -> str:
         choice = keys.get(digit)
         log.info("callee.key", digit=digit or None, choice=choice)
         digit = ""
-        if choice == "quote" and quotes < MAX_QUOTES:
+        if choice in ("quote", "info") and quotes < MAX_QUOTES:
             quotes += 1
-            digit = say_rate(m, rec, escape)
+            digit = say_rate(m, rec, escape) if choice == "quote" else say_info(m, facility, escape)
             continue
         if choice in ("accept", "refuse", "block"):
             return choice
@@ -275,7 +286,8 @@ def offer(m: Menu, facility: dict, escape: str, switch: str = "") -> str:
     if digit:
         return digit
     for key, digit_field in (("menu-accept", "accept_digit"), ("menu-refuse", "refuse_digit"),
-                             ("menu-quote", "quote_digit"), ("menu-block", "block_digit")):
+                             ("menu-quote", "quote_digit"), ("menu-block", "block_digit"),
+                             ("menu-info", "info_digit")):
         digit = m.play(key, escape) or m.stream(_digit_sound(facility[digit_field]), escape)
         if digit:
             return digit
@@ -307,6 +319,17 @@ def say_rate(m: Menu, rec: dict, escape: str) -> str:
     if not digit and tax_bps > 0:
         digit = m.play("rate-taxes", escape)
     return digit or m.play("rate-whole-minutes", escape)
+
+
+def say_info(m: Menu, facility: dict, escape: str) -> str:
+    """Billing and complaints: the provider's number, digit by digit, and how to hear the rate
+    (47 CFR 64.710)."""
+    log.info("callee.info")
+    digit = m.play("info-billing", escape)
+    if not digit:
+        m.s.agi.say_digits(destination.parse(facility["billing_phone"]).dial)
+        digit = m.play("info-rate", escape) or m.stream(_digit_sound(facility["quote_digit"]), escape)
+    return digit
 
 
 def _digit_sound(d: str) -> str:

@@ -346,7 +346,16 @@ def check_call(s: Session, facility: dict, inmate_id: str, inmate: dict, number:
     if debit is not None and debit.available_cents >= one_minute and choose_debit(s):
         account = debit
     if account is None:
-        account = payer_for(s, number)
+        try:
+            account = payer_for(s, number)
+        except Refused as refusal:
+            # nobody can pay: the facility may offer the number one short free call, once
+            courtesy = facility["courtesy_call_s"]
+            if refusal.reason != "needs_prepaid" or not courtesy or not s.store.take_courtesy(number, call_id):
+                raise
+            log.info("call.courtesy", seconds=min(courtesy, limit_s))
+            records.update(s.r, call_id, line="courtesy", free="1")
+            return Go("", 0, min(courtesy, limit_s) * 1000, 0, 0, "courtesy")
     for _ in range(2):  # a concurrent call on the same account may take funds in between
         limit_ms = rating.time_limit_ms(limit_s, account.available_cents, rate, tax)
         if limit_ms < rating.MINUTE_MS:
