@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         cps = sorted(m["cps"] for _, m in rows)
         median_cps = cps[len(cps) // 2]
         for key, m in rows:  # a file much shorter or longer than its text: cut off, or a voice gone wrong
-            if len(prompts.TEXTS[lang][key]) >= 8 and not 0.5 <= m["cps"] / median_cps <= 2.0:
+            if len(prompts.TEXTS[lang][key]) >= 12 and not 0.5 <= m["cps"] / median_cps <= 2.0:
                 bad += 1
                 print(f"  PROBLEM {lang}/{key}: {m['cps']:.1f} chars/s against {median_cps:.1f} for the language")
         total = sum(m["ms"] for _, m in rows)
