@@ -77,6 +77,17 @@ provision_non_free() {
     apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
 }
 
+# packages into a root provisioned before they were needed
+root_install() {
+    [ -s "$AST/etc/resolv.conf" ] || cp -L /etc/resolv.conf "$AST/etc/resolv.conf"
+    in_root env DEBIAN_FRONTEND=noninteractive \
+        apt-get -q -o Acquire::Check-Valid-Until=false update >/dev/null
+    in_root env DEBIAN_FRONTEND=noninteractive \
+        apt-get -q -o Acquire::Check-Valid-Until=false install -y --no-install-recommends \
+        "$@" >>"$STACK/apt.log" 2>&1 || die "apt-get install $* failed (log: $STACK/apt.log)"
+    in_root apt-get clean
+}
+
 # Asterisk's sounds of every prompt language, also in a root provisioned before they were listed
 provision_root_sounds() {
     local missing=() p
@@ -91,13 +102,7 @@ provision_root_sounds() {
         return 0
     fi
     log "installing ${missing[*]} in the root"
-    [ -s "$AST/etc/resolv.conf" ] || cp -L /etc/resolv.conf "$AST/etc/resolv.conf"
-    in_root env DEBIAN_FRONTEND=noninteractive \
-        apt-get -q -o Acquire::Check-Valid-Until=false update >/dev/null
-    in_root env DEBIAN_FRONTEND=noninteractive \
-        apt-get -q -o Acquire::Check-Valid-Until=false install -y --no-install-recommends \
-        "${missing[@]}" >>"$STACK/apt.log" 2>&1 || die "apt-get install ${missing[*]} failed (log: $STACK/apt.log)"
-    in_root apt-get clean
+    root_install "${missing[@]}"
     [ -e "$es" ] || ln -sfn es_MX_f_Allison "$es"
 }
 
@@ -160,13 +165,7 @@ provision_shim() {
     if [ -f "$AST$SHIM" ] && cmp -s "$src" "$AST/usr/local/src/bind_loopback.c"; then return 0; fi
     if [ ! -x "$AST/usr/bin/tcc" ]; then
         log "installing tcc in the root (bind-to-loopback shim)"
-        [ -s "$AST/etc/resolv.conf" ] || cp -L /etc/resolv.conf "$AST/etc/resolv.conf"
-        in_root env DEBIAN_FRONTEND=noninteractive \
-            apt-get -q -o Acquire::Check-Valid-Until=false update >/dev/null
-        in_root env DEBIAN_FRONTEND=noninteractive \
-            apt-get -q -o Acquire::Check-Valid-Until=false install -y --no-install-recommends \
-            tcc libc6-dev >>"$STACK/apt.log" 2>&1 || die "apt-get install tcc failed (log: $STACK/apt.log)"
-        in_root apt-get clean
+        root_install tcc libc6-dev
     fi
     mkdir -p "$AST/usr/local/src" "$AST/usr/local/lib"
     cp "$src" "$AST/usr/local/src/bind_loopback.new.c"

@@ -87,6 +87,11 @@ def debit_account_id(iid: str) -> str:
     return f"debit-{iid}"
 
 
+def _check_language(language: str) -> None:
+    if language and language not in prompts.TEXTS:
+        raise StoreError(f"language {language!r} has no prompts (known: {', '.join(prompts.LANGUAGES)})")
+
+
 def check_id(kind: str, value: str, pattern: re.Pattern = ID_RE) -> str:
     if not isinstance(value, str) or not pattern.match(value):
         raise StoreError(f"invalid {kind} {value!r}")
@@ -508,8 +513,7 @@ class Store:
         d = dest(number)
         fields: dict[str, Any] = {}
         if language is not None:
-            if language and language not in prompts.TEXTS:
-                raise StoreError(f"language {language!r} has no prompts (known: {', '.join(prompts.LANGUAGES)})")
+            _check_language(language)
             fields["language"] = language
         for flag, on in flags.items():
             if flag not in self.NUMBER_FLAGS:
@@ -528,18 +532,17 @@ class Store:
         return self.r.hgetall(keys.numinfo(dest(number).e164))
 
     def set_inmate_language(self, iid: str, language: str) -> None:
-        if not self.r.exists(keys.inmate(iid)):
-            raise StoreError(f"no inmate {iid}")
-        if language and language not in prompts.TEXTS:
-            raise StoreError(f"language {language!r} has no prompts (known: {', '.join(prompts.LANGUAGES)})")
-        self.r.hset(keys.inmate(iid), "language", language)
+        self._set_language(keys.inmate(iid), f"inmate {iid}", language)
 
     def set_account_language(self, aid: str, language: str) -> None:
-        if not self.r.exists(keys.account(aid)):
-            raise StoreError(f"no account {aid}")
-        if language and language not in prompts.TEXTS:
-            raise StoreError(f"language {language!r} has no prompts (known: {', '.join(prompts.LANGUAGES)})")
-        self.r.hset(keys.account(aid), "language", language)
+        self._set_language(keys.account(aid), f"account {aid}", language)
+
+    def _set_language(self, key: str, what: str, language: str) -> None:
+        """language ("" = unset: the facility's) on an existing inmate or account hash."""
+        if not self.r.exists(key):
+            raise StoreError(f"no {what}")
+        _check_language(language)
+        self.r.hset(key, "language", language)
 
     def called_language(self, number: Destination | str, facility: Mapping[str, Any]) -> str:
         """What the called party hears first: their number's language, else their account's,

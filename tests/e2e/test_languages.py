@@ -14,21 +14,12 @@ import pytest
 from ics import audio, prompts
 
 from tests.support.callflow import INMATE, NUMBER, agi_command, login, make_world, press_when, wait_settled
-from tests.e2e.test_policy import loud_spans
+from tests.e2e.test_policy import lines, loud_spans  # noqa: F401  (lines: the inmate's and family's phones)
 
 pytestmark = pytest.mark.e2e
 
 FAMILY = f"PJSIP/{NUMBER}"
 ANNOUNCEMENT = ("announce-from", "announce-at", "announce-recorded")
-
-
-@pytest.fixture
-def lines(stack, phones):
-    inmate = phones.phone("inmate1")
-    family = phones.phone(NUMBER)
-    for p in (inmate, family):
-        p.register(10)
-    return inmate, family
 
 
 def streamed(ami, mark, prefix: str) -> list[dict]:
@@ -142,4 +133,32 @@ def test_switch_to_spanish_mid_announcement(ami, lines):
     inmate_files = [p["file"] for p in streamed(ami, mark, "PJSIP/inmate1")]
     assert "ics/prompts/es/please-hold" in inmate_files and "ics/prompts/please-hold" not in inmate_files
     assert rec["inmate_language"] == "es"
+    call.wait_disconnected(20)
+
+
+def test_warnings_and_the_cut_follow_the_called_partys_language(ami, lines):
+    inmate, family = lines
+    # a one-minute call with one warning 30 s before; nobody talks here (silence rule off)
+    world = make_world(balance_cents=500, time_limit_s=60, warn_before_s="30", rule_silence=False)
+    world.store.set_number_info(NUMBER, language="es")
+    mark = ami.mark()
+    call = inmate.call(NUMBER)
+    login(ami, call, mark)
+    callee = family.wait_incoming(15)
+    callee.answer()
+    press_when(ami, callee, "prompts/es/menu-accept", "1", mark, channel_prefix=FAMILY)
+    callee.wait_disconnected(90)
+    rec = wait_settled(world)
+    assert rec["reason"] == "time_limit"
+
+    def played(prefix):
+        return [e.get("Message", "") for e in ami.events(
+            lambda e: e.get("Event") == "TestEvent" and e.get("State") == "PLAYBACK"
+            and e.get("Channel", "").startswith(prefix), since=mark)]
+    # the warning, barged into both legs, in the called party's language
+    notice = played("Local/30@ics-notice")
+    assert notice[0] == "ics/prompts/es/warn-ends-in" and notice[-1] == "ics/prompts/es/warn-seconds", notice
+    # why it ended: each party in their own language
+    assert "ics/prompts/es/cut-time_limit" in played(FAMILY)
+    assert "ics/prompts/cut-time_limit" in played("PJSIP/inmate1")
     call.wait_disconnected(20)

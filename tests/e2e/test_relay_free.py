@@ -53,28 +53,32 @@ def baudot_wav(path, tones_s: float, silence_s: float, rate: int = 8000) -> None
         w.writeframes(samples.tobytes())
 
 
-def bridged(prefix: str):
-    return lambda e: e.get("Event") == "BridgeEnter" and e.get("Channel", "").startswith(prefix)
+def accepted(ami, phones, number: str):
+    """The inmate's phone calls number, whose phone answers and accepts: (inmate's call, called
+    call, AMI mark), once both legs are bridged."""
+    inmate, far = phones.phone("inmate1"), phones.phone(number)
+    for p in (inmate, far):
+        p.register(10)
+    mark = ami.mark()
+    call = inmate.call(number)
+    login(ami, call, mark)
+    callee = far.wait_incoming(15)
+    callee.answer()
+    press_when(ami, callee, "menu-accept", "1", mark, channel_prefix=f"PJSIP/{number}")
+    ami.wait_for(lambda e: e.get("Event") == "BridgeEnter" and e.get("Channel", "").startswith(f"PJSIP/{number}"),
+                 10, since=mark)
+    return call, callee, mark
 
 
 def test_relay_call_with_baudot_tones_and_a_minute_of_silence_is_not_cut_and_costs_nothing(ami, stack, phones,
                                                                                              tmp_path):
-    inmate, relay = phones.phone("inmate1"), phones.phone(RELAY)
-    for p in (inmate, relay):
-        p.register(10)
     # the relay number is on no approved list and has no account; the silence rule would fire
     # after 20 s and the digits rule is on
     world = make_world(balance_cents=500, relay_numbers=f"711, {RELAY}", silence_s=20)
     before = world.store.account("fam1").balance_cents
     wav = tmp_path / "tty.wav"
     baudot_wav(wav, tones_s=15, silence_s=65)
-    mark = ami.mark()
-    call = inmate.call(RELAY)
-    login(ami, call, mark)
-    callee = relay.wait_incoming(15)
-    callee.answer()
-    press_when(ami, callee, "menu-accept", "1", mark, channel_prefix=f"PJSIP/{RELAY}")
-    ami.wait_for(bridged(f"PJSIP/{RELAY}"), 10, since=mark)
+    call, callee, _ = accepted(ami, phones, RELAY)
     callee.talk(str(wav))  # the relay's TTY types for 15 s, then nothing for 60 s and more
     time.sleep(77)
     assert not callee.disconnected and not call.disconnected, "the relay call was cut"
@@ -98,19 +102,10 @@ def test_relay_call_with_baudot_tones_and_a_minute_of_silence_is_not_cut_and_cos
 
 
 def test_free_unrecorded_hotline_outside_the_schedule_and_the_list(ami, stack, phones):
-    inmate, hotline = phones.phone("inmate1"), phones.phone(HOTLINE)
-    for p in (inmate, hotline):
-        p.register(10)
     # calls are allowed only on another day; the hotline is on no list and has no account
     world = make_world(balance_cents=500, schedule=f"{_other_day()} 00:00-24:00")
     world.store.set_number_info(HOTLINE, free=True, unrecorded=True, note="PREA hotline")
-    mark = ami.mark()
-    call = inmate.call(HOTLINE)
-    login(ami, call, mark)
-    callee = hotline.wait_incoming(15)
-    callee.answer()
-    press_when(ami, callee, "menu-accept", "1", mark, channel_prefix=f"PJSIP/{HOTLINE}")
-    ami.wait_for(bridged(f"PJSIP/{HOTLINE}"), 10, since=mark)
+    call, callee, mark = accepted(ami, phones, HOTLINE)
     time.sleep(3)
     callee.hangup()
     rec = wait_settled(world)
@@ -127,7 +122,7 @@ def test_free_unrecorded_hotline_outside_the_schedule_and_the_list(ami, stack, p
         [("free_call", "number=+13125550107 free=1 recorded=0")], audit
     # the same schedule refuses an ordinary number, and the inmate's list was never touched
     mark = ami.mark()
-    call2 = inmate.call(NUMBER)
+    call2 = phones.phone("inmate1").call(NUMBER)
     login(ami, call2, mark)
     call2.wait_disconnected(20)
     assert wait_settled(world)["reason"] == "outside_schedule"
@@ -135,18 +130,9 @@ def test_free_unrecorded_hotline_outside_the_schedule_and_the_list(ami, stack, p
 
 
 def test_tty_to_tty_call_is_billed_at_most_the_facilitys_tty_rate(ami, stack, phones):
-    inmate, family = phones.phone("inmate1"), phones.phone(NUMBER)
-    for p in (inmate, family):
-        p.register(10)
     world = make_world(balance_cents=500, rate_cents_per_min=11, tty_rate_cents=3)
     world.store.set_number_info(NUMBER, tty=True)  # the family's line is a TTY
-    mark = ami.mark()
-    call = inmate.call(NUMBER)
-    login(ami, call, mark)
-    callee = family.wait_incoming(15)
-    callee.answer()
-    press_when(ami, callee, "menu-accept", "1", mark, channel_prefix=f"PJSIP/{NUMBER}")
-    ami.wait_for(bridged(f"PJSIP/{NUMBER}"), 10, since=mark)
+    call, callee, _ = accepted(ami, phones, NUMBER)
     time.sleep(3)
     callee.hangup()
     rec = wait_settled(world)
