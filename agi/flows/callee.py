@@ -4,7 +4,8 @@
 subject to recording and monitoring." in the called party's language (their
 number's, else their account's, else the facility's), first offering the others
 ("Para español, oprima 8": the facility's lang_switch_digit, which switches and
-restarts the announcement, or the menu, in that language, any time before a choice) (not said on a privileged, attorney call,
+restarts the announcement, or the menu, in that language, any time before a choice;
+offered once, at the start: repeated before every menu it held up each choice) (not said on a privileged, attorney call,
 which is never recorded). Then the menu: accept, refuse, rate
 quote (then the menu again), block. No key or a wrong key: one reprompt, then
 goodbye. Only "accept" leaves GOSUB_RESULT unset, which lets Dial bridge.
@@ -252,7 +253,7 @@ def menu(m: Menu, facility: dict, rec: dict) -> str:
             digit = announce(m, facility, rec, escape, switch) if not m.announced else ""
             continue
         if not digit:
-            digit = offer(m, facility, escape, switch)
+            digit = offer(m, facility, escape)
         choice = keys.get(digit)
         log.info("callee.key", digit=digit or None, choice=choice)
         digit = ""
@@ -280,11 +281,8 @@ def switch_language(m: Menu, rec: dict) -> None:
     log.info("callee.language", was=was, now=m.s.lang)
 
 
-def offer(m: Menu, facility: dict, escape: str, switch: str = "") -> str:
+def offer(m: Menu, facility: dict, escape: str) -> str:
     """The menu once, interruptible, then the facility's timeout for a key."""
-    digit = m.offer_languages(switch, escape)
-    if digit:
-        return digit
     for key, digit_field in (("menu-accept", "accept_digit"), ("menu-refuse", "refuse_digit"),
                              ("menu-quote", "quote_digit"), ("menu-block", "block_digit"),
                              ("menu-info", "info_digit")):
