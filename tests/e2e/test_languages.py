@@ -39,19 +39,25 @@ def streamed(ami, mark, prefix: str) -> list[dict]:
     return out
 
 
-def file_s(world, key: str, lang: str) -> float:
-    return audio.duration_ms(world.cfg.sounds_dir / prompts.rel_path(key, lang)) / 1000
-
-
-def test_spanish_family_hears_the_announcement_and_quote_in_spanish(ami, lines, tmp_path):
+def answered(ami, lines):
+    """The inmate calls the family, who answer: (inmate's call, called call, AMI mark)."""
     inmate, family = lines
-    world = make_world(balance_cents=500, rate_cents_per_min=11)
-    world.store.set_number_info(NUMBER, language="es")  # the family's number is set to Spanish
     mark = ami.mark()
     call = inmate.call(NUMBER)
     login(ami, call, mark)
     callee = family.wait_incoming(15)
     callee.answer()
+    return call, callee, mark
+
+
+def file_s(world, key: str, lang: str) -> float:
+    return audio.duration_ms(world.cfg.sounds_dir / prompts.rel_path(key, lang)) / 1000
+
+
+def test_spanish_family_hears_the_announcement_and_quote_in_spanish(ami, lines, tmp_path):
+    world = make_world(balance_cents=500, rate_cents_per_min=11)
+    world.store.set_number_info(NUMBER, language="es")  # the family's number is set to Spanish
+    call, callee, mark = answered(ami, lines)
     callee.wait_media()
     callee.record_audio(tmp_path / "called.wav")
     rec_t0 = time.time()
@@ -105,14 +111,9 @@ def test_spanish_family_hears_the_announcement_and_quote_in_spanish(ami, lines, 
 
 
 def test_switch_to_spanish_mid_announcement(ami, lines):
-    inmate, family = lines
     world = make_world(balance_cents=500)  # the facility speaks English; nothing set for the number
     world.store.set_inmate_language(INMATE, "es")  # the inmate's profile: Spanish
-    mark = ami.mark()
-    call = inmate.call(NUMBER)
-    login(ami, call, mark)
-    callee = family.wait_incoming(15)
-    callee.answer()
+    call, callee, mark = answered(ami, lines)
     # mid-announcement: while "This is a prepaid call from" plays in English
     press_when(ami, callee, "ics/prompts/announce-from", "8", mark, channel_prefix=FAMILY)
     ami.wait_for(agi_command("prompts/es/announce-from", FAMILY), 10, since=mark)
@@ -137,15 +138,10 @@ def test_switch_to_spanish_mid_announcement(ami, lines):
 
 
 def test_warnings_and_the_cut_follow_the_called_partys_language(ami, lines):
-    inmate, family = lines
     # a one-minute call with one warning 30 s before; nobody talks here (silence rule off)
     world = make_world(balance_cents=500, time_limit_s=60, warn_before_s="30", rule_silence=False)
     world.store.set_number_info(NUMBER, language="es")
-    mark = ami.mark()
-    call = inmate.call(NUMBER)
-    login(ami, call, mark)
-    callee = family.wait_incoming(15)
-    callee.answer()
+    call, callee, mark = answered(ami, lines)
     press_when(ami, callee, "prompts/es/menu-accept", "1", mark, channel_prefix=FAMILY)
     callee.wait_disconnected(90)
     rec = wait_settled(world)
