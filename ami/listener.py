@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from ics import config as config_mod
-from ics import capacity, keys, logs, rating, recordings, records, settlement
+from ics import capacity, keys, logs, prompts, rating, recordings, records, settlement
 from ics.livecalls import cut_redirect
 from ics.rating import MINUTE_MS
 from ics.store import Store, connect
@@ -53,7 +53,7 @@ from ics.store import Store, connect
 from . import peers
 from .audiotap import Tap, TapServer
 from .connection import GuardedManager
-from .rules import Cut, LiveCall, Noted, Policy, event_ms, evidence
+from .rules import Cut, LiveCall, Noted, Policy, event_ms, evidence, for_call, rules_off
 from .tones import Detection
 
 log = structlog.get_logger("ami")
@@ -63,6 +63,7 @@ HEARTBEAT_S = 1.0       # keys.LISTENER_ALIVE and keys.LIVE_CALLS are refreshed 
 SETTLE_GRACE_S = 5.0   # the hangup handler normally settles within milliseconds
 TICK_S = 0.2           # clock rules (hold grace, silence, time limit) are checked this often
 CUT_PROMPT_MAX_S = 12  # a leg still up this long after the redirect is hung up outright
+COURTESY_END_MAX_S = 25  # ... longer after a courtesy call: how to open a prepaid account, and the number
 RESERVE_AHEAD_MS = 10_000  # the next minute is held this long before the paid ones run out
 NOTICE_CONTEXT = "ics-notice"
 WARN_EXTEN = "threeway"   # [ics-notice] exten of the three-way warning (a rule's "warn" response)
@@ -289,7 +290,7 @@ class Listener:
             log.error("enforce.load_failed", call_id=call.call_id, error=repr(exc), where="before_accept")
             return
         if facility is not None and not call.bridged:
-            call.policy = Policy.from_facility(facility)
+            call.policy = for_call(Policy.from_facility(facility), rec)
 
     async def release_called(self, call: LiveCall, event, received: float) -> None:
         """The inmate hung up while the called party hears the announcement or menu. Asterisk
@@ -353,16 +354,24 @@ class Listener:
         call.account, call.rate_cents, call.tax_bps = rec.get("account", ""), rec.get("rate_cents", 0), \
             rec.get("tax_bps", 0)
         call.paid_ms = rec.get("paid_minutes", 0) * MINUTE_MS
+        call.language = rec.get("called_language") or call.language
+        call.courtesy = rec.get("line") == "courtesy"
         if facility is not None:
-            call.policy = Policy.from_facility(facility)
+            call.policy = for_call(Policy.from_facility(facility), rec)
         call.info = {k: str(rec.get(k, "")) for k in ("facility", "inmate", "number")}
+        off = rules_off(rec)  # a relay or TTY call: its audio rules off whatever its number says
+        if off:
+            log.info("enforce.rules_off", call_id=call.call_id, rules=sorted(off), why=rec.get("rules_off_why"))
         try:
             call.overrides, why = await asyncio.to_thread(rules_overrides, self.store.r, call.call_id,
                                                           call.info["number"])
+            call.overrides.update({rule: "off" for rule in off})
+            why = "; ".join(w for w in (why, rec.get("rules_off_why", "") if off else "") if w)
             await asyncio.to_thread(records.update, self.store.r, call.call_id,
                                     responses=_json(call.effective()), responses_why=why or None)
         except Exception as exc:  # Redis away: the facility's responses apply
             log.error("enforce.load_failed", call_id=call.call_id, error=repr(exc), where="responses")
+            call.overrides.update({rule: "off" for rule in off})
         if call.bridged and call.tap_id is None and self.cfg["ami"]["tap"]:
             call.tap_id = ""  # once
             self.spawn(self.start_tap(call))
@@ -410,7 +419,7 @@ class Listener:
         if not ok:
             await self.hangup(call, legs)
             return
-        await asyncio.sleep(CUT_PROMPT_MAX_S)
+        await asyncio.sleep(CUT_PROMPT_MAX_S + (COURTESY_END_MAX_S if call.courtesy else 0))
         await self.hangup(call, list(call.channels))
 
     # --- the called leg's audio (ami.audiotap, ami.tones) ---------------------------------
@@ -494,6 +503,7 @@ class Listener:
         return await _succeeded(self.manager.send_action({
             "Action": "Originate", "Channel": f"Local/{exten}@{NOTICE_CONTEXT}/n",
             "Application": "ChanSpy", "Data": f"{call.inmate},qBES", "CallerID": "ICS notice",
+            "Variable": f"ICS_LANG={call.language},ICS_PROMPTS={prompts.prompts_dir(call.language)}",
             "Timeout": 5000, "Async": "true"}))
 
     async def sweep(self, call_id: str, ended_ms: int | None = None, hung_up: tuple[str, str] = ("", "")) -> None:

@@ -31,6 +31,7 @@ Dial's U() gosub) two small decisions apply instead (`before_accept`):
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -116,6 +117,28 @@ class Policy:
                    sequence_window_s=f["sequence_window_s"], inband_digits_max=f["inband_digits_max"])
 
 
+# The rules that listen to the call's audio and keypad: a TTY's Baudot tones (1400/1800 Hz), its
+# long silences and keys are normal on a relay or TTY call, so these are off for one (the call
+# record's rules_off, written by the call flow with why).
+AUDIO_RULES = frozenset({"silence", "extra_digits", "dial_tone", "ringback", "busy", "sit", "inband_digits",
+                         "dead_air", "flash_sequence"})
+
+
+def rules_off(rec: Mapping[str, Any] | None) -> set[str]:
+    """The audio rules a call's record turns off (rules_off, written by the call flow with why)."""
+    return {name for name in str((rec or {}).get("rules_off") or "").split(",") if name} & AUDIO_RULES
+
+
+def for_call(policy: Policy, rec: Mapping[str, Any] | None) -> Policy:
+    """The call's own policy: the facility's, less the rules its record turns off (the on/off
+    settings off, their responses "off"; the listener also puts them over the number's overrides)."""
+    off = rules_off(rec)
+    fields = {f.name for f in dataclasses.fields(policy)}
+    responses = dict(policy.responses) | {name: "off" for name in off}
+    return dataclasses.replace(policy, responses=tuple(sorted(responses.items())),
+                               **{name: False for name in off if name in fields})
+
+
 @dataclass(frozen=True)
 class Cut:
     """A rule fired. response "disconnect": the call ends (billing stops at at_ms); "warn": both
@@ -179,6 +202,9 @@ class LiveCall:
     extending: bool = False
     funds_short: bool = False              # the next minute could not be held: limit_ms = paid_ms
     inmate_left: bool = False              # the inmate's hang-up request before the bridge was seen
+    courtesy: bool = False                 # a courtesy call: [ics-cut] also says how to open an account
+    language: str = "en"                   # the called party's (the call record's called_language):
+                                           # the notices are said in it
     admitted: bool = False                 # the flow admitted it (ics.capacity): an inmate call, counted
                                            # live (admission control) once a leg besides the inmate's exists
 

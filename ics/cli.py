@@ -32,9 +32,9 @@ MAX_DEPOSIT_CENTS = 100_000_00  # $100,000.00 in one deposit is a typo, not a fa
 MAX_CALLS_LIMIT = 10_000
 NAME_MAX_S = 10  # longest imported name recording (ics.audio.import_file truncates)
 SETTINGS = tuple(config.DEFAULTS["facility_defaults"])
-DIGIT_SETTINGS = config.FACILITY_DIGIT_KEYS
+DIGIT_SETTINGS = (*config.FACILITY_DIGIT_KEYS, "lang_switch_digit")
 ZERO_OK = ("adp", "facility_cost_cents", "notice_interval_s", "rate_local_cents", "rate_instate_cents",
-           "rate_interstate_cents", "tax_bps", "hold_grace_s")  # 0 is meaningful
+           "rate_interstate_cents", "tax_bps", "hold_grace_s", "tty_rate_cents")  # 0 is meaningful
 SETTING_HELP = {
     "type": "prison or jail (sets the FCC cap); ",
     "adp": "average daily population (a jail's FCC cap); ",
@@ -60,6 +60,13 @@ SETTING_HELP = {
     "approved_max": "numbers per inmate (pending + approved); ",
     "notice_interval_s": "in-call facility notice to the called party every N s, 0 = off; ",
     "caller_id": "outbound caller ID number (a US number), empty = withheld; ",
+    "language": "what inmates and called parties hear unless their own is set (a language of the manifest); ",
+    "lang_switch_digit": "the key a called party presses to hear another language (not a menu key); ",
+    "relay_numbers": "relay destinations (711, TRS numbers), comma-separated: always allowed, never billed, "
+                     "audio rules off; ",
+    "relay_recorded": "relay calls are recorded; ",
+    "tty_rate_cents": "cents/min at most for a call to a number marked tty, 0 = free; ",
+    "free_lines_anytime": "numbers marked free are reachable outside schedules and weekly quotas; ",
 }
 
 log = logs.get("icsctl")
@@ -460,6 +467,33 @@ def inmate_unit(store: Store, a) -> int:
     store.set_inmate_unit(a.iid, a.unit)
     log.info("ops.inmate_unit", inmate=a.iid, unit=a.unit)
     out(f"inmate {a.iid} now lives in unit {a.unit}")
+    return 0
+
+
+def inmate_language(store: Store, a) -> int:
+    need_inmate(store, a.iid)
+    store.set_inmate_language(a.iid, a.language)
+    log.info("ops.inmate_language", inmate=a.iid, language=a.language)
+    out(f"inmate {a.iid} hears {a.language or 'the facility language'}")
+    return 0
+
+
+def account_language(store: Store, a) -> int:
+    store.set_account_language(a.aid, a.language)
+    log.info("ops.account_language", account=a.aid, language=a.language)
+    out(f"account {a.aid}'s numbers hear {a.language or 'the facility language'} (unless a number says otherwise)")
+    return 0
+
+
+def numbers_set(store: Store, a) -> int:
+    """A number's language and flags: free, unrecorded (PREA lines, public defenders), tty."""
+    a.number = need_number(a.number)
+    info = store.set_number_info(a.number, language=a.language, note=a.note,
+                                 free=a.free, unrecorded=a.unrecorded, tty=a.tty)
+    log.info("ops.number_set", number=a.number, **info)
+    store.audit("number_set", a.by, detail=f"number={a.number} " + " ".join(
+        f"{k}={v}" for k, v in sorted(info.items()) if k != "note"))
+    out(f"{a.number}: " + ", ".join(f"{k} {v}" for k, v in sorted(info.items())))
     return 0
 
 
@@ -1178,6 +1212,9 @@ def build_parser() -> Parser:
     c = command(inm, "unit", inmate_unit, "move an inmate to a living unit (its schedule applies)")
     c.add_argument("iid", metavar="IID")
     c.add_argument("unit", metavar="UNIT")
+    c = command(inm, "language", inmate_language, "the language the inmate hears (empty: the facility's)")
+    c.add_argument("iid", metavar="IID")
+    c.add_argument("language", metavar="LANG", help="a language of the prompt manifest, e.g. es")
     c = command(inm, "status", inmate_status, "active, restricted (weekly quota) or suspended")
     c.add_argument("iid", metavar="IID")
     c.add_argument("status", choices=INMATE_STATUSES)
@@ -1271,6 +1308,9 @@ def build_parser() -> Parser:
                    help="a number the account pays for (repeat for more; not for inmate_debit)")
     c.add_argument("--monthly-limit-cents", type=positive_int, metavar="N", help="direct_bill only")
     c.add_argument("--inmate", metavar="IID", help="inmate_debit only")
+    c = command(acc, "language", account_language, "the language its numbers' called parties hear first")
+    c.add_argument("aid", metavar="AID")
+    c.add_argument("language", metavar="LANG", help="a language of the prompt manifest, e.g. es (empty: the facility's)")
     c = command(acc, "fund", account_fund, "deposit money")
     c.add_argument("aid", metavar="AID")
     how = c.add_mutually_exclusive_group(required=True)
@@ -1332,6 +1372,14 @@ def build_parser() -> Parser:
                 "whether inmates may call it and how a facility rates it", json_out=True)
     c.add_argument("number", metavar="NUMBER")
     c.add_argument("--facility", metavar="FID", help="rate it for this facility")
+    c = command(num, "set", numbers_set, "a number's language and flags: free (never billed), unrecorded, "
+                "tty (billed at most tty_rate_cents, audio rules off); every change audited")
+    c.add_argument("number", metavar="NUMBER")
+    c.add_argument("--language", metavar="LANG", help="what the called party hears first (empty: the account's)")
+    for flag in ("free", "unrecorded", "tty"):
+        c.add_argument(f"--{flag}", dest=flag, type=on_off, metavar="on|off")
+    c.add_argument("--note", help='e.g. "PREA hotline"')
+    c.add_argument("--by", required=True, metavar="WHO", help="who made the change (audited)")
     command(num, "migrate", numbers_migrate, "rewrite numbers stored in an older spelling as E.164 "
             "(ics-fastagi also does at start-up)", json_out=True)
 

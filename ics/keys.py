@@ -10,7 +10,8 @@ ics.store.Store.migrate_numbers (icsctl numbers migrate; ics-fastagi runs it at 
   ics:inmate:{iid}                  hash   facility, name, pin_salt, pin_hash,
                                            pin_locked (0/1), name_recorded (0/1), unit (living
                                            unit id), status (active|restricted|suspended),
-                                           quota_calls_week, quota_minutes_week (restricted; 0 = none)
+                                           quota_calls_week, quota_minutes_week (restricted; 0 = none),
+                                           language (what the inmate hears; "" = the facility's)
   ics:inmate:{iid}:week:{yyyyWww}   hash   calls, minutes: accepted calls and billed minutes in
                                            that ISO week, facility time (counted by the settle script, once)
   ics:inmate:{iid}:pin_failures     string consecutive wrong PINs (reset on success)
@@ -39,6 +40,13 @@ ics.store.Store.migrate_numbers (icsctl numbers migrate; ics-fastagi runs it at 
   ics:account:{aid}:numbers         set    phone numbers billed to the account
   ics:number:{number}               string account id that pays for calls to number
   ics:account:{aid}:month:{yyyymm}  string direct_bill: cents billed in that UTC month (settle Lua)
+  ics:numinfo:{number}              hash   what a number is to the facility, per number: language (the
+                                           called party's; else its account's, else the facility's),
+                                           free (0/1: never billed, PREA lines, public defenders),
+                                           unrecorded (0/1), tty (0/1: a family TTY, billed at most the
+                                           facility's tty_rate_cents, audio rules off), note
+  ics:courtesy:{number}             string the call id that used the number's one free courtesy call
+                                           (taken when dialled, given back by settlement if never bridged)
   ics:lidb:{number}                 hash   line_type (landline|wireless|voip), collect_block (0/1),
                                            new_number (0/1), updated_ms; absent = landline, no blocks
   ics:ledger:{aid}                  stream append-only: kind, amount_cents (> 0), balance_cents
@@ -188,6 +196,14 @@ def account_month(aid: str, yyyymm: str) -> str:
     return f"{PREFIX}:account:{aid}:month:{yyyymm}"
 
 
+def numinfo(number: str) -> str:
+    return f"{PREFIX}:numinfo:{number}"
+
+
+def courtesy(number: str) -> str:
+    return f"{PREFIX}:courtesy:{number}"
+
+
 def lidb(number: str) -> str:
     return f"{PREFIX}:lidb:{number}"
 
@@ -212,4 +228,4 @@ def call_rules(cid: str) -> str:
 # sets whose members are numbers, and key prefixes followed by a number.
 NUMBER_HASHES = (f"{PREFIX}:inmate:*:approved", PRIVILEGED)
 NUMBER_SETS = (f"{PREFIX}:block:inmate:*", f"{PREFIX}:block:facility:*", f"{PREFIX}:account:*:numbers")
-NUMBER_KEY_PREFIXES = (f"{PREFIX}:number:", f"{PREFIX}:lidb:")
+NUMBER_KEY_PREFIXES = (f"{PREFIX}:number:", f"{PREFIX}:lidb:", f"{PREFIX}:numinfo:", f"{PREFIX}:courtesy:")

@@ -41,6 +41,13 @@ Fields (times are epoch ms, money integer cents):
   bridged_for_ms   bridged time: bridged_ms to the end of the call (or to cut_ms)
   recording_ms     audio in the recording file (from its data bytes)
   recording_short_ms  bridged time the recording lacks, set when flagged (over recordings.max_short_ms)
+  inmate_language called_language  what each party heard (ics.prompts codes); called_language is
+               the called party's last choice
+  language_switched  the called party's switches before choosing, e.g. "en>es"
+  line         relay / tty / free / unrecorded: a destination the facility treats apart
+               (agi/flows/inmate.py Line); free 1 = never billed (rate 0, nothing held); anytime 1 =
+               outside schedules and weekly quotas
+  rules_off rules_off_why  the audio rules (ami/rules.py AUDIO_RULES) off for this call, and why
 """
 
 from __future__ import annotations
@@ -63,6 +70,8 @@ FIELDS = (
     "unit", "privileged", "recording", "before_accept",
     "recording_check", "bridged_for_ms", "recording_ms", "recording_short_ms",
     "fired", "responses", "responses_why",
+    "inmate_language", "called_language", "language_switched",
+    "line", "free", "anytime", "rules_off", "rules_off_why",
 )
 
 INT_FIELDS = {

@@ -19,7 +19,7 @@ from typing import Any, Mapping
 
 import redis
 
-from . import destination, keys, policy, reasons
+from . import destination, keys, policy, prompts, reasons
 from .config import Config, ConfigError, facility_settings, parse_responses
 from .destination import Destination, NumberError
 
@@ -85,6 +85,11 @@ def month_of(ms: int) -> str:
 def debit_account_id(iid: str) -> str:
     """The inmate's own (inmate_debit) account id."""
     return f"debit-{iid}"
+
+
+def _check_language(language: str) -> None:
+    if language and language not in prompts.TEXTS:
+        raise StoreError(f"language {language!r} has no prompts (known: {', '.join(prompts.LANGUAGES)})")
 
 
 def check_id(kind: str, value: str, pattern: re.Pattern = ID_RE) -> str:
@@ -498,6 +503,65 @@ class Store:
         if by_inmate:
             return "blocked_inmate"
         return None
+
+    # --- what a number is to us: language, free, unrecorded, TTY (ics:numinfo) -----------
+    NUMBER_FLAGS = ("free", "unrecorded", "tty")
+
+    def set_number_info(self, number: Destination | str, *, language: str | None = None,
+                        note: str | None = None, **flags: bool) -> dict[str, str]:
+        """Set a number's language ("" clears it) and flags (free, unrecorded, tty)."""
+        d = dest(number)
+        fields: dict[str, Any] = {}
+        if language is not None:
+            _check_language(language)
+            fields["language"] = language
+        for flag, on in flags.items():
+            if flag not in self.NUMBER_FLAGS:
+                raise StoreError(f"unknown number flag {flag!r} ({', '.join(self.NUMBER_FLAGS)})")
+            if on is not None:
+                fields[flag] = int(bool(on))
+        if note is not None:
+            if any(c in note for c in "\r\n\0"):
+                raise StoreError("note must be one line")
+            fields["note"] = note
+        if fields:
+            self.r.hset(keys.numinfo(d.e164), mapping=fields)
+        return self.number_info(d)
+
+    def number_info(self, number: Destination | str) -> dict[str, str]:
+        return self.r.hgetall(keys.numinfo(dest(number).e164))
+
+    def set_inmate_language(self, iid: str, language: str) -> None:
+        self._set_language(keys.inmate(iid), f"inmate {iid}", language)
+
+    def set_account_language(self, aid: str, language: str) -> None:
+        self._set_language(keys.account(aid), f"account {aid}", language)
+
+    def _set_language(self, key: str, what: str, language: str) -> None:
+        """language ("" = unset: the facility's) on an existing inmate or account hash."""
+        if not self.r.exists(key):
+            raise StoreError(f"no {what}")
+        _check_language(language)
+        self.r.hset(key, "language", language)
+
+    def called_language(self, number: Destination | str, facility: Mapping[str, Any]) -> str:
+        """What the called party hears first: their number's language, else their account's,
+        else the facility's."""
+        lang = self.number_info(number).get("language")
+        if not lang:
+            aid = self.r.get(keys.number_account(dest(number).e164))
+            lang = self.r.hget(keys.account(aid), "language") if aid else None
+        return lang or facility["language"]
+
+    def take_courtesy(self, number: Destination | str, call_id: str) -> bool:
+        """The number's one free courtesy call, for call_id: False if it was used."""
+        return bool(self.r.set(keys.courtesy(dest(number).e164), call_id, nx=True))
+
+    def give_back_courtesy(self, number: Destination | str, call_id: str) -> bool:
+        """A courtesy call never bridged does not use it up (only call_id's own claim is removed)."""
+        key = keys.courtesy(dest(number).e164)
+        return bool(self.r.eval("if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) "
+                                "end return 0", 1, key, call_id))
 
     # --- LIDB (line information, a local table standing in for a LIDB query) ----
     def set_lidb(self, number: Destination | str, line_type: str, collect_block: bool = False,
