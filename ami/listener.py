@@ -372,7 +372,8 @@ class Listener:
         except Exception as exc:  # Redis away: the facility's responses apply
             log.error("enforce.load_failed", call_id=call.call_id, error=repr(exc), where="responses")
             call.overrides.update({rule: "off" for rule in off})
-        if call.bridged and call.tap_id is None and self.cfg["ami"]["tap"]:
+        # an attorney's call is never recorded or monitored, by a machine either: no tap, no tone rule
+        if call.bridged and call.tap_id is None and self.cfg["ami"]["tap"] and rec.get("privileged") != "1":
             call.tap_id = ""  # once
             self.spawn(self.start_tap(call))
 
