@@ -161,3 +161,26 @@ def call(cid: str) -> str:
 NUMBER_HASHES = (f"{PREFIX}:inmate:*:approved", PRIVILEGED)
 NUMBER_SETS = (f"{PREFIX}:block:inmate:*", f"{PREFIX}:block:facility:*", f"{PREFIX}:account:*:numbers")
 NUMBER_KEY_PREFIXES = (f"{PREFIX}:number:", f"{PREFIX}:lidb:")
+
+
+# Who may write which keys: the Redis ACL users (ics.redis_acl renders them; docker/stack.sh
+# writes the ACL file at set-up). Every service reads every ics:* key; these are the only ones
+# each may change (a script's KEYS count as written, Redis checks them before it runs).
+_ANY = "*"
+WRITES: dict[str, tuple[str, ...]] = {
+    # the call flow: the call record and its money (holds, the settle script's ledger and counts),
+    # the caller's PIN state and name, the called party's block (9), admission; at start-up it
+    # rewrites stored numbers as E.164 (Store.migrate_numbers: lists, blocks, number and LIDB keys)
+    # (a * in a pattern spans ":": inmate(*) covers its pin_failures, approved and week keys)
+    "fastagi": (call(_ANY), CALLS, inmate(_ANY), account(_ANY), ledger(_ANY), number_account(_ANY), lidb(_ANY), block_inmate(_ANY), block_facility(_ANY),
+                PRIVILEGED, LIVE_CALLS, CALLS_SETTING_UP, RECORDINGS_FLAGGED_COUNT, RECORDINGS_FLAGGED,
+                RECORDINGS_PENDING),
+    # the listener: its heartbeat, the rules' cuts and drops on call records, next-minute holds,
+    # settlement when the hangup handler could not (ledger, monthly and weekly counts), recordings
+    "listener": (call(_ANY), account(_ANY), ledger(_ANY),
+                 inmate_week(_ANY, _ANY), LISTENER_ALIVE, LIVE_CALLS, CALLS_SETTING_UP,
+                 RECORDINGS_FLAGGED_COUNT, RECORDINGS_FLAGGED, RECORDINGS_PENDING),
+    # icsctl administers everything of ours
+    "icsctl": (f"{PREFIX}:*",),
+}
+READS = f"{PREFIX}:*"
