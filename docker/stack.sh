@@ -207,6 +207,7 @@ cmd_provision() {
     provision_shim
     provision_secrets
     write_stack_env
+    render_redis_acl
 }
 
 # ---------------------------------------------------------------- processes
