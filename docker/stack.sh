@@ -155,8 +155,8 @@ load_secrets() {
     done
 }
 
-# Redis ACL users (ics/redis_acl.py: default off, fastagi / listener / icsctl with their keys
-# and commands, admin for ops and tests); the file redis-server loads (--aclfile)
+# Redis ACL users (ics/redis_acl.py: fastagi / listener / icsctl with their keys and commands,
+# default = the admin with its own password, for ops and tests); the file redis-server loads (--aclfile)
 render_redis_acl() {
     load_secrets
     mkdir -p "$REDIS_DIR"
@@ -168,7 +168,7 @@ render_redis_acl() {
     mv "$REDIS_DIR/users.acl.tmp" "$REDIS_DIR/users.acl"
 }
 
-rcli() { REDISCLI_AUTH=$REDIS_ADMIN_PASSWORD redis-cli --user admin -h 127.0.0.1 -p "$REDIS_PORT" "$@"; }
+rcli() { REDISCLI_AUTH=$REDIS_ADMIN_PASSWORD redis-cli -h 127.0.0.1 -p "$REDIS_PORT" "$@"; }
 
 write_stack_env() {
     load_secrets
@@ -177,7 +177,7 @@ write_stack_env() {
 ICS_REDIS_URL=redis://127.0.0.1:$REDIS_PORT/0
 ICS_REDIS_USERNAME=icsctl
 ICS_REDIS_PASSWORD=$REDIS_ICSCTL_PASSWORD
-ICS_STACK_REDIS_ADMIN_URL=redis://admin:$REDIS_ADMIN_PASSWORD@127.0.0.1:$REDIS_PORT/0
+ICS_STACK_REDIS_ADMIN_URL=redis://default:$REDIS_ADMIN_PASSWORD@127.0.0.1:$REDIS_PORT/0
 ICS_STACK_AMI_LAB_USER=ics-lab
 ICS_STACK_AMI_LAB_SECRET=$AMI_LAB_SECRET
 ICS_AMI_HOST=127.0.0.1

@@ -4,11 +4,13 @@ the ACL file redis-server loads at set-up, with passwords generated there; none 
     ICS_REDIS_PASSWORD_FASTAGI=... ICS_REDIS_PASSWORD_LISTENER=... ICS_REDIS_PASSWORD_ICSCTL=... \\
     ICS_REDIS_PASSWORD_ADMIN=... python -m ics.redis_acl > users.acl
 
-- default: off. A client without credentials is refused (NOAUTH).
+- default: the administrator (everything) with its own password: a client without credentials
+  is refused (NOAUTH). Not "off": Redis 7.0 replays an AOF's MULTI/EXEC as the default user, and
+  with that user restricted it drops every transaction on restart (EXEC refused, NOPERM).
 - fastagi, listener, icsctl: read every ics:* key, write only their keys.WRITES; commands:
   reads, writes, transactions and our Lua scripts (EVALSHA, SCRIPT LOAD), nothing @dangerous
   (no FLUSHDB, KEYS, CONFIG, DEBUG, SHUTDOWN, ACL, MONITOR) and no pub/sub.
-- admin: everything (the operator's redis-cli, docker/stack.sh's PING, the tests' flush).
+  The admin (default) is for the operator's redis-cli, docker/stack.sh's PING, the tests' flush.
 """
 
 from __future__ import annotations
@@ -33,11 +35,10 @@ def user_line(name: str, password: str) -> str:
 
 
 def render(passwords: dict[str, str]) -> str:
-    lines = ["user default off nopass resetkeys resetchannels -@all"]
-    lines += [user_line(name, passwords[name]) for name in SERVICES]
     if not _PASSWORD.match(passwords["admin"]):
         raise ValueError("the admin password must be 16+ letters and digits")
-    lines.append(f"user admin on >{passwords['admin']} ~* &* +@all")
+    lines = [f"user default on >{passwords['admin']} ~* &* +@all"]
+    lines += [user_line(name, passwords[name]) for name in SERVICES]
     return "\n".join(lines) + "\n"
 
 
