@@ -16,9 +16,9 @@ hangup handler, or the listener when that could not run): add both services' cou
 from __future__ import annotations
 
 import threading
+from socketserver import ThreadingMixIn
 from typing import Callable
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
-from socketserver import ThreadingMixIn
 
 from prometheus_client import Counter, Gauge, Histogram, make_wsgi_app
 
