@@ -27,7 +27,7 @@ import time
 import structlog
 
 from ics import config as config_mod
-from ics import logs, metrics, prompts
+from ics import logs, metrics, prompts, records
 from ics.store import Store, connect
 
 from . import session
@@ -38,6 +38,8 @@ log = structlog.get_logger("agi")
 
 
 NEW_CALL_ROUTE = "inmate"   # the route that starts a call: refused while draining
+DRAIN_CHECK_S = 1.0         # while draining, calls settled elsewhere are looked for this often
+DRAIN_RECENT_CALLS = 1000   # ... among this many most recent call records
 SETTLE_ROUTE = "settle"     # the hangup handler's route: the call is over once it ran
 
 
@@ -122,14 +124,38 @@ class FastAGIServer(socketserver.ThreadingTCPServer):
         calls, sessions = self.serving()
         log.info("service.draining", calls=calls, sessions=sessions, timeout_s=timeout_s)
         deadline = time.monotonic() + timeout_s
+        checked = 0.0
         while any(self.serving()):
             if time.monotonic() > deadline:
                 calls, sessions = self.serving()
                 log.warning("service.drain_timeout", calls=calls, sessions=sessions, timeout_s=timeout_s)
                 return False
+            if time.monotonic() - checked >= DRAIN_CHECK_S:
+                checked = time.monotonic()
+                self.forget_finished()
             time.sleep(0.1)
         log.info("service.drained")
         return True
+
+    def forget_finished(self) -> None:
+        """Calls whose hangup handler never reached this server (Asterisk restarted, the listener
+        settled them) are over once their record is settled; one without a record a while after
+        its start never got past the flow's first step. Redis away: keep waiting."""
+        with self._lock:
+            tracked = dict(self._calls)
+        if not tracked:
+            return
+        try:
+            recs = {rec.get("uniqueid"): rec for rec in records.recent(self.store.r, DRAIN_RECENT_CALLS)}
+        except Exception as exc:
+            log.warning("service.drain_check_failed", error=repr(exc))
+            return
+        now = time.monotonic()
+        done = [u for u, started in tracked.items()
+                if (u in recs and recs[u].get("settled") == "1") or (u not in recs and now - started > 10)]
+        with self._lock:
+            for uid in done:
+                self._calls.pop(uid, None)
 
     def health(self) -> str | None:
         if self.draining:

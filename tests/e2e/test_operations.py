@@ -171,8 +171,13 @@ def test_sigterm_drains_fastagi_the_live_call_settles_a_new_call_is_refused(ami,
     pid = services.pid("fastagi")
     try:
         os.kill(pid, signal.SIGTERM)
-        body = wait_health(FASTAGI, 503, 5)
-        assert body.startswith("draining: 1 call(s)"), body
+        assert wait_health(FASTAGI, 503, 5).startswith("draining: ")
+        # this call only: one an earlier test left unsettled here (Asterisk restarted under it) is
+        # forgotten once its record is settled
+        deadline = time.monotonic() + 5
+        while not (body := get(FASTAGI, "/health")[1]).startswith("draining: 1 call(s)"):
+            assert time.monotonic() < deadline, body
+            time.sleep(0.2)
         # a new call meanwhile: refused with the system-error prompt, the called phone never rings
         m2 = ami.mark()
         call2 = inmate2.call(OTHER_NUMBER)
@@ -194,9 +199,10 @@ def test_sigterm_drains_fastagi_the_live_call_settles_a_new_call_is_refused(ami,
         while services.alive(pid):
             assert time.monotonic() < deadline, "ics-fastagi did not exit once its call settled"
             time.sleep(0.1)
-    finally:
-        if not services.alive(services.pid("fastagi")):
-            services.restart("fastagi")
+    finally:  # a fresh server for the next tests, whatever happened here
+        if services.alive(services.pid("fastagi")):
+            services.kill("fastagi")
+        services.restart("fastagi")
     assert services.log_events("fastagi", "service.drained", "")
 
 
