@@ -211,7 +211,12 @@ def main(argv: list[str] | None = None) -> int:
         stop.set()
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    metrics.serve(cfg["metrics"]["host"], cfg["fastagi"]["metrics_port"], server.health)
+    try:
+        metrics.serve(cfg["metrics"]["host"], cfg["fastagi"]["metrics_port"], server.health, "fastagi.metrics_port")
+    except metrics.PortTaken as exc:
+        log.error("service.config_error", error=str(exc))
+        server.server_close()
+        return 2
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="accept",
                      daemon=True).start()
     log.info("service.start", service="fastagi", host=cfg["fastagi"]["host"],

@@ -806,7 +806,12 @@ def main() -> int:
     asyncio.set_event_loop(loop)
     manager, listener = build(cfg, loop)
     metrics.AMI_CONNECTED.set_function(lambda: 1 if manager.connected_event.is_set() else 0)
-    metrics.serve(cfg["metrics"]["host"], cfg["ami"]["metrics_port"], lambda: health(manager, listener.store))
+    try:
+        metrics.serve(cfg["metrics"]["host"], cfg["ami"]["metrics_port"], lambda: health(manager, listener.store),
+                      "ami.metrics_port")
+    except metrics.PortTaken as exc:
+        log.error("service.config_error", error=str(exc))
+        return 2
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)

@@ -79,11 +79,19 @@ def health_app(check: Callable[[], str | None]):
     return app
 
 
-def serve(host: str, port: int, check: Callable[[], str | None]) -> _Server | None:
+class PortTaken(RuntimeError):
+    """The metrics port cannot be bound (another service, or a second node on this host has it)."""
+
+
+def serve(host: str, port: int, check: Callable[[], str | None], key: str = "metrics_port") -> _Server | None:
     """Serve /metrics and /health in a daemon thread; None when port is 0 (not served)."""
     if not port:
         return None
-    server = make_server(host, port, health_app(check), server_class=_Server, handler_class=_Quiet)
+    try:
+        server = make_server(host, port, health_app(check), server_class=_Server, handler_class=_Quiet)
+    except OSError as exc:
+        raise PortTaken(f"cannot serve metrics on {host}:{port} ({key}, metrics.host): {exc.strerror or exc}; "
+                        "each service on a host needs its own port or address") from None
     threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
     return server
 
