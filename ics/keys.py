@@ -47,16 +47,23 @@ ics.store.Store.migrate_numbers (icsctl numbers migrate; ics-fastagi runs it at 
                                            balance_cents == deposits - charges - refunds
                                            + credits - expiries (icsctl ledger check)
   ics:call:{cid}                    hash   the call record (see ics.records.FIELDS)
-  ics:listener:alive                string the AMI listener's heartbeat: set every second while it is
-                                           logged in to AMI, expires after LISTENER_ALIVE_MS; the
+  ics:listener:{node}:alive         string a call node's AMI listener heartbeat (node.id; the single box is
+                                           "main"): set every second while it is logged in to its
+                                           node's AMI, expires after LISTENER_ALIVE_MS; the node's
                                            inmate flow places no call without it (nothing would
                                            enforce the call's rules)
-  ics:listener:live_calls           string how many inmate calls the AMI listener sees placed (the called
+  ics:listener:{node}:live_calls    string how many inmate calls that listener sees placed (the called
                                            leg exists: ringing to bridged), written with the heartbeat,
                                            same expiry (ics.capacity: admission against capacity.max_calls)
-  ics:capacity:setting_up           zset   inmate channel Uniqueid (the call's Linkedid) -> epoch ms the
-                                           flow admitted it, until the listener counts it live or its
-                                           channel is gone (ics.capacity)
+  ics:capacity:{node}:setting_up    zset   inmate channel Uniqueid (the call's Linkedid) -> epoch ms the
+                                           node's flow admitted it, until its listener counts it live or
+                                           its channel is gone (ics.capacity)
+  ics:nodes                         set    call node ids that beat (a cluster's nodes; a dead one with
+                                           nothing left to settle is dropped until it beats again)
+  ics:node:{node}                   hash   ami_host, ami_port (where icsctl and peers reach that node's
+                                           AMI), beat_ms (its listener's last heartbeat, kept; dates
+                                           the drop of its calls when the node dies: ami.peers)
+  ics:node:{node}:sweep             string a peer settling that dead node's calls holds this (NX, expiry)
   ics:calls                         zset   call ids scored by start time
   ics:recordings:flagged_count      string calls whose recording was found short or missing when they
                                            settled (ics.recordings; shown by icsctl ledger check)
@@ -71,13 +78,38 @@ FACILITIES = f"{PREFIX}:facilities"
 INMATES = f"{PREFIX}:inmates"
 ACCOUNTS = f"{PREFIX}:accounts"
 CALLS = f"{PREFIX}:calls"
-LISTENER_ALIVE = f"{PREFIX}:listener:alive"
-LIVE_CALLS = f"{PREFIX}:listener:live_calls"
-CALLS_SETTING_UP = f"{PREFIX}:capacity:setting_up"
+NODES = f"{PREFIX}:nodes"
 RECORDINGS_FLAGGED_COUNT = f"{PREFIX}:recordings:flagged_count"
 RECORDINGS_FLAGGED = f"{PREFIX}:recordings:flagged"
 RECORDINGS_PENDING = f"{PREFIX}:recordings:pending"
 LISTENER_ALIVE_MS = 3000  # three missed beats (ami.listener HEARTBEAT_S): calls are refused
+DEFAULT_NODE = "main"     # config node.id of a single box
+
+
+def listener_alive(node: str) -> str:
+    return f"{PREFIX}:listener:{node}:alive"
+
+
+def live_calls(node: str) -> str:
+    return f"{PREFIX}:listener:{node}:live_calls"
+
+
+def calls_setting_up(node: str) -> str:
+    return f"{PREFIX}:capacity:{node}:setting_up"
+
+
+def node(nid: str) -> str:
+    return f"{PREFIX}:node:{nid}"
+
+
+def node_sweep(nid: str) -> str:
+    return f"{PREFIX}:node:{nid}:sweep"
+
+
+# the single box's (node.id "main")
+LISTENER_ALIVE = listener_alive(DEFAULT_NODE)
+LIVE_CALLS = live_calls(DEFAULT_NODE)
+CALLS_SETTING_UP = calls_setting_up(DEFAULT_NODE)
 
 
 def facility(fid: str) -> str:
@@ -172,14 +204,16 @@ WRITES: dict[str, tuple[str, ...]] = {
     # the caller's PIN state and name, the called party's block (9), admission; at start-up it
     # rewrites stored numbers as E.164 (Store.migrate_numbers: lists, blocks, number and LIDB keys)
     # (a * in a pattern spans ":": inmate(*) covers its pin_failures, approved and week keys)
-    "fastagi": (call(_ANY), CALLS, inmate(_ANY), account(_ANY), ledger(_ANY), number_account(_ANY), lidb(_ANY), block_inmate(_ANY), block_facility(_ANY),
-                PRIVILEGED, LIVE_CALLS, CALLS_SETTING_UP, RECORDINGS_FLAGGED_COUNT, RECORDINGS_FLAGGED,
-                RECORDINGS_PENDING),
-    # the listener: its heartbeat, the rules' cuts and drops on call records, next-minute holds,
-    # settlement when the hangup handler could not (ledger, monthly and weekly counts), recordings
+    "fastagi": (call(_ANY), CALLS, inmate(_ANY), account(_ANY), ledger(_ANY), number_account(_ANY), lidb(_ANY),
+                block_inmate(_ANY), block_facility(_ANY),
+                PRIVILEGED, live_calls(_ANY), calls_setting_up(_ANY), RECORDINGS_FLAGGED_COUNT,
+                RECORDINGS_FLAGGED, RECORDINGS_PENDING),
+    # the listener: its node's heartbeat and where to reach it (node(*) covers a dead peer's sweep
+    # lock), the rules' cuts and drops on call records, next-minute holds, settlement when the
+    # hangup handler could not (ledger, monthly and weekly counts), recordings
     "listener": (call(_ANY), account(_ANY), ledger(_ANY),
-                 inmate_week(_ANY, _ANY), LISTENER_ALIVE, LIVE_CALLS, CALLS_SETTING_UP,
-                 RECORDINGS_FLAGGED_COUNT, RECORDINGS_FLAGGED, RECORDINGS_PENDING),
+                 inmate_week(_ANY, _ANY), listener_alive(_ANY), live_calls(_ANY), calls_setting_up(_ANY),
+                 NODES, node(_ANY), RECORDINGS_FLAGGED_COUNT, RECORDINGS_FLAGGED, RECORDINGS_PENDING),
     # icsctl administers everything of ours
     "icsctl": (f"{PREFIX}:*",),
 }

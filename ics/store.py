@@ -884,7 +884,7 @@ class Store:
 
     def listener_alive(self) -> bool:
         """The AMI listener's heartbeat is fresh (ami.listener beats while logged in to AMI)."""
-        return bool(self.r.exists(keys.LISTENER_ALIVE))
+        return bool(self.r.exists(keys.listener_alive(self.cfg["node"]["id"])))
 
     def privileged(self, number: Destination | str) -> str | None:
         """The note of a privileged (attorney) number, or None."""

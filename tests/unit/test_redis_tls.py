@@ -12,7 +12,7 @@ import time
 import pytest
 import redis
 
-from ics import config, redis_acl
+from ics import config, keys, redis_acl
 from ics.store import connect
 
 from .conftest import _free_port
@@ -74,7 +74,7 @@ def test_service_connects_over_tls_as_its_acl_user(tls_redis):
     d, port, pw = tls_redis
     r = connect(cfg(port, d / "ca.crt", "listener", pw["listener"]))
     assert wait_up(r) is True
-    assert r.set("ics:listener:alive", "1", px=1000)  # the listener's own key: logged in as listener
+    assert r.set(keys.LISTENER_ALIVE, "1", px=1000)  # the listener's own key: logged in as listener
     with pytest.raises(redis.exceptions.NoPermissionError):
         r.hset("ics:facility:x", "name", "forged")
 
