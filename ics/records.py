@@ -89,16 +89,30 @@ def set_reason(r: redis.Redis, call_id: str, reason: str) -> bool:
 PLAIN_ENDS = ("called_hangup", "inmate_hangup")
 
 
+# cut_ms is never after ended_ms, whichever of the listener's cut and the hang-up's settlement
+# (stamped by Asterisk's clock) writes first: each clamps in one step against the other.
+_CUT_AT = """
+local ended = tonumber(redis.call('HGET', KEYS[1], 'ended_ms') or '')
+local at = tonumber(ARGV[1])
+if ended and ended < at then at = ended end
+redis.call('HSET', KEYS[1], 'cut_ms', at)
+"""
+_END_AT = """
+if redis.call('HSETNX', KEYS[1], 'ended_ms', ARGV[1]) == 1 then
+  local cut = tonumber(redis.call('HGET', KEYS[1], 'cut_ms') or '')
+  if cut and cut > tonumber(ARGV[1]) then redis.call('HSET', KEYS[1], 'cut_ms', ARGV[1]) end
+end
+"""
+
+
 def record_cut(r: redis.Redis, call_id: str, reason: str, threshold: str, at_ms: int,
                events: list[dict] | tuple = ()) -> None:
     """A call ended on purpose (a rule of the AMI listener, a lockdown, an investigator):
     why, on what grounds, when billing stops, and the evidence. Written before the legs
     hear it. The first reason wins, except over a plain hang-up: a transfer can make
     Asterisk hang a leg up itself, and its hangup handler may settle the call first."""
-    ended = r.hget(keys.call(call_id), "ended_ms")
-    if ended and ended.isdigit():  # the call already ended on its own: a cut cannot come after
-        at_ms = min(at_ms, int(ended))
-    update(r, call_id, rule=reason, rule_threshold=threshold, cut_ms=at_ms,
+    r.eval(_CUT_AT, 1, keys.call(call_id), at_ms)
+    update(r, call_id, rule=reason, rule_threshold=threshold,
            evidence=json.dumps(list(events), separators=(",", ":")))
     if not set_reason(r, call_id, reason) and r.hget(keys.call(call_id), "reason") in PLAIN_ENDS:
         r.hset(keys.call(call_id), "reason", reason)
@@ -136,7 +150,7 @@ def note_before_accept(r: redis.Redis, call_id: str, reason: str, events: list[d
 
 def mark_ended(r: redis.Redis, call_id: str, when_ms: int) -> None:
     """The first hang-up seen sets the end time; a duplicate cannot stretch the bill."""
-    r.hsetnx(keys.call(call_id), "ended_ms", when_ms)
+    r.eval(_END_AT, 1, keys.call(call_id), when_ms)
 
 
 def get(r: redis.Redis, call_id: str) -> dict | None:
