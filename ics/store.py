@@ -19,7 +19,7 @@ from typing import Any, Mapping
 
 import redis
 
-from . import destination, keys, policy, prompts, reasons
+from . import destination, keys, metrics, policy, prompts, reasons
 from .config import Config, ConfigError, facility_settings, parse_responses
 from .destination import Destination, NumberError
 
@@ -98,12 +98,32 @@ def check_id(kind: str, value: str, pattern: re.Pattern = ID_RE) -> str:
     return value
 
 
+class CountedRedis(redis.Redis):
+    """redis.Redis that counts failed commands (ics_redis_errors_total). A script missing from
+    the cache (NOSCRIPT: redis-py loads it and retries) is no failure."""
+
+    def execute_command(self, *args, **options):
+        try:
+            return super().execute_command(*args, **options)
+        except redis.exceptions.NoScriptError:
+            raise
+        except redis.RedisError as exc:
+            metrics.REDIS_ERRORS.labels(type(exc).__name__).inc()
+            raise
+
+
 def connect(cfg: Config) -> redis.Redis:
-    timeout = cfg["redis"]["timeout_ms"] / 1000
-    return redis.Redis.from_url(
-        cfg["redis"]["url"], decode_responses=True,
-        socket_timeout=timeout, socket_connect_timeout=timeout,
-    )
+    """The service's Redis client, as its own ACL user (redis.username / password) when set, over TLS
+    for a rediss:// url (redis.tls_ca)."""
+    c = cfg["redis"]
+    timeout = c["timeout_ms"] / 1000
+    extra = {}
+    if c["username"] or c["password"]:
+        extra.update(username=c["username"] or None, password=c["password"] or None)
+    if c["url"].startswith("rediss://"):
+        extra.update(ssl_cert_reqs="required", ssl_ca_certs=c["tls_ca"] or None)
+    return CountedRedis.from_url(c["url"], decode_responses=True,
+                                 socket_timeout=timeout, socket_connect_timeout=timeout, **extra)
 
 
 def pin_hash(pin: str, salt: str) -> str:

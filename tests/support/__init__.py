@@ -51,3 +51,11 @@ def seed_week(store, iid: str, week: str, calls: int, minutes: int) -> None:
     """An inmate's weekly quota usage as settlement would have counted it (tests only)."""
     from ics import keys
     store.r.hset(keys.inmate_week(iid, week), mapping={"calls": calls, "minutes": minutes})
+
+
+def admin_redis():
+    """The lab Redis as its admin ACL user (docker/stack.sh: ICS_STACK_REDIS_ADMIN_URL): what only a
+    test may do, such as flushing the database. The services and icsctl have their own users."""
+    import redis
+    url = stack_setting("ICS_STACK_REDIS_ADMIN_URL") or stack_setting("ICS_REDIS_URL")
+    return redis.Redis.from_url(url, decode_responses=True, socket_timeout=5, socket_connect_timeout=5)
