@@ -233,8 +233,10 @@ def test_redis_refuses_clients_without_credentials_and_each_user_its_keys(stack)
             listener.hset("ics:facility:x", "name", "forged")
         with pytest.raises(redis.exceptions.NoPermissionError):
             fastagi.set(keys.LISTENER_ALIVE, "1")  # only the listener says calls are watched
-        with pytest.raises(redis.exceptions.NoPermissionError):
-            fastagi.xadd("ics:audit", {"action": "forged"})
+        with pytest.raises(redis.exceptions.NoPermissionError):  # a lockdown is icsctl's alone
+            fastagi.hset(keys.lockdown("x"), "by", "forged")
+        with pytest.raises(redis.exceptions.NoPermissionError):  # alerts are the listener's
+            fastagi.xadd(keys.ALERTS, {"call": "forged"})
         with pytest.raises(redis.exceptions.NoPermissionError):
             listener.get("other:key")  # nothing outside ics:*
         assert icsctl.hset("ics:facility:x", "name", "ok") == 1
