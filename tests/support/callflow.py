@@ -90,14 +90,21 @@ def latest_call(world: World) -> dict:
     return recs[0]
 
 
-def wait_settled(world: World, timeout: float = 15) -> dict:
+def wait_settled(world: World, timeout: float = 15, *, call_id: str | None = None) -> dict:
+    """The call record once settled: call_id's, or the newest call's."""
+    def current() -> dict:
+        if call_id is not None:
+            return records.get(world.store.r, call_id) or {}
+        recs = records.recent(world.store.r, 1)
+        return recs[0] if recs else {}
+
     deadline = time.time() + timeout
     while time.time() < deadline:
-        recs = records.recent(world.store.r, 1)
-        if recs and recs[0].get("settled") == "1":
-            return recs[0]
+        rec = current()
+        if rec.get("settled") == "1":
+            return rec
         time.sleep(0.1)
-    raise AssertionError(f"call not settled within {timeout}s: {records.recent(world.store.r, 1)}")
+    raise AssertionError(f"call {call_id or '(newest)'} not settled within {timeout}s: {current()}")
 
 
 def balance(world: World) -> int:
