@@ -96,10 +96,15 @@ def tap_cost(jobs, far, store, args) -> tuple[dict, dict]:
         services.restart("ami")
         time.sleep(2)
         sampler = cap.Sampler(cap.service_pids(far))
+        taps_before = services._events("ami", "tap.started")
         sampler.start()
         out.append(run_batch([dict(j) for j in jobs], far, store, args, sampler))
         sampler.halt.set()
         sampler.join()
+        taps = services._events("ami", "tap.started") - taps_before
+        print(f"  tap {'on' if tap_on == 'true' else 'off'}: {taps} of {len(jobs)} calls tapped", flush=True)
+        if (tap_on == "true") != (taps >= len(jobs)):   # a cost figure for taps that never ran is no figure
+            raise SystemExit(f"tap {tap_on}: {taps} of {len(jobs)} calls tapped")
     return out[0], out[1]
 
 
@@ -128,12 +133,14 @@ def main() -> int:
     shuffle(b_jobs)
     jobs = a_jobs + b_jobs
     far = cap.FarEnd(args.benign_s)
-    cap.seed(store, cfg, args.calls, recording=False)
+    # recorded calls: the capacity bench leaves a call unrecorded by listing its number as privileged,
+    # and a privileged (attorney's) call is never tapped, so an unrecorded batch measures no detector
+    cap.seed(store, cfg, args.calls, recording=True)
     cap.install_overlay(args.calls)
     t0 = time.time()
     try:
         far.start()
-        cap.set_globals(far, cfg, recording=False)
+        cap.set_globals(far, cfg, recording=True)
         cost = tap_cost([dict(benign[i % len(benign)]) for i in range(args.baseline)], far, store, args) \
             if args.baseline else None
         pids = cap.service_pids(far)
