@@ -89,6 +89,7 @@ class _Stream(asyncio.Protocol):
     def __init__(self, server: TapServer):
         self.server = server
         self.buf = bytearray()
+        self.after = 0                 # bytes received after the frame being handled
         self.pending = bytearray()
         self.tap_id = ""
         self.tap: Tap | None = None
@@ -102,24 +103,28 @@ class _Stream(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
+        buf, pos = self.buf, 0
         try:
-            while len(self.buf) >= 3:
-                kind, size = self.buf[0], int.from_bytes(self.buf[1:3], "big")
-                if len(self.buf) < 3 + size:
-                    return
-                payload = bytes(self.buf[3:3 + size])
-                del self.buf[:3 + size]
-                if not self._frame(kind, payload):
+            while len(buf) - pos >= 3:   # a batch of frames: walk them, cut the buffer once
+                kind, size = buf[pos], (buf[pos + 1] << 8) | buf[pos + 2]
+                end = pos + 3 + size
+                if end > len(buf):
+                    break
+                self.after = len(buf) - end
+                ok = self._frame(kind, buf[pos + 3:end])
+                pos = end
+                if not ok:
                     self.transport.close()
                     return
+            del buf[:pos]
         except Exception:  # one call's tap must never stop the others
             log.exception("tap.failed", tap=self.tap_id)
             self.transport.close()
 
-    def _frame(self, kind: int, payload: bytes) -> bool:
+    def _frame(self, kind: int, payload: bytearray) -> bool:
         tap = self.tap
         if kind == KIND_UUID:
-            self.tap_id = str(uuid_mod.UUID(bytes=payload))
+            self.tap_id = str(uuid_mod.UUID(bytes=bytes(payload)))
             self.tap = self.server.taps.get(self.tap_id)
             if self.tap is None:
                 log.error("tap.unknown", tap=self.tap_id)
@@ -127,7 +132,7 @@ class _Stream(asyncio.Protocol):
             self.tap.connected.set()
         elif kind == KIND_AUDIO and tap is not None and not tap.closed:
             if not tap.started_ms:   # the batch's later frames arrived with it: count them back
-                tap.started_ms = int(time.time() * 1000) - 20 * (len(self.buf) // (3 + 320))
+                tap.started_ms = int(time.time() * 1000) - 20 * (self.after // (3 + 320))
             self.pending += payload
             if len(self.pending) >= BATCH_BYTES:
                 chunk, self.pending = bytes(self.pending), bytearray()
