@@ -36,6 +36,7 @@ enforced twice, and it settles the calls of a peer node that died whole (ami.pee
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import signal
 import sys
@@ -70,7 +71,7 @@ NOTICE_CONTEXT = "ics-notice"
 WARN_EXTEN = "threeway"   # [ics-notice] exten of the three-way warning (a rule's "warn" response)
 CALL_EVENTS = ("Newchannel", "Hangup", "BridgeEnter", "BridgeLeave", "Hold", "Unhold", "Flash",
                "BlindTransfer", "AttendedTransfer", "ConfbridgeJoin", "DTMFEnd",
-               "ChannelTalkingStart", "ChannelTalkingStop", "HangupRequest", "SoftHangupRequest")
+               "ChannelTalkingStart", "ChannelTalkingStop", "HangupRequest", "SoftHangupRequest", "ICSTone")
 INMATE_LEFT = "inmate_hangup_before_accept"   # reason, and the [ics-cut] exten the called leg hears
 PRE_BRIDGE_OUTCOMES = ("announcing", "accepted")  # the called leg is in the announcement / menu gosub
 # Asterisk going down (issue 8: system drops): SoftHangupRequest says why a channel is being
@@ -385,14 +386,15 @@ class Listener:
         # an attorney's call is never recorded or monitored, by a machine either: no tap, no tone rule
         if call.bridged and call.tap_id is None and self.cfg["ami"]["tap"] and rec.get("privileged") != "1":
             call.tap_id = ""  # once
-            self.spawn(self.start_tap(call))
+            self.spawn(self.start_watch(call) if self.cfg["ami"]["detector"] == "module" else self.start_tap(call))
 
     async def enforce(self, call: LiveCall, received: float, onset_ms: int | None = None) -> None:
         """Act on every rule that fired on the call, each by its response."""
         while call.fired:
             fired = call.fired.popleft()
+            fired = dataclasses.replace(fired, acted_ms=int(time.time() * 1000))
             if onset_ms is not None:  # a signature in the audio: how long from its onset to the action
-                self.detect_latencies_ms.append(int(time.time() * 1000) - onset_ms)
+                self.detect_latencies_ms.append(fired.acted_ms - onset_ms)
             if fired.response == "disconnect":
                 await self.disconnect(call, fired, received)
             else:
@@ -435,7 +437,32 @@ class Listener:
         await asyncio.sleep(CUT_PROMPT_MAX_S + (COURTESY_END_MAX_S if call.courtesy else 0))
         await self.hangup(call, list(call.channels))
 
-    # --- the called leg's audio (ami.audiotap, ami.tones) ---------------------------------
+    # --- the called leg's audio (res_ics_tonewatch, or ami.audiotap and ami.tones) -----------
+    async def start_watch(self, call: LiveCall) -> None:
+        """ICS_TONEWATCH on the called leg: Asterisk's res_ics_tonewatch (asterisk/) detects the
+        signatures in that channel's own thread and raises an ICSTone event for each (on_icstone)."""
+        called = [c for c in self.bridges.get(call.bridge, ()) if c != call.inmate and c in call.channels]
+        if not called:
+            return
+        t = call.policy.tones
+        settings = " ".join(f"{f.name}={getattr(t, f.name)}" for f in dataclasses.fields(t))
+        call.tap_id = called[0]
+        ok = await _succeeded(self.manager.send_action({
+            "Action": "Setvar", "Channel": called[0], "Variable": "ICS_TONEWATCH(set)", "Value": settings}))
+        if not ok:
+            log.error("tap.failed", call_id=call.call_id, channel=called[0], detector="module")
+        else:
+            log.info("tap.started", call_id=call.call_id, channel=called[0], detector="module")
+
+    def on_icstone(self, event):
+        call = self.calls.get(str(event.get("Linkedid", "")))
+        if call is None or not call.call_id:
+            return None
+        det = Detection(str(event.get("Signature", "")), int(event.get("OnsetMs", 0)), int(event.get("DurationMs", 0)),
+                        float(event.get("LevelDbfs", 0)), str(event.get("Detail", "")))
+        self.detected(call, det, int(event.get("StartedMs", 0)))
+        return None
+
     async def start_tap(self, call: LiveCall) -> None:
         """ChanSpy (listen only, the called side's audio) on the called leg, run by an AudioSocket
         channel that streams what it is given to the listener (ami.audiotap)."""
@@ -455,10 +482,14 @@ class Listener:
 
     def on_detect(self, tap: Tap, det: Detection) -> None:
         call = self.calls.get(tap.key)
-        if call is None or not call.call_id:
-            return
-        onset = tap.onset_ms(det)
-        offset = tap.started_ms - call.bridged_ms if call.bridged_ms else 0   # the tap's start, into the call
+        if call is not None and call.call_id:
+            self.detected(call, det, tap.started_ms)
+
+    def detected(self, call: LiveCall, det: Detection, started_ms: int) -> None:
+        """A signature in the called leg's audio; started_ms: epoch ms of the first audio the
+        detector saw (its offsets count from there)."""
+        onset = started_ms + det.onset_ms
+        offset = started_ms - call.bridged_ms if call.bridged_ms else 0   # the detector's start, into the call
         # windows and re-arming run on the audio's own clock: a listener late under load hands
         # detections over in bursts, and wall time would squeeze 20 s of digits into 10
         fired = call.detected(det, onset + det.duration_ms, offset)
@@ -978,7 +1009,7 @@ def main() -> int:
         loop.add_signal_handler(sig, stop.set)
     log.info("service.start", service="ami", host=cfg["ami"]["host"], port=cfg["ami"]["port"], node=cfg["node"]["id"],
              metrics_port=cfg["ami"]["metrics_port"])
-    if cfg["ami"]["tap"]:
+    if cfg["ami"]["tap"] and cfg["ami"]["detector"] == "tap":
         loop.run_until_complete(listener.tap.start())
     manager.connect()
     ticker = loop.create_task(listener.ticker())

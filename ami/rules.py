@@ -149,11 +149,14 @@ class Cut:
     events: tuple[dict, ...]
     at_ms: int             # when the rule fired (epoch ms): billing stops here
     response: str = "disconnect"
+    # when the listener acted on it (epoch ms, wall clock): for a signature in the audio, at_ms is
+    # on the audio's clock (onset + duration), and a late delivery shows only here
+    acted_ms: int = 0
 
     def fired(self) -> dict:
         """What the call record's `fired` list keeps of it."""
         return {"rule": self.reason, "response": self.response, "at_ms": self.at_ms,
-                "threshold": self.threshold, "evidence": list(self.events)}
+                "acted_ms": self.acted_ms or self.at_ms, "threshold": self.threshold, "evidence": list(self.events)}
 
 
 @dataclass(frozen=True)

@@ -152,7 +152,7 @@ provision_asterisk() {
         apt-get -q -o Acquire::Check-Valid-Until=false update >/dev/null
     chroot "$tmp" env DEBIAN_FRONTEND=noninteractive \
         apt-get -q -o Acquire::Check-Valid-Until=false install -y --no-install-recommends \
-        asterisk "${ROOT_SOUNDS[@]}" tcc libc6-dev >"$STACK/apt.log" 2>&1 \
+        asterisk "${ROOT_SOUNDS[@]}" tcc libc6-dev gcc asterisk-dev >"$STACK/apt.log" 2>&1 \
         || { tail -n 20 "$STACK/apt.log" >&2; die "apt-get install asterisk failed"; }
     chroot "$tmp" apt-get clean
     # keep the package's sample configs aside; /etc/asterisk holds only dialplan/
@@ -182,6 +182,29 @@ provision_shim() {
         || die "could not build the bind-to-loopback shim"
     mv "$AST$SHIM.new" "$AST$SHIM"
     mv "$AST/usr/local/src/bind_loopback.new.c" "$AST/usr/local/src/bind_loopback.c"
+}
+
+# The three-way tone watch (asterisk/res_ics_tonewatch.c): an Asterisk module built inside the root
+# against its Asterisk's headers (asterisk-dev; tcc cannot read them), rebuilt when the source changes.
+TONEWATCH=res_ics_tonewatch
+
+provision_tonewatch() {
+    local src=$REPO/asterisk/$TONEWATCH.c moddir
+    [ -f "$src" ] || return 0
+    moddir=$(ls -d "$AST"/usr/lib/*/asterisk/modules | head -n1)
+    moddir=${moddir#"$AST"}
+    if [ -f "$AST$moddir/$TONEWATCH.so" ] && cmp -s "$src" "$AST/usr/local/src/$TONEWATCH.c"; then return 0; fi
+    if [ ! -x "$AST/usr/bin/gcc" ] || [ ! -f "$AST/usr/include/asterisk.h" ]; then
+        log "installing gcc and asterisk-dev in the root (the tone watch module)"
+        root_install gcc libc6-dev asterisk-dev
+    fi
+    mkdir -p "$AST/usr/local/src"
+    cp "$src" "$AST/usr/local/src/$TONEWATCH.new.c"
+    in_root gcc -shared -fPIC -O2 -Wall -Werror -D_GNU_SOURCE -DAST_MODULE=\"$TONEWATCH\" \
+        -DAST_MODULE_SELF_SYM=__internal_${TONEWATCH}_self -o "$moddir/$TONEWATCH.so.new" \
+        "/usr/local/src/$TONEWATCH.new.c" -lm || die "could not build $TONEWATCH"
+    mv "$AST$moddir/$TONEWATCH.so.new" "$AST$moddir/$TONEWATCH.so"
+    mv "$AST/usr/local/src/$TONEWATCH.new.c" "$AST/usr/local/src/$TONEWATCH.c"
 }
 
 gen_secret() { "$PYTHON" -c 'import secrets; print(secrets.token_hex(16))'; }
@@ -266,6 +289,7 @@ cmd_provision() {
     provision_asterisk
     provision_root_sounds
     provision_shim
+    provision_tonewatch
     provision_secrets
     write_stack_env
     render_redis_acl

@@ -61,9 +61,13 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "settle_retry_ms": 1000,
         "settle_retry_max_s": 21600,
         "orphan_scan_s": 30,
-        # the AudioSocket server of the listener: each bridged call's called-leg audio (ami.audiotap);
-        # tap = false taps nothing (the audio rules never fire: benchmarks' baseline)
+        # the three-way tone detector on each bridged call's called leg (README, Three-way calls):
+        # detector = "module": Asterisk's res_ics_tonewatch (ICS_TONEWATCH) in the leg's own thread,
+        # raising ICSTone events; "tap": the leg's audio into the listener's AudioSocket server
+        # (ami.audiotap, tap_host/tap_port). tap = false: no detector (the audio rules never fire:
+        # benchmarks' baseline)
         "tap": True,
+        "detector": "module",
         "tap_host": "127.0.0.1",
         "tap_port": 4575,
         "metrics_port": 9574,  # the listener's /metrics and /health (ics.metrics); 0 = not served
@@ -200,6 +204,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 
 BEFORE_ACCEPT = ("end", "record")  # facility_defaults before_accept
 RESPONSES = ("disconnect", "warn", "flag", "off")
+DETECTORS = ("module", "tap")  # ami.detector: the three-way tone detector
 # every rule of the AMI listener (ami/rules.py) and what it does unless configured otherwise;
 # dead air alone is weak evidence (a dropped cell packet, a mute button): flagged, never cut
 DEFAULT_RESPONSES: dict[str, str] = {
@@ -550,6 +555,8 @@ def load(path: str | None = None, environ: Mapping[str, str] | None = None) -> C
             raise ConfigError(f"{where}.{key} must be a port (1-65535) or 0 (not served), got {values[where][key]}")
     if values["fastagi"]["drain_timeout_s"] < 0:
         raise ConfigError(f"fastagi.drain_timeout_s must not be negative, got {values['fastagi']['drain_timeout_s']}")
+    if values["ami"]["detector"] not in DETECTORS:
+        raise ConfigError(f"ami.detector must be one of {', '.join(DETECTORS)}, got {values['ami']['detector']!r}")
     for key in ("settle_retry_ms", "settle_retry_max_s", "orphan_scan_s"):
         if values["ami"][key] <= 0:  # 0 would make the listener's upkeep loop spin
             raise ConfigError(f"ami.{key} must be greater than 0, got {values['ami'][key]}")
