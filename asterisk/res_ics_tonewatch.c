@@ -512,8 +512,14 @@ static int tonewatch_write(struct ast_channel *chan, const char *cmd, char *data
 	return -1;
 }
 
+/* the help text inline: an out-of-tree module has no entry in Asterisk's XML documentation */
 static struct ast_custom_function tonewatch_function = {
 	.name = "ICS_TONEWATCH",
+	.synopsis = "Watch a channel's received audio for three-way call signatures (ICSTone AMI events).",
+	.syntax = "ICS_TONEWATCH(set|remove)",
+	.desc = "Set(ICS_TONEWATCH(set)=plan=na dial_tone_ms=800 ringback_ms=800 busy_bursts=2 drop_min_ms=300 "
+		"drop_floor_dbfs=-70 sound_dbfs=-45 min_tone_dbfs=-45 purity=0.8): any of these, space separated. "
+		"Each detection raises an ICSTone manager event.",
 	.write = tonewatch_write,
 };
 
