@@ -208,7 +208,7 @@ static void report(struct watch *w, const char *signature, struct run *r, int on
 {
 	int start = onset >= 0 ? onset : r->start;
 	r->fired = 1;
-	stat_events++;
+	__atomic_add_fetch(&stat_events, 1, __ATOMIC_RELAXED);
 	manager_event(EVENT_FLAG_CALL, "ICSTone",
 		"Channel: %s\r\nUniqueid: %s\r\nLinkedid: %s\r\nSignature: %s\r\nOnsetMs: %d\r\n"
 		"DurationMs: %d\r\nLevelDbfs: %.1f\r\nDetail: %s\r\nStartedMs: %lld\r\n",
@@ -394,8 +394,8 @@ static int watch_cb(struct ast_audiohook *audiohook, struct ast_channel *chan, s
 		ast_copy_string(w->linkedid, ast_channel_linkedid(chan), sizeof(w->linkedid));
 	}
 	feed(w, frame->data.ptr, frame->samples);
-	stat_frames++;
-	stat_cpu_ns += thread_ns() - t0;
+	__atomic_add_fetch(&stat_frames, 1, __ATOMIC_RELAXED);   /* many channels' threads count here */
+	__atomic_add_fetch(&stat_cpu_ns, thread_ns() - t0, __ATOMIC_RELAXED);
 	return 1;   /* the audio is never modified */
 }
 
@@ -474,7 +474,7 @@ static int watch_set(struct ast_channel *chan, const char *value)
 	datastore->data = w;
 	ast_channel_datastore_add(chan, datastore);
 	ast_audiohook_attach(chan, &w->audiohook);
-	stat_watches++;
+	__atomic_add_fetch(&stat_watches, 1, __ATOMIC_RELAXED);
 	ast_channel_unlock(chan);
 	return 0;
 }

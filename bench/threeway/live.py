@@ -8,7 +8,7 @@ flow dials the called number back to it; its called party accepts and then, inst
 plays a clip of the corpus (bench/threeway/corpus.py) as its line's audio ([clip]). Our listener
 taps the called leg and its rules act at the bench facility's defaults. Per clip label it prints
 the detection rate (the call disconnected, and by which rule), the latency from the signature's
-onset in the clip to the rule firing (p50/p99), false actions per 1,000 benign call-minutes, and
+onset in the clip to the listener acting, both on the wall clock (p50/p99), false actions per 1,000 benign call-minutes, and
 CPU per live call of our Asterisk and of the listener (the detector runs in it).
 """
 
@@ -121,23 +121,41 @@ def thread_split(pid: int, calls: int, out: dict, seconds: float = 20) -> None:
     out.update({k: v / cap.HZ / seconds / calls for k, v in used.items()})
 
 
+def module_stats() -> dict[str, int]:
+    """res_ics_tonewatch's counters (`ics tonewatch stats`): frames analysed and the CPU spent on
+    them, on the called legs' own threads' clocks."""
+    words = cap.ours_cli("ics tonewatch stats").split()
+    return {k: int(v) for k, v in zip(words[::2], words[1::2]) if v.isdigit()}
+
+
+def use_detector(detector: str, on: bool = True) -> None:
+    cap.os.environ["ICS_AMI_TAP"] = "true" if on else "false"
+    cap.os.environ["ICS_AMI_DETECTOR"] = detector
+    services.kill("ami")
+    services.restart("ami")
+    time.sleep(2)
+
+
 def tap_cost(jobs, far, store, args) -> tuple[dict, dict]:
-    """The same benign batch with the listener's tap off, then on: CPU per call of each."""
+    """The same benign batch with the detector off, then on: CPU per call of each."""
     out = []
     for tap_on in ("false", "true"):
-        cap.os.environ["ICS_AMI_TAP"] = tap_on
-        services.kill("ami")
-        services.restart("ami")
-        time.sleep(2)
+        use_detector(args.detector, tap_on == "true")
         sampler = cap.Sampler(cap.service_pids(far))
         taps_before = services._events("ami", "tap.started")
         sampler.start()
         split: dict[str, float] = {}
-        if tap_on == "true":
+        if tap_on == "true" and args.detector == "tap":
             threading.Thread(target=thread_split, args=(cap.service_pids(far)["asterisk"], len(jobs), split),
                              daemon=True).start()
+        stats = module_stats() if args.detector == "module" else {}
         out.append(run_batch([dict(j) for j in jobs], far, store, args, sampler))
         out[-1]["threads"] = split
+        if stats:   # the module's own CPU per bridged call-second, and its frames (50 per second: all seen)
+            after, call_s = module_stats(), sum(j["bridged_s"] for j in jobs) or 1
+            out[-1]["module"] = {"cpu": (after["cpu_ns"] - stats["cpu_ns"]) / 1e9 / call_s,
+                                 "fps": (after["frames"] - stats["frames"]) / call_s,
+                                 "events": after["events"] - stats["events"]}
         sampler.halt.set()
         sampler.join()
         taps = services._events("ami", "tap.started") - taps_before
@@ -157,6 +175,8 @@ def main() -> int:
     ap.add_argument("--rate", type=float, default=8, help="calls placed per second")
     ap.add_argument("--seed", type=int, default=11)
     ap.add_argument("--baseline", type=int, default=40, help="benign calls run with the tap off, then on (0: skip)")
+    ap.add_argument("--detector", choices=config.DETECTORS, default="module",
+                    help="module: res_ics_tonewatch in Asterisk; tap: ChanSpy into the listener's AudioSocket")
     args = ap.parse_args()
     load_stack_env()
     cfg = config.load()
@@ -180,6 +200,7 @@ def main() -> int:
     try:
         far.start()
         cap.set_globals(far, cfg, recording=True)
+        use_detector(args.detector)
         cost = tap_cost([dict(benign[i % len(benign)]) for i in range(args.baseline)], far, store, args) \
             if args.baseline else None
         pids = cap.service_pids(far)
@@ -213,11 +234,13 @@ def report(jobs, sampler, t0, cost, args) -> None:
                 by[j["kind"]][0] += 1
                 own[j["kind"]] += cuts[0]["rule"] == j["rule"]
                 if j.get("clip_start"):
-                    late[j["kind"]].append(cuts[0]["at_ms"] - (j["clip_start"] + j["onset_s"]) * 1000)
+                    # the wall clock: when the listener acted, from when the far end began the clip
+                    late[j["kind"]].append(cuts[0]["acted_ms"] - (j["clip_start"] + j["onset_s"]) * 1000)
         else:
             benign_min += j["bridged_s"] / 60
             for f in j["fired"]:
                 false[(j["kind"], f["rule"], f["response"])] += 1
+    print(f"detector: {args.detector}; load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     print(f"{args.calls} calls at once; attempts {sum(v[1] for v in by.values())}, benign {benign_min:.0f} call-minutes "
           f"({sum(1 for j in jobs if not j['rule'])} calls), {time.time() - t0:.0f} s")
     print(f"{'signature':<12}{'caught':>10}{'own rule':>10}{'p50 ms':>9}{'p99 ms':>9}")
@@ -243,6 +266,11 @@ def report(jobs, sampler, t0, cost, args) -> None:
         print(f"detector cost (tap in Asterisk + listener): {(ast + lst) * 100:.3f}% of a core per live call, "
               f"{(ast + lst) / max(off['asterisk'], 1e-9) * 100:.0f}% of Asterisk's own per call "
               f"(Asterisk's share {ast * 100:.3f}, listener's {lst * 100:.3f})")
+        if on.get("module"):
+            m = on["module"]
+            print(f"res_ics_tonewatch's own CPU (the called legs' threads' clocks): {m['cpu'] * 100:.4f}% of a core "
+                  f"per call, {m['cpu'] / max(off['asterisk'], 1e-9) * 100:.1f}% of Asterisk's own per call; "
+                  f"{m['fps']:.1f} frames/s per call analysed, {m['events']} ICSTone events in the batch")
         if on.get("threads"):
             tap, rest = on["threads"]["tap"], on["threads"]["rest"]
             print(f"Asterisk by thread, tap on, 20 s: the taps' threads {tap * 100:.3f}% of a core per call, "
