@@ -71,6 +71,7 @@ def test_facility_overrides_are_validated():
     ({"ICS_FASTAGI_METRICS_PORT": "70000"}, "fastagi.metrics_port must be a port"),
     ({"ICS_AMI_METRICS_PORT": "-1"}, "ami.metrics_port must be a port"),
     ({"ICS_FASTAGI_DRAIN_TIMEOUT_S": "-5"}, "fastagi.drain_timeout_s must not be negative"),
+    ({"ICS_AMI_DETECTOR": "dsp"}, "ami.detector must be one of module, tap"),
 ])
 def test_metrics_ports_and_drain_timeout_are_checked(env, message):
     with pytest.raises(config.ConfigError, match=message):
