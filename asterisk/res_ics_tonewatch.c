@@ -27,6 +27,19 @@
  * the AudioSocket tap): same windows, thresholds and decisions; keep the two in step.
  */
 
+#ifdef TONEWATCH_STANDALONE
+/* the detector alone, for bench/threeway/port.py (the same corpus through this and ami/tones.py) */
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+struct ast_audiohook { int unused; };
+#define AST_CHANNEL_NAME 80
+#define AST_MAX_UNIQUEID 150
+#define __atomic_add_fetch(p, v, o) (*(p) += (v))
+#define manager_event(cat, name, fmt, ...) printf(fmt, __VA_ARGS__)
+#else
 #include "asterisk.h"
 
 #include <math.h>
@@ -40,6 +53,7 @@
 #include "asterisk/cli.h"
 #include "asterisk/utils.h"
 #include "asterisk/strings.h"
+#endif
 
 #define RATE 8000
 #define WIN 400            /* 50 ms window */
@@ -326,20 +340,22 @@ static void on_window(struct watch *w, int state, double level)
 
 static void analyse(struct watch *w)
 {
-	double share[MAX_FREQS], energy = 1e-12, level;
-	int i, n;
+	double share[MAX_FREQS], s1[MAX_FREQS] = {0}, s2[MAX_FREQS] = {0}, energy = 1e-12, level;
+	int i, n, nf = w->nf;
 
+	/* Goertzel, |sum x[n] e^-jwn|^2 at each frequency: the frequencies in the inner loop, so
+	 * the compiler runs them side by side (one frequency alone waits on its own last sample) */
 	for (n = 0; n < WIN; n++) {
-		energy += w->buf[n] * w->buf[n];
-	}
-	for (i = 0; i < w->nf; i++) {      /* Goertzel: |sum x[n] e^-jwn|^2 */
-		double s1 = 0, s2 = 0, c = w->coeff[i];
-		for (n = 0; n < WIN; n++) {
-			double s0 = w->buf[n] + c * s1 - s2;
-			s2 = s1;
-			s1 = s0;
+		double x = w->buf[n];
+		energy += x * x;
+		for (i = 0; i < nf; i++) {
+			double s0 = x + w->coeff[i] * s1[i] - s2[i];
+			s2[i] = s1[i];
+			s1[i] = s0;
 		}
-		share[i] = (s1 * s1 + s2 * s2 - c * s1 * s2) * 2 / WIN / energy;
+	}
+	for (i = 0; i < nf; i++) {
+		share[i] = (s1[i] * s1[i] + s2[i] * s2[i] - w->coeff[i] * s1[i] * s2[i]) * 2 / WIN / energy;
 	}
 	level = 10 * log10(energy * 2 / WIN);
 	on_window(w, classify(w, share, level), level);
@@ -358,6 +374,24 @@ static void feed(struct watch *w, const int16_t *x, int samples)
 	}
 }
 
+#ifdef TONEWATCH_STANDALONE
+/* stdin: 8 kHz signed 16-bit samples; argv: plan; stdout: the events' fields */
+int main(int argc, char **argv)
+{
+	static struct watch w;
+	int16_t x[160];
+	size_t got;
+	w.plan = &PLANS[argc > 1 && !strcmp(argv[1], "eu") ? 1 : 0];
+	w.dial_tone_ms = 800; w.ringback_ms = 800; w.busy_bursts = 2; w.drop_min_ms = 300;
+	w.drop_floor_dbfs = -70; w.sound_dbfs = -45; w.min_tone_dbfs = -45; w.purity = 0.80;
+	w.loud_window = -1000000000;
+	build_bank(&w);
+	while ((got = fread(x, 2, 160, stdin)) > 0) {
+		feed(&w, x, got);
+	}
+	return 0;
+}
+#else
 static void datastore_destroy(void *data)
 {
 	struct watch *w = data;
@@ -563,3 +597,4 @@ AST_MODULE_INFO(ASTERISK_GPL_KEY, AST_MODFLAG_DEFAULT, "ICS three-way tone watch
 	.load = load_module,
 	.unload = unload_module,
 );
+#endif

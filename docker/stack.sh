@@ -200,7 +200,7 @@ provision_tonewatch() {
     fi
     mkdir -p "$AST/usr/local/src"
     cp "$src" "$AST/usr/local/src/$TONEWATCH.new.c"
-    in_root gcc -shared -fPIC -O2 -Wall -Werror -D_GNU_SOURCE -DAST_MODULE=\"$TONEWATCH\" \
+    in_root gcc -shared -fPIC -O3 -Wall -Werror -D_GNU_SOURCE -DAST_MODULE=\"$TONEWATCH\" \
         -DAST_MODULE_SELF_SYM=__internal_${TONEWATCH}_self -o "$moddir/$TONEWATCH.so.new" \
         "/usr/local/src/$TONEWATCH.new.c" -lm || die "could not build $TONEWATCH"
     mv "$AST$moddir/$TONEWATCH.so.new" "$AST$moddir/$TONEWATCH.so"

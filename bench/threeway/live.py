@@ -124,8 +124,11 @@ def thread_split(pid: int, calls: int, out: dict, seconds: float = 20) -> None:
 def module_stats() -> dict[str, int]:
     """res_ics_tonewatch's counters (`ics tonewatch stats`): frames analysed and the CPU spent on
     them, on the called legs' own threads' clocks."""
-    words = cap.ours_cli("ics tonewatch stats").split()
-    return {k: int(v) for k, v in zip(words[::2], words[1::2]) if v.isdigit()}
+    for line in cap.ours_cli("ics tonewatch stats").splitlines():   # (the CLI may print a notice first)
+        words = line.split()
+        if words[:1] == ["watches"]:
+            return {k: int(v) for k, v in zip(words[::2], words[1::2])}
+    raise SystemExit("res_ics_tonewatch is not loaded (ics tonewatch stats)")
 
 
 def use_detector(detector: str, on: bool = True) -> None:
@@ -263,7 +266,7 @@ def report(jobs, sampler, t0, cost, args) -> None:
         ast, lst = on["asterisk"] - off["asterisk"], on["ami"] - off["ami"]
         print(f"tap off/on, same benign batch, % of a core per live call: Asterisk {off['asterisk'] * 100:.3f}"
               f" / {on['asterisk'] * 100:.3f}, listener {off['ami'] * 100:.3f} / {on['ami'] * 100:.3f}")
-        print(f"detector cost (tap in Asterisk + listener): {(ast + lst) * 100:.3f}% of a core per live call, "
+        print(f"detector cost (Asterisk + listener, on minus off): {(ast + lst) * 100:.3f}% of a core per live call, "
               f"{(ast + lst) / max(off['asterisk'], 1e-9) * 100:.0f}% of Asterisk's own per call "
               f"(Asterisk's share {ast * 100:.3f}, listener's {lst * 100:.3f})")
         if on.get("module"):
