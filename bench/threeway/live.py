@@ -152,10 +152,11 @@ def tap_cost(jobs, far, store, args) -> tuple[dict, dict]:
             threading.Thread(target=thread_split, args=(cap.service_pids(far)["asterisk"], len(jobs), split),
                              daemon=True).start()
         stats = module_stats() if args.detector == "module" else {}
-        out.append(run_batch([dict(j) for j in jobs], far, store, args, sampler))
+        batch = [dict(j) for j in jobs]
+        out.append(run_batch(batch, far, store, args, sampler))
         out[-1]["threads"] = split
         if stats:   # the module's own CPU per bridged call-second, and its frames (50 per second: all seen)
-            after, call_s = module_stats(), sum(j["bridged_s"] for j in jobs) or 1
+            after, call_s = module_stats(), sum(j["bridged_s"] for j in batch) or 1
             out[-1]["module"] = {"cpu": (after["cpu_ns"] - stats["cpu_ns"]) / 1e9 / call_s,
                                  "fps": (after["frames"] - stats["frames"]) / call_s,
                                  "events": after["events"] - stats["events"]}
