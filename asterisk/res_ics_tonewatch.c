@@ -5,8 +5,9 @@
  * Copyright (C) 2026 the ICS contributors
  *
  * This program is free software, distributed under the terms of the GNU General Public
- * License Version 2 (like Asterisk, whose module API it uses). See the LICENSE file of
- * Asterisk (https://www.asterisk.org/) for the full text.
+ * License Version 2 (like Asterisk, into which it loads; this file alone: the rest of the ICS
+ * project is AGPL-3.0-or-later). See the LICENSE file of Asterisk (https://www.asterisk.org/)
+ * for the full text.
  *
  * What it does: Set(ICS_TONEWATCH(set)=plan=na dial_tone_ms=800 ...) (or AMI Setvar on the
  * channel) attaches a read-direction manipulate audiohook, as TALK_DETECT does. The hook sees a
