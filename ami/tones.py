@@ -1,5 +1,9 @@
 """Three-way signatures in the called leg's received audio: pure signal decisions, no I/O.
 
+asterisk/res_ics_tonewatch.c is this detector ported to C, run inside Asterisk on the called leg
+(ami.detector = "module", the default); a change here must be made there too
+(bench/threeway/port.py and tests/unit/test_tonewatch_port.py compare the two).
+
 The AMI listener taps each bridged inmate call's called leg (ChanSpy listen-only on the
 received audio, into AudioSocket: ami/audiotap.py) and feeds the 8 kHz signed-linear
 samples here. A Detector turns them into Detections, one per signature:
