@@ -33,27 +33,11 @@ from dataclasses import dataclass
 import redis
 
 from . import keys
-from .store import now_ms
+from .store import Lua, now_ms
 
 SETTING_UP_MAX_MS = 20_000  # admitted, never seen placed: dropped after this (the dial takes ~3 s)
 GONE_GRACE_MS = 2_000       # an admitted call whose inmate channel the listener does not know
 
-# KEYS[1] the live count (listener), KEYS[2] the calls setting up (zset member -> admitted ms)
-# ARGV[1] now ms, ARGV[2] max_calls, ARGV[3] member to admit ('' = only look), ARGV[4] oldest kept
-# Returns {decision, live, setting_up}: decision -1 no count (the listener is away), 0 full, 1 room
-# (and the member admitted).
-_ADMIT = """
-local live = redis.call('GET', KEYS[1])
-if not live then return {-1, 0, 0} end
-live = tonumber(live)
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[4])
-local member = ARGV[3]
-local pending = redis.call('ZCARD', KEYS[2])
-if member ~= '' and redis.call('ZSCORE', KEYS[2], member) then pending = pending - 1 end
-if live + pending >= tonumber(ARGV[2]) then return {0, live, pending} end
-if member ~= '' then redis.call('ZADD', KEYS[2], ARGV[1], member) end
-return {1, live, pending}
-"""
 
 
 @dataclass(frozen=True)
@@ -73,7 +57,7 @@ def check(r: redis.Redis, max_calls: int, admit: str = "") -> Load:
     Uniqueid, the Linkedid the listener keys the call by), the call is admitted in the same
     step: it counts from now on (setting up, then live)."""
     now = now_ms()
-    decision, live, pending = r.register_script(_ADMIT)(
+    decision, live, pending = Lua(r, "admit.lua")(
         keys=[keys.LIVE_CALLS, keys.CALLS_SETTING_UP], args=[now, max_calls, admit, now - SETTING_UP_MAX_MS])
     return Load(None if decision == -1 else bool(decision), int(live), int(pending))
 

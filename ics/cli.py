@@ -21,7 +21,7 @@ from typing import Any, Callable
 import redis
 
 from . import (audio, capacity, config, destination, ledger, livecalls, logs, policy, prompts, rating,
-               reasons, recordings, records, statements)
+               reasons, recordings, records, settlement, statements)
 from .amiclient import AmiClient, AmiError
 from .config import ConfigError
 from .store import (ACCOUNT_TYPES, INACTIVITY_MS, INMATE_STATUSES, LINE_TYPES, Store, StoreError, connect, dollars,
@@ -823,6 +823,20 @@ def calls_list(store: Store, a) -> int:
     return 0
 
 
+def calls_settle(store: Store, a) -> int:
+    rec = records.get(store.r, a.call_id)
+    if rec is None:
+        raise CliError(f"no such call {a.call_id}")
+    money = store.call_money(rec.get("account", ""), a.call_id)
+    if not rec.get("ended_ms") and money.get("settled") != 1:
+        raise CliError(f"call {a.call_id} has not ended: it is settled when it hangs up")
+    rec = settlement.settle(store, a.call_id)
+    log.info("ops.calls_settle", call_id=a.call_id, billed_cents=rec.get("billed_cents"))
+    out(f"call {a.call_id} settled: {dollars(rec.get('billed_cents') or 0)}, "
+        f"{rec.get('billed_minutes') or 0} min, reason {rec.get('reason')}")
+    return 0
+
+
 def calls_show(store: Store, a) -> int:
     rec = records.get(store.r, a.call_id)
     if rec is None:
@@ -1292,6 +1306,9 @@ def build_parser() -> Parser:
     c = command(cl, "list", calls_list, "most recent calls first", json_out=True)
     c.add_argument("--limit", type=positive_int, default=20, metavar="N")
     c = command(cl, "show", calls_show, "every field of one call", json_out=True)
+    c.add_argument("call_id", metavar="CALL_ID")
+    c = command(cl, "settle", calls_settle, "settle an ended call again (idempotent): completes a "
+                "settlement left half-done (icsctl ledger check)")
     c.add_argument("call_id", metavar="CALL_ID")
     return p
 

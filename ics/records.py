@@ -68,7 +68,7 @@ def new_call_id() -> str:
 
 def create(r: redis.Redis, call_id: str, **fields) -> None:
     started = fields.setdefault("started_ms", now_ms())
-    with r.pipeline() as p:
+    with r.pipeline(transaction=False) as p:  # two slots (on a cluster): the record, then the index
         p.hset(keys.call(call_id), mapping={"call_id": call_id, **{k: v for k, v in fields.items() if v is not None}})
         p.zadd(keys.CALLS, {call_id: started})
         p.execute()

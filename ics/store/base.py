@@ -3,6 +3,7 @@ connection and the Lua script loader."""
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from pathlib import Path
@@ -82,10 +83,15 @@ class Lua:
 
     def __init__(self, r: redis.Redis, *files: str):
         self.name = files[-1].removesuffix(".lua")
-        self.script = r.register_script("\n".join((LUA_DIR / f).read_text() for f in files))
+        self.script = r.register_script(_source(files))
 
     def __call__(self, keys: Sequence[str], args: Sequence[Any] = ()) -> Any:
         return self.script(keys=list(keys), args=list(args))
+
+
+@functools.cache
+def _source(files: tuple[str, ...]) -> str:
+    return "\n".join((LUA_DIR / f).read_text() for f in files)
 
 
 class Base:

@@ -58,11 +58,12 @@ class Inmates(Base):
                 "facility": facility, "name": name, "pin_salt": salt,
                 "pin_hash": pin_hash(pin, salt), "pin_locked": "0", "name_recorded": "0",
             })
-            p.sadd(keys.INMATES, iid)
             p.delete(keys.pin_failures(iid))
             return existed
 
-        return self.r.transaction(create, key, value_from_callable=True)
+        existed = self.r.transaction(create, key, value_from_callable=True)  # the inmate's slot only
+        self.r.sadd(keys.INMATES, iid)
+        return existed
 
     def inmate(self, iid: str) -> dict[str, str] | None:
         return self.r.hgetall(keys.inmate(iid)) or None
@@ -288,7 +289,10 @@ class Inmates(Base):
             for key in self.r.scan_iter(match=prefix + "*", count=500):
                 new = legacy(key[len(prefix):])
                 if new:
-                    if self.r.renamenx(key, prefix + new):
+                    # (not RENAMENX: on a cluster the two names are in different slots)
+                    if not self.r.exists(prefix + new):
+                        self.r.restore(prefix + new, 0, self.r.dump(key))
+                        self.r.delete(key)
                         done["migrated"].append(f"{key} -> {prefix}{new}")
                     else:
                         self.r.delete(key)

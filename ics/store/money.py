@@ -23,6 +23,9 @@ MAX_DEPOSIT_CENTS = 100_000_00  # $100,000.00 in one deposit is a typo, not a fa
 INACTIVITY_MS = 180 * 86_400_000  # FCC 64.6130: no disposal before 180 days of inactivity
 EXPIRING_TYPES = ("prepaid",)
 AUTO_CREDIT_MS = 60_000  # a system drop within the first minute of bridged time is credited in full
+# the fields of a call's money (keys.call_money) the second step copies to its call record
+COPIED = ("held_cents", "paid_minutes", "settled", "billed_cents", "billed_minutes", "tax_cents",
+          "credited_cents", "credit_reason")
 
 
 class AccountExpired(StoreError):
@@ -69,7 +72,8 @@ class Account:
 class Money(Base):
     LUA = {"_reserve": ("available.lua", "reserve.lua"), "_extend": ("available.lua", "extend.lua"),
            "_settle": "settle.lua", "_adjust": "adjust.lua", "_refund_all": "refund_all.lua",
-           "_expire": "expire.lua", "_dispose": "dispose.lua", "_auto_credit": "auto_credit.lua"}
+           "_expire": "expire.lua", "_dispose": "dispose.lua", "_credit": "credit.lua",
+           "_count_week": "count_week.lua", "_synced": "synced.lua"}
 
     # --- accounts ------------------------------------------------------------
     def create_account(self, aid: str, owner: str, numbers: list[str], kind: str = "prepaid", *,
@@ -119,16 +123,24 @@ class Money(Base):
                 if problem:
                     raise StoreError(f"direct bill needs a landline that accepts collect calls: {problem} "
                                      "(a prepaid account can pay for it)")
-        with self.r.pipeline() as p:
-            p.hset(keys.account(aid), mapping={
-                "type": kind, "owner": owner, "balance_cents": 0, "held_cents": 0,
-                "created_ms": now_ms(), **extra,
-            })
-            p.sadd(keys.ACCOUNTS, aid)
-            for n in numbers:
-                p.set(keys.number_account(n), aid)
-                p.sadd(keys.account_numbers(aid), n)
+        # The account id, then each number, is claimed atomically (HSETNX, SET NX); the numbers
+        # live in other slots than the account, so no transaction spans them: a claim lost to a
+        # concurrent create undoes this one's.
+        if not self.r.hsetnx(keys.account(aid), "type", kind):
+            raise StoreError(f"account {aid!r} already exists")
+        claimed = []
+        for n in numbers:
+            if not self.r.set(keys.number_account(n), aid, nx=True):
+                self.r.delete(keys.account(aid), *[keys.number_account(c) for c in claimed])
+                raise StoreError(f"number {n} already belongs to account {self.r.get(keys.number_account(n))}")
+            claimed.append(n)
+        with self.r.pipeline() as p:  # the account's own keys: one slot, one transaction
+            p.hset(keys.account(aid), mapping={"owner": owner, "balance_cents": 0, "held_cents": 0,
+                                               "created_ms": now_ms(), **extra})
+            if numbers:
+                p.sadd(keys.account_numbers(aid), *numbers)
             p.execute()
+        self.r.sadd(keys.ACCOUNTS, aid)
 
     def account(self, aid: str) -> Account | None:
         with self.r.pipeline(transaction=True) as p:
@@ -171,16 +183,24 @@ class Money(Base):
         """Hold amount_cents for a call (that pays for `minutes` whole minutes, if given).
 
         False if the account cannot cover it; AccountExpired if it is flagged expired
-        (checked in the same script as the hold, whatever the balance)."""
+        (checked in the same script as the hold, whatever the balance). The call record
+        names the account first, so whoever settles the call finds the hold."""
+        before = self.r.hget(keys.call(call_id), "account")
+        if before and before != aid and self.r.hexists(keys.call_money(before, call_id), "held_cents"):
+            raise StoreError(f"call {call_id} already holds funds")
+        self.r.hset(keys.call(call_id), "account", aid)
         month = keys.account_month(aid, month_of(now_ms()))
-        res = self._reserve(keys=[keys.account(aid), keys.call(call_id), month],
-                            args=[amount_cents, aid, "" if minutes is None else minutes])
+        res = self._reserve(keys=[keys.account(aid), keys.call_money(aid, call_id), month,
+                                  keys.account_holds(aid), keys.account_unsynced(aid)],
+                            args=[amount_cents, aid, "" if minutes is None else minutes, call_id])
         if res == -1:
             raise StoreError(f"no account {aid!r}")
         if res == -2:
             raise StoreError(f"call {call_id} already holds funds")
         if res == -3:
             raise AccountExpired(aid)
+        if res == 1:
+            self.sync_call(aid, call_id)
         return res == 1
 
     def extend_hold(self, aid: str, call_id: str, amount_cents: int, paid_minutes: int) -> str:
@@ -189,25 +209,59 @@ class Money(Base):
         Returns "held", "short" (the account cannot cover it), "stale" (paid_minutes
         changed: someone else held it) or "settled" (the call is over)."""
         month = keys.account_month(aid, month_of(now_ms()))
-        res = self._extend(keys=[keys.account(aid), keys.call(call_id), month], args=[amount_cents, paid_minutes])
+        res = self._extend(keys=[keys.account(aid), keys.call_money(aid, call_id), month,
+                                 keys.account_unsynced(aid)], args=[amount_cents, paid_minutes, call_id])
         if res == -1:
             raise StoreError(f"no account {aid!r}")
+        if res == 1:
+            self.sync_call(aid, call_id)
         return {1: "held", 0: "short", -2: "stale", -3: "settled"}[res]
+
+    def call_money(self, aid: str, call_id: str) -> dict[str, int]:
+        """The money of a call as its account's slot has it (the call record holds a copy):
+        held_cents, paid_minutes, settled, billed_cents, billed_minutes, ... as integers."""
+        raw = self.r.hgetall(keys.call_money(aid, call_id)) if aid else {}
+        return {k: int(v) for k, v in raw.items() if k in COPIED and v.lstrip("-").isdigit()}
 
     def settle(self, call_id: str, aid: str, charge_cents: int, minutes: int, rate: int,
                tax_cents: int = 0, week_of: tuple[str, str] | None = None) -> tuple[bool, int, int]:
-        """Returns (settled_now, billed_cents, billed_minutes); a second call is a no-op.
+        """Returns (settled_now, billed_cents, billed_minutes); a second call is a no-op for the
+        money and completes the second step if it was left half-done.
         charge_cents includes tax_cents (recorded on the call for statements).
         A direct_bill charge counts towards the month (UTC) in which the call settles;
         week_of (inmate, ISO week) counts an accepted call towards that weekly quota."""
+        if not aid:  # no account: nothing was held, nothing is billed
+            first = self.r.hsetnx(keys.call(call_id), "settled", "1")
+            if first:
+                self.r.hset(keys.call(call_id), mapping={"billed_cents": 0, "billed_minutes": 0, "tax_cents": 0})
+            return bool(first), 0, 0
         now = now_ms()
-        week = [keys.inmate_week(*week_of)] if week_of else []
         first, cents, mins = self._settle(
-            keys=[keys.call(call_id), keys.account(aid), keys.ledger(aid),
-                  keys.account_month(aid, month_of(now)), *week],
-            args=[charge_cents, minutes, rate, call_id, now, tax_cents],
+            keys=[keys.call_money(aid, call_id), keys.account(aid), keys.ledger(aid),
+                  keys.account_month(aid, month_of(now)), keys.account_holds(aid), keys.account_unsynced(aid)],
+            args=[charge_cents, minutes, rate, call_id, now, tax_cents, " ".join(week_of) if week_of else ""],
         )
+        self.sync_call(aid, call_id)
         return bool(first), int(cents), int(mins)
+
+    def sync_call(self, aid: str, call_id: str) -> None:
+        """The second step of every money change of a call: copy its money to the call record
+        and, once settled, count it towards the inmate's weekly quota. Each write is idempotent
+        (the same values again; the quota keeps the call id), so a replay after a crash anywhere
+        in here changes nothing done before; the account's :unsynced entry goes only at the end."""
+        money = self.r.hgetall(keys.call_money(aid, call_id))
+        if not money:
+            return
+        self.r.hset(keys.call(call_id), mapping={**{k: v for k, v in money.items() if k in COPIED},
+                                                 "account": aid})
+        if money.get("settled") == "1" and money.get("week"):
+            iid, week = money["week"].split(" ", 1)
+            self._count_week(keys=[keys.inmate_week(iid, week)], args=[call_id, money.get("billed_minutes", 0)])
+        self._synced(keys=[keys.account_unsynced(aid)], args=[call_id, money.get("v", "0")])
+
+    def unsynced(self, aid: str) -> dict[str, str]:
+        """Calls of the account whose second step is still to do: call id -> money version."""
+        return self.r.hgetall(keys.account_unsynced(aid))
 
     def ledger(self, aid: str) -> list[dict[str, str]]:
         return [dict(fields, id=eid) for eid, fields in self.r.xrange(keys.ledger(aid))]
@@ -290,13 +344,17 @@ class Money(Base):
     def auto_credit(self, call_id: str) -> int:
         """Credit a settled call in full if the system dropped it (system_error) within its first
         minute of bridged time; once only. Returns the cents credited now (0 if none)."""
-        aid = self.r.hget(keys.call(call_id), "account")
+        rec = self.r.hmget(keys.call(call_id), "account", "reason", "bridged_ms", "ended_ms")
+        aid, reason, bridged, ended = rec
         if not aid:
             return 0
-        done, cents = self._auto_credit(
-            keys=[keys.call(call_id), keys.account(aid), keys.ledger(aid)],
-            args=[AUTO_CREDIT_MS, call_id, now_ms(), "system_error in the first minute"],
+        done, cents = self._credit(
+            keys=[keys.call_money(aid, call_id), keys.account(aid), keys.ledger(aid), keys.account_unsynced(aid)],
+            args=[AUTO_CREDIT_MS, call_id, now_ms(), "system_error in the first minute", reason or "",
+                  bridged or "", ended or ""],
         )
+        if done == 1:
+            self.sync_call(aid, call_id)
         return int(cents) if done == 1 else 0
 
     def account_numbers(self, aid: str) -> list[str]:

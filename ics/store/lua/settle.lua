@@ -1,60 +1,16 @@
--- --- Lua: every money movement is one atomic script -------------------------
--- 
--- What an account can still spend (a Lua function shared by the hold scripts).
--- A direct_bill account has no balance to spend: what it can cover is its monthly
--- limit minus this month's billed total (month key) minus what its calls hold.
--- VAILABLE = """
--- cal function available(acct, month)
--- local a = redis.call('HMGET', acct, 'type', 'balance_cents', 'held_cents', 'monthly_limit_cents')
--- if a[1] == 'direct_bill' then
---   return tonumber(a[4] or '0') - tonumber(redis.call('GET', month) or '0') - tonumber(a[3] or '0')
--- end
--- return tonumber(a[2] or '0') - tonumber(a[3] or '0')
--- d
--- "
--- 
--- Hold funds for a call before it rings. Fails (0) if the account cannot cover it,
--- refuses (-3) an account flagged expired (expired_ms, cleared by a deposit).
--- ARGV[3], when not empty, is how many whole minutes the hold pays for.
--- ESERVE = _AVAILABLE + """
--- cal acct, call, month = KEYS[1], KEYS[2], KEYS[3]
--- cal amount = tonumber(ARGV[1])
---  redis.call('EXISTS', acct) == 0 then return -1 end
---  redis.call('HEXISTS', call, 'held_cents') == 1 then return -2 end
---  redis.call('HEXISTS', acct, 'expired_ms') == 1 then return -3 end  -- flagged expired: no calls
---  available(acct, month) < amount then return 0 end
--- dis.call('HINCRBY', acct, 'held_cents', amount)
--- dis.call('HSET', call, 'held_cents', amount, 'account', ARGV[2])
---  ARGV[3] ~= '' then redis.call('HSET', call, 'paid_minutes', ARGV[3]) end
--- turn 1
--- "
--- 
--- Hold one more minute for a live call, before that minute starts. ARGV[2] is the
--- number of paid minutes the caller saw: a second listener (or a retry after a
--- restart) that saw the same number finds it changed (-2) and holds nothing twice.
--- XTEND = _AVAILABLE + """
--- cal acct, call, month = KEYS[1], KEYS[2], KEYS[3]
--- cal amount = tonumber(ARGV[1])
---  redis.call('EXISTS', acct) == 0 then return -1 end
---  redis.call('HGET', call, 'settled') == '1' then return -3 end
---  redis.call('HGET', call, 'paid_minutes') ~= ARGV[2] then return -2 end
---  available(acct, month) < amount then return 0 end
--- dis.call('HINCRBY', acct, 'held_cents', amount)
--- dis.call('HINCRBY', call, 'held_cents', amount)
--- dis.call('HINCRBY', call, 'paid_minutes', 1)
--- turn 1
--- "
--- 
--- Settle a call exactly once: release the hold, charge at most the hold, ledger it.
--- A direct_bill charge also adds to the month's billed total (KEYS[4]), in the same
--- once-only step; its balance goes negative: what is owed, paid by deposits.
-local call, acct, ledger, month = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-if redis.call('HGET', call, 'settled') == '1' then
-  return {0, tonumber(redis.call('HGET', call, 'billed_cents') or '0'),
-             tonumber(redis.call('HGET', call, 'billed_minutes') or '0')}
+-- Settle a call's money exactly once: release the hold, charge at most the hold, ledger it.
+-- A direct_bill charge also adds to the month's billed total, in the same once-only step;
+-- its balance goes negative: what is owed, paid by deposits. ARGV[7] ("<iid> <week>", or
+-- empty) is the weekly quota an accepted call counts towards: counted by the second step
+-- (count_week.lua, in the inmate's slot), which also copies the result to the call record.
+local money, acct, ledger, month, holds, unsynced = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local cid = ARGV[4]
+if redis.call('HGET', money, 'settled') == '1' then
+  return {0, tonumber(redis.call('HGET', money, 'billed_cents') or '0'),
+             tonumber(redis.call('HGET', money, 'billed_minutes') or '0')}
 end
 local charge, minutes, rate = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local held = tonumber(redis.call('HGET', call, 'held_cents') or '0')
+local held = tonumber(redis.call('HGET', money, 'held_cents') or '0')
 local clamped = charge > held
 if clamped then
   -- the bridge ran past the limit the hold paid for: bill the hold (its tax split is unknown)
@@ -67,19 +23,16 @@ if charge > 0 then
   if redis.call('HGET', acct, 'type') == 'direct_bill' then
     local m = redis.call('INCRBY', month, charge)
     redis.call('XADD', ledger, '*', 'kind', 'charge', 'amount_cents', charge,
-               'balance_cents', bal, 'call', ARGV[4], 'minutes', minutes, 'ts', ARGV[5],
+               'balance_cents', bal, 'call', cid, 'minutes', minutes, 'ts', ARGV[5],
                'month_billed_cents', m)
   else
     redis.call('XADD', ledger, '*', 'kind', 'charge', 'amount_cents', charge,
-               'balance_cents', bal, 'call', ARGV[4], 'minutes', minutes, 'ts', ARGV[5])
+               'balance_cents', bal, 'call', cid, 'minutes', minutes, 'ts', ARGV[5])
   end
 end
-redis.call('HSET', call, 'settled', '1', 'billed_cents', charge, 'billed_minutes', minutes)
-if not clamped then redis.call('HSET', call, 'tax_cents', tonumber(ARGV[6] or '0')) end
-if KEYS[5] then
-  -- an accepted call counts towards the inmate's weekly quota in the same once-only step
-  redis.call('HINCRBY', KEYS[5], 'calls', 1)
-  redis.call('HINCRBY', KEYS[5], 'minutes', minutes)
-  redis.call('EXPIRE', KEYS[5], 5184000)
-end
+redis.call('HSET', money, 'settled', '1', 'billed_cents', charge, 'billed_minutes', minutes)
+if not clamped then redis.call('HSET', money, 'tax_cents', tonumber(ARGV[6] or '0')) end
+if ARGV[7] ~= '' then redis.call('HSET', money, 'week', ARGV[7]) end
+redis.call('SREM', holds, cid)
+redis.call('HSET', unsynced, cid, redis.call('HINCRBY', money, 'v', 1))
 return {1, charge, minutes}
