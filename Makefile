@@ -18,7 +18,7 @@ WITH_ENV := set -a; . "$(STACK_ENV)"; set +a;
 # others sharing the machine and timing windows room. TEST_WORKERS=0: one process.
 TEST_WORKERS ?= 6
 
-.PHONY: venv provision up down status reload demo test bench capacity
+.PHONY: venv provision up down status reload demo test test-cluster bench capacity
 
 # make capacity: our platform against Asterisk alone (bench/capacity/capacity.py), N calls
 # per run, each bridged SECONDS; not in make bench (about 16 min with these defaults)
@@ -47,6 +47,11 @@ reload:
 
 test: provision
 	$(PY) -m pytest -q --durations=10 -n $(TEST_WORKERS) --dist worksteal tests
+
+# the same suite on a 3-master, 3-replica Redis Cluster (docker/redis-cluster.sh): each worker's
+# unit-test session and stack start one on loopback
+test-cluster: export ICS_REDIS_CLUSTER = 1
+test-cluster: test
 
 demo: up
 	@$(WITH_ENV) rc=0; $(PY) -m tests.support.demo || rc=$$?; $(STACK) down; exit $$rc

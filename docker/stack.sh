@@ -24,6 +24,11 @@ LOGDIR=$STACK/log
 RUNDIR=$STACK/run
 REDIS_DIR=$STACK/redis
 REDIS_PORT=${ICS_REDIS_PORT:-6380}
+# ICS_REDIS_CLUSTER=1: a 3-master, 3-replica Redis Cluster on 127.0.0.1:7000-7005 instead
+# (docker/redis-cluster.sh; make test-cluster)
+case ${ICS_REDIS_CLUSTER:-} in 1|true|yes|on) CLUSTER=1 ;; *) CLUSTER= ;; esac
+CLUSTER_PORT=7000
+CLUSTER_SH=$REPO/docker/redis-cluster.sh
 VENV=$REPO/.venv
 PYTHON=${ICS_PYTHON:-python3.11}
 SUITE=${ICS_DEBIAN_SUITE:-sid}
@@ -146,8 +151,13 @@ load_secrets() {
 write_stack_env() {
     load_secrets
     ( umask 077
+      local url=redis://127.0.0.1:$REDIS_PORT/0 p
+      if [ -n "$CLUSTER" ]; then
+          url=; for p in 0 1 2 3 4 5; do url+=${url:+,}redis://127.0.0.1:$((CLUSTER_PORT + p)); done
+      fi
       cat > "$STACK/stack.env.tmp" <<EOF
-ICS_REDIS_URL=redis://127.0.0.1:$REDIS_PORT/0
+ICS_REDIS_URL=$url
+ICS_REDIS_CLUSTER=$([ -n "$CLUSTER" ] && echo true || echo false)
 ICS_AMI_HOST=127.0.0.1
 ICS_AMI_PORT=5038
 ICS_AMI_USER=ics
@@ -291,6 +301,11 @@ start_asterisk() {
 }
 
 start_redis() {
+    if [ -n "$CLUSTER" ]; then
+        log "starting a Redis Cluster (3 masters, 3 replicas) on 127.0.0.1:$CLUSTER_PORT-$((CLUSTER_PORT + 5))"
+        bash "$CLUSTER_SH" start "$STACK/redis-cluster" "$CLUSTER_PORT"
+        return 0
+    fi
     if alive redis; then return 0; fi
     mkdir -p "$REDIS_DIR"
     log "starting redis-server on 127.0.0.1:$REDIS_PORT"
@@ -357,12 +372,15 @@ cmd_down() {
     fi
     stop_pid asterisk
     stop_pid redis
+    [ -d "$STACK/redis-cluster" ] && bash "$CLUSTER_SH" stop "$STACK/redis-cluster"
     log "down"
 }
 
 cmd_status() {
     local rc=0 name exe
-    for name in asterisk redis fastagi ami; do
+    local services="asterisk redis fastagi ami"
+    [ -n "$CLUSTER" ] && services="asterisk fastagi ami"
+    for name in $services; do
         case $name in fastagi) exe=$VENV/bin/ics-fastagi ;; ami) exe=$VENV/bin/ics-ami ;; *) exe= ;; esac
         if alive "$name"; then
             printf '%-9s running (pid %s)\n' "$name" "$(pid_of "$name")"
@@ -376,7 +394,7 @@ cmd_status() {
         ast_cli "pjsip show contacts" 2>/dev/null | grep -E '^ *Contact:' | grep -v '<Aor/ContactUri' || true
     fi
     # the listener's heartbeat and live calls / capacity.max_calls (informational: rc unchanged)
-    if alive redis && [ -x "$VENV/bin/icsctl" ] && [ -f "$STACK/stack.env" ]; then
+    if { alive redis || [ -n "$CLUSTER" ]; } && [ -x "$VENV/bin/icsctl" ] && [ -f "$STACK/stack.env" ]; then
         stack_env "$VENV/bin/icsctl" status 2>/dev/null || true
     fi
     return $rc

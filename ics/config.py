@@ -24,8 +24,15 @@ DEFAULT_CONFIG_PATH = "/etc/ics/ics.toml"
 
 DEFAULTS: dict[str, dict[str, Any]] = {
     "redis": {
+        # one URL: a single Redis; several, comma-separated (or cluster = true): the nodes a Redis
+        # Cluster client starts from (it learns the rest from them)
         "url": "redis://127.0.0.1:6380/0",
+        "cluster": False,
         "timeout_ms": 2000,
+        # after every money script, WAIT until this many replicas have it (0 = do not wait), at
+        # most wait_timeout_ms; a write no replica confirmed in time is logged (redis.wait_short)
+        "wait_replicas": 0,
+        "wait_timeout_ms": 200,
     },
     "fastagi": {
         "host": "127.0.0.1",
@@ -393,6 +400,7 @@ def load(path: str | None = None, environ: Mapping[str, str] | None = None) -> C
             sources.append("environment")
 
     _check_facility(values["facility_defaults"], "facility_defaults")
+    _check_redis(values["redis"])
     if values["log"]["format"] not in ("auto", "json", "console"):
         raise ConfigError(f"log.format must be auto, json or console, got {values['log']['format']!r}")
     check_dial_template(values["dial"]["template"])
@@ -405,6 +413,21 @@ def load(path: str | None = None, environ: Mapping[str, str] | None = None) -> C
         if values["ami"][key] <= 0:  # 0 would make the listener's upkeep loop spin
             raise ConfigError(f"ami.{key} must be greater than 0, got {values['ami'][key]}")
     return Config(values=values, sources=tuple(sources))
+
+
+def redis_urls(url: str) -> list[str]:
+    return [u.strip() for u in url.split(",") if u.strip()]
+
+
+def _check_redis(values: Mapping[str, Any]) -> None:
+    urls = redis_urls(values["url"])
+    if not urls or any(not u.startswith(("redis://", "rediss://", "unix://")) for u in urls):
+        raise ConfigError(f"redis.url must be one redis:// URL, or several comma-separated for a cluster, "
+                          f"got {values['url']!r}")
+    if not 0 <= values["wait_replicas"] <= 5:
+        raise ConfigError(f"redis.wait_replicas must be 0 to 5, got {values['wait_replicas']}")
+    if not 1 <= values["wait_timeout_ms"] <= 10_000:
+        raise ConfigError(f"redis.wait_timeout_ms must be 1 to 10000, got {values['wait_timeout_ms']}")
 
 
 def check_dial_template(template: str) -> None:

@@ -26,6 +26,7 @@ from typing import Any
 import redis
 
 from . import keys
+from .store import as_entries
 
 SIGN = {"deposit": 1, "credit": 1, "charge": -1, "refund": -1, "expiry": -1}
 KINDS = tuple(SIGN)
@@ -70,6 +71,7 @@ def check_account(r: redis.Redis, aid: str) -> dict:
         p.smembers(keys.account_holds(aid))
         p.hgetall(keys.account_unsynced(aid))
         acct, entries, holding, unsynced = p.execute()
+    entries = as_entries(entries)
     doc: dict[str, Any] = {"account": aid, "problems": []}
     problems = doc["problems"]
     if not acct:

@@ -118,7 +118,7 @@ def record_system_drop(r: redis.Redis, call_id: str, threshold: str, at_ms: int,
 def note_before_accept(r: redis.Redis, call_id: str, reason: str, events: list[dict] | tuple) -> None:
     """A fault before the bridge the facility only records: appended to the call's list."""
     key = keys.call(call_id)
-    with r.pipeline() as p:  # optimistic: a concurrent note retries, none is lost
+    with r.pipeline(transaction=True) as p:  # optimistic (WATCH): a concurrent note retries, none is lost
         while True:
             try:
                 p.watch(key)

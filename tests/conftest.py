@@ -7,7 +7,8 @@ Nothing here runs unless a test asks for it: unit tests never need the stack.
                    returns stack.env as a dict
     phones         session: tests.support.phones.Harness
     ami            session: tests.support.ami_tap.AmiTap, logged in as ics
-    redis_client   function: redis.Redis on ICS_REDIS_URL, flushed before the test
+    redis_client   function: redis.Redis on ICS_REDIS_URL (a RedisCluster on the cluster lab),
+                   flushed before the test
 
 Under pytest-xdist every worker (gwN) first moves into its own network
 namespace (tests/support/netns.py) and uses its own stack directory
@@ -182,9 +183,9 @@ def ami(stack):
 
 @pytest.fixture(scope="session")
 def _redis_session(stack):
-    import redis
-    client = redis.Redis.from_url(stack["ICS_REDIS_URL"], decode_responses=True,
-                                  socket_timeout=5, socket_connect_timeout=5)
+    from ics import config
+    from ics.store import connect
+    client = connect(config.load(environ={k: v for k, v in stack.items() if k.startswith("ICS_REDIS_")}))
     try:
         yield client
     finally:

@@ -12,7 +12,7 @@ callers import are re-exported here.
 from __future__ import annotations
 
 from .audit import Audit
-from .base import ID_RE, Lua, StoreError, check_id, connect, dest, now_ms, one_line, stored
+from .base import ID_RE, Lua, StoreError, as_entries, check_id, connect, dest, now_ms, one_line, stored
 from .facilities import Facilities
 from .inmates import (INMATE_ID_RE, INMATE_STATUSES, LINE_BY_KIND, LINE_TYPES, NUMBER_STATES, PIN_RE,
                       Inmates, pin_hash)
@@ -22,7 +22,7 @@ from .money import (ACCOUNT_TYPES, AUTO_CREDIT_MS, EXPIRING_TYPES, INACTIVITY_MS
 __all__ = [
     "ACCOUNT_TYPES", "AUTO_CREDIT_MS", "EXPIRING_TYPES", "ID_RE", "INACTIVITY_MS", "INMATE_ID_RE",
     "INMATE_STATUSES", "LINE_BY_KIND", "LINE_TYPES", "MAX_DEPOSIT_CENTS", "MAX_MONTHLY_LIMIT_CENTS", "NUMBER_STATES", "PIN_RE",
-    "Account", "AccountExpired", "Lua", "Store", "StoreError", "check_id", "connect", "debit_account_id",
+    "Account", "AccountExpired", "Lua", "as_entries", "Store", "StoreError", "check_id", "connect", "debit_account_id",
     "dest", "dollars", "month_of", "now_ms", "one_line", "pin_hash", "stored",
 ]
 

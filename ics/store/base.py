@@ -10,10 +10,12 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import redis
-from redis.cluster import RedisCluster
+from redis.cluster import ClusterNode, RedisCluster
+from redis.exceptions import RedisClusterException
+from redis.connection import parse_url
 
 from .. import destination
-from ..config import Config
+from ..config import Config, redis_urls
 from ..destination import Destination, NumberError
 
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")
@@ -65,13 +67,26 @@ def one_line(kind: str, value: str) -> str:
 
 
 def connect(cfg: Config) -> redis.Redis:
-    """A Redis client, or a RedisCluster client when redis.cluster is set (redis.url is then
-    any one node of the cluster: the client learns the others from it)."""
+    """A Redis client, or a RedisCluster client when redis.cluster is set or redis.url lists
+    several nodes (any of them will do: the client learns the others from them)."""
     timeout = cfg["redis"]["timeout_ms"] / 1000
     opts: dict[str, Any] = dict(decode_responses=True, socket_timeout=timeout, socket_connect_timeout=timeout)
-    if cfg["redis"].get("cluster"):
-        return RedisCluster.from_url(cfg["redis"]["url"], **opts)
-    return redis.Redis.from_url(cfg["redis"]["url"], **opts)
+    urls = redis_urls(cfg["redis"]["url"])
+    if cfg["redis"]["cluster"] or len(urls) > 1:
+        given = [parse_url(u) for u in urls]
+        nodes = [ClusterNode(g["host"], g.get("port", 6379)) for g in given]
+        auth = {k: given[0][k] for k in ("username", "password") if given[0].get(k)}
+        try:  # (a cluster client asks the nodes for the slot map at once)
+            return RedisCluster(startup_nodes=nodes, **auth, **opts)
+        except RedisClusterException as exc:
+            raise redis.ConnectionError(f"Redis Cluster at {', '.join(g['host'] + ':' + str(g.get('port', 6379)) for g in given)}: {exc}") from None
+    return redis.Redis.from_url(urls[0], **opts)
+
+
+def as_entries(raw: list) -> list[tuple[str, dict[str, str]]]:
+    """Stream entries (XRANGE) as (id, fields), also as a cluster MULTI returns them (redis-py's
+    cluster transactions leave XRANGE and SMEMBERS replies raw: flat field lists, lists)."""
+    return [(eid, f if isinstance(f, dict) else dict(zip(f[::2], f[1::2]))) for eid, f in raw]
 
 
 # Every script run goes through Lua.__call__ with the keys it touches: a test wraps it to check

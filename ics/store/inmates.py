@@ -86,7 +86,7 @@ class Inmates(Base):
     def unlock_pin(self, iid: str) -> None:
         if not self.r.exists(keys.inmate(iid)):
             raise StoreError(f"no inmate {iid!r}")
-        with self.r.pipeline() as p:
+        with self.r.pipeline(transaction=True) as p:
             p.hset(keys.inmate(iid), "pin_locked", "0")
             p.delete(keys.pin_failures(iid))
             p.execute()
@@ -270,7 +270,7 @@ class Inmates(Base):
                 for old, value in self.r.hgetall(key).items():
                     new = legacy(old)
                     if new:
-                        with self.r.pipeline() as p:
+                        with self.r.pipeline(transaction=True) as p:
                             p.hsetnx(key, new, value)
                             p.hdel(key, old)
                             fresh, _ = p.execute()
@@ -280,7 +280,7 @@ class Inmates(Base):
                 for old in self.r.smembers(key):
                     new = legacy(old)
                     if new:
-                        with self.r.pipeline() as p:
+                        with self.r.pipeline(transaction=True) as p:
                             p.sadd(key, new)
                             p.srem(key, old)
                             fresh, _ = p.execute()

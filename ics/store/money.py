@@ -134,7 +134,7 @@ class Money(Base):
                 self.r.delete(keys.account(aid), *[keys.number_account(c) for c in claimed])
                 raise StoreError(f"number {n} already belongs to account {self.r.get(keys.number_account(n))}")
             claimed.append(n)
-        with self.r.pipeline() as p:  # the account's own keys: one slot, one transaction
+        with self.r.pipeline(transaction=True) as p:  # the account's own keys: one slot, one transaction
             p.hset(keys.account(aid), mapping={"owner": owner, "balance_cents": 0, "held_cents": 0,
                                                "created_ms": now_ms(), **extra})
             if numbers:
