@@ -58,6 +58,8 @@ Event names (the `event` field):
   enforce.funds_short       the next minute could not be held: the call ends with its paid ones
   enforce.hold_failed       Redis error while holding a minute (treated as funds_short: fail closed)
   ops.*                      icsctl changes (ops.fund, ops.inmate_create, ...)
+  redis.wait_short           a money script no replica confirmed within redis.wait_timeout_ms (WAIT;
+                             script, replicas, wanted): the write stands on the master alone
 """
 
 from __future__ import annotations

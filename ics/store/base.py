@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import redis
+import structlog
 from redis.cluster import ClusterNode, RedisCluster
 from redis.exceptions import RedisClusterException
 from redis.connection import parse_url
@@ -18,6 +19,7 @@ from .. import destination
 from ..config import Config, redis_urls
 from ..destination import Destination, NumberError
 
+log = structlog.get_logger("ics")
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")
 LUA_DIR = Path(__file__).with_name("lua")
 
@@ -94,14 +96,31 @@ def as_entries(raw: list) -> list[tuple[str, dict[str, str]]]:
 class Lua:
     """One script from lua/*.lua (files joined in order: a shared function, then the script),
     read once; redis-py's Script sends EVALSHA and loads it again on NOSCRIPT (a restarted or
-    failed-over node has an empty script cache)."""
+    failed-over node has an empty script cache).
 
-    def __init__(self, r: redis.Redis, *files: str):
+    wait = (replicas, timeout_ms): after the script, WAIT on the same connection of the node
+    that ran it until that many replicas have the write (redis.wait_replicas, money scripts)."""
+
+    def __init__(self, r: redis.Redis, *files: str, wait: tuple[int, int] = (0, 0)):
         self.name = files[-1].removesuffix(".lua")
+        self.r = r
         self.script = r.register_script(_source(files))
+        self.wait = wait
 
     def __call__(self, keys: Sequence[str], args: Sequence[Any] = ()) -> Any:
-        return self.script(keys=list(keys), args=list(args))
+        if not self.wait[0]:
+            return self.script(keys=list(keys), args=list(args))
+        node = self.r
+        if isinstance(self.r, RedisCluster):  # the master of the script's one slot
+            node = self.r.get_redis_connection(self.r.get_node_from_key(keys[0]))
+        with node.pipeline(transaction=False) as p:  # one connection: WAIT counts this write
+            self.script(keys=list(keys), args=list(args), client=p)
+            p.wait(*self.wait)
+            result, acked = p.execute()
+        if acked < self.wait[0]:
+            log.warning("redis.wait_short", script=self.name, replicas=acked, wanted=self.wait[0],
+                        timeout_ms=self.wait[1])
+        return result
 
 
 @functools.cache
@@ -114,10 +133,13 @@ class Base:
     file or files, each module's own, loaded once per client)."""
 
     LUA: dict[str, str | tuple[str, ...]] = {}
+    WAIT_FOR_REPLICAS = False  # money: its scripts WAIT for redis.wait_replicas replicas
 
     def __init__(self, r: redis.Redis, cfg: Config):
         self.r = r
         self.cfg = cfg
+        waits = (cfg["redis"]["wait_replicas"], cfg["redis"]["wait_timeout_ms"])
         for cls in type(self).__mro__:
+            wait = waits if vars(cls).get("WAIT_FOR_REPLICAS") else (0, 0)
             for attr, files in vars(cls).get("LUA", {}).items():
-                setattr(self, attr, Lua(r, *((files,) if isinstance(files, str) else files)))
+                setattr(self, attr, Lua(r, *((files,) if isinstance(files, str) else files), wait=wait))

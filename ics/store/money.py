@@ -70,6 +70,7 @@ class Account:
 
 
 class Money(Base):
+    WAIT_FOR_REPLICAS = True
     LUA = {"_reserve": ("available.lua", "reserve.lua"), "_extend": ("available.lua", "extend.lua"),
            "_settle": "settle.lua", "_adjust": "adjust.lua", "_refund_all": "refund_all.lua",
            "_expire": "expire.lua", "_dispose": "dispose.lua", "_credit": "credit.lua",
