@@ -45,6 +45,13 @@ start() {
         done
         cli "${p#*:}" cluster info | grep -q '^cluster_state:ok' || die "node $p: cluster_state is not ok after 10 s"
     done
+    for p in "${nodes[@]}"; do  # every replica has its master's data (WAIT can count it)
+        for i in $(seq 200); do
+            cli "${p#*:}" info replication | grep -q '^role:master' && break
+            cli "${p#*:}" info replication | grep -q '^master_link_status:up' && break
+            sleep 0.05
+        done
+    done
 }
 
 stop() {
