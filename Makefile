@@ -5,6 +5,8 @@
 #                  starts its own stack in its own network namespace)
 #   make demo      up, one collect call between two softphones, down
 #   make up / down / status / provision / venv / bench
+#   make up-cluster / down-cluster / status-cluster   Kamailio in front of two call nodes
+#                  (README, Cluster); make farm: its bench (bench/farm/farm.py)
 
 SHELL := /bin/bash
 STACK := bash docker/stack.sh
@@ -18,7 +20,7 @@ WITH_ENV := set -a; . "$(STACK_ENV)"; set +a;
 # others sharing the machine and timing windows room. TEST_WORKERS=0: one process.
 TEST_WORKERS ?= 6
 
-.PHONY: venv provision up down status reload demo test test-cluster bench capacity
+.PHONY: venv provision up down status reload demo test test-redis-cluster bench capacity up-cluster down-cluster status-cluster farm
 
 # make capacity: our platform against Asterisk alone (bench/capacity/capacity.py), N calls
 # per run, each bridged SECONDS; not in make bench (about 16 min with these defaults)
@@ -45,13 +47,31 @@ status:
 reload:
 	$(STACK) reload
 
+up-cluster:
+	$(STACK) up-cluster
+
+down-cluster:
+	$(STACK) down-cluster
+
+status-cluster:
+	$(STACK) status-cluster
+
+# make farm: calls through Kamailio to one call node, then two (bench/farm/farm.py, SIPp);
+# not in make bench (about 2 min with these defaults)
+FARM_CALLS ?= 300
+FARM_RATE ?= 20
+FARM_HOLD ?= 5
+
+farm: provision
+	$(PY) bench/farm/farm.py --calls $(FARM_CALLS) --rate $(FARM_RATE) --hold $(FARM_HOLD)
+
 test: provision
 	$(PY) -m pytest -q --durations=10 -n $(TEST_WORKERS) --dist worksteal tests
 
 # the same suite on a 3-master, 3-replica Redis Cluster (docker/redis-cluster.sh): each worker's
-# unit-test session and stack start one on loopback
-test-cluster: export ICS_REDIS_CLUSTER = 1
-test-cluster: test
+# unit-test session and stack start one on loopback (tests/e2e/test_redis_failover.py runs only here)
+test-redis-cluster: export ICS_REDIS_CLUSTER = 1
+test-redis-cluster: test
 
 demo: up
 	@$(WITH_ENV) rc=0; $(PY) -m tests.support.demo || rc=$$?; $(STACK) down; exit $$rc

@@ -26,6 +26,10 @@ the inmate flow admits new calls against (capacity.max_calls, ics.capacity).
 
 Its AMI user (ami.listener_user, dialplan/manager.conf.in) reads only the call
 and dtmf classes, with an eventfilter for the events handled here.
+
+In a cluster each node runs its own listener against its own Asterisk (node.id): it
+enforces, counts and sweeps only the calls whose record names its node, so no call is
+enforced twice, and it settles the calls of a peer node that died whole (ami.peers).
 """
 
 from __future__ import annotations
@@ -40,11 +44,12 @@ from dataclasses import dataclass, field
 import structlog
 
 from ics import config as config_mod
-from ics import capacity, logs, rating, recordings, records, settlement
+from ics import capacity, keys, logs, rating, recordings, records, settlement
 from ics.livecalls import cut_redirect
 from ics.rating import MINUTE_MS
 from ics.store import Store, connect
 
+from . import peers
 from .connection import GuardedManager
 from .rules import Cut, LiveCall, Noted, Policy, event_ms, evidence
 
@@ -96,6 +101,7 @@ class Listener:
         self.cfg = cfg
         self.store = store
         self.manager = manager
+        self.node = cfg["node"]["id"]
         self.calls: dict[str, LiveCall] = {}
         self.bridges: dict[str, set[str]] = {}       # bridge id -> channels in it
         self.default_policy = Policy.from_facility(cfg["facility_defaults"])
@@ -482,10 +488,46 @@ class Listener:
         self.bridges = bridges
         self.rebuilt = True  # live calls known again: the periodic orphan scan may trust them
         # calls that ended while nobody settled them (FastAGI and listener both down)
-        for call_id in await asyncio.to_thread(orphans, self.store.r, set(seen)):
+        for call_id in await asyncio.to_thread(orphans, self.store.r, set(seen), self.node):
             self.spawn(self.sweep(call_id))
         log.info("ami.rebuilt", channels=len(rows), calls=len(seen),
                  watching=sum(1 for c in self.calls.values() if c.bridged and c.call_id))
+
+    # --- cluster: peer nodes that died with calls on them (ami.peers) ---
+    async def watch_peers(self) -> None:
+        while True:
+            await asyncio.sleep(peers.PEER_CHECK_S)
+            if not (self.rebuilt and self.manager.connected_event.is_set()):
+                continue  # only a node that is itself well settles others' calls
+            try:
+                await self.settle_dead_peers()
+            except Exception as exc:  # Redis away: the next pass will do
+                log.error("ami.event_error", where="watch_peers", error=repr(exc))
+
+    async def settle_dead_peers(self) -> None:
+        for nid, info in (await asyncio.to_thread(peers.silent, self.store.r, self.node)).items():
+            if not str(info.get("ami_port", "")).isdigit():
+                continue
+            why = await peers.ami_probe(info.get("ami_host", ""), int(info["ami_port"]))
+            if why is None:  # its listener is down, its Asterisk is not: its calls go on (ami.peers)
+                continue
+            if not await asyncio.to_thread(peers.claim, self.store.r, nid, self.node):
+                continue
+            at_ms = int(info.get("beat_ms") or time.time() * 1000)
+            calls = await asyncio.to_thread(peers.unsettled_calls, self.store.r, nid)
+            if not calls:  # nothing of it left: forgotten until it beats again
+                await asyncio.to_thread(self.store.r.srem, keys.NODES, nid)
+            for rec in calls:
+                call_id = rec["call_id"]
+                if call_id in self.dropped or call_id in self.unsettled:
+                    continue
+                if rec.get("ended_ms"):  # it had ended before the node died: settled as it ended
+                    self.spawn(self.sweep(call_id))
+                    continue
+                self.dropped.add(call_id)
+                log.warning("ami.node_down", node=nid, call_id=call_id, last_heartbeat_ms=info.get("beat_ms"), ami=why)
+                self.spawn(self.system_drop(call_id, at_ms, f"node_down={nid}", [peers.evidence(nid, info, why, rec)],
+                                            confirmed=bool(rec.get("bridged_ms"))))
 
     # --- fault paths (issue 8): hang-ups that could not be settled, calls Asterisk dropped ---
     def init_fault_paths(self) -> None:
@@ -549,7 +591,7 @@ class Listener:
         if not (self.rebuilt and self.manager.connected_event.is_set()):
             return  # the live calls are not known: rebuild() scans after the reconnect
         live = set(self.calls)
-        found = await asyncio.to_thread(orphans, self.store.r, live)
+        found = await asyncio.to_thread(orphans, self.store.r, live, self.node)
         found = [cid for cid in found if cid not in self.unsettled]
         if found:
             log.warning("ami.orphan_scan", found=found)
@@ -597,12 +639,14 @@ class Listener:
         """One heartbeat with the live count (ics.capacity.beat). A call the flow admitted is
         known as an inmate call from then on, before its call id reaches AMI (often only at
         the bridge)."""
-        admitted = await asyncio.to_thread(capacity.setting_up, self.store.r)
+        admitted = await asyncio.to_thread(capacity.setting_up, self.store.r, self.node)
         for linkedid in admitted:
             call = self.calls.get(linkedid)
             if call is not None:
                 call.admitted = True
-        await asyncio.to_thread(capacity.beat, self.store.r, self.live_calls(), set(self.calls), admitted)
+        a = self.cfg["ami"]
+        await asyncio.to_thread(capacity.beat, self.store.r, self.live_calls(), set(self.calls), admitted,
+                                node=self.node, where={"ami_host": a["host"], "ami_port": a["port"]})
 
     def live_calls(self) -> set[str]:
         """Linkedids of the inmate calls placed now, for admission control: an inmate call (its
@@ -742,11 +786,13 @@ ORPHAN_SCAN = 500       # most recent call records looked at after a (re)connect
 ORPHAN_MIN_AGE_MS = 10_000
 
 
-def orphans(r, live_linkedids: set[str]) -> list[str]:
-    """Recent unsettled calls whose inmate channel is no longer on Asterisk."""
+def orphans(r, live_linkedids: set[str], node: str = keys.DEFAULT_NODE) -> list[str]:
+    """Recent unsettled calls of this node whose inmate channel is no longer on its Asterisk
+    (another node's calls are that node's; a record from before nodes is the single box's)."""
     now = int(time.time() * 1000)
     return [rec["call_id"] for rec in records.recent(r, ORPHAN_SCAN)
             if rec.get("settled") != "1" and rec.get("uniqueid") not in live_linkedids
+            and (rec.get("node") or keys.DEFAULT_NODE) == node
             and now - rec.get("started_ms", now) > ORPHAN_MIN_AGE_MS]
 
 
@@ -788,15 +834,15 @@ def main() -> int:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    log.info("service.start", service="ami", host=cfg["ami"]["host"], port=cfg["ami"]["port"])
+    log.info("service.start", service="ami", host=cfg["ami"]["host"], port=cfg["ami"]["port"], node=cfg["node"]["id"])
     manager.connect()
     ticker = loop.create_task(listener.ticker())
     upkeep = loop.create_task(listener.upkeep())
     beat = loop.create_task(listener.heartbeat())
+    watch = loop.create_task(listener.watch_peers())
     loop.run_until_complete(stop.wait())
-    ticker.cancel()
-    upkeep.cancel()
-    beat.cancel()
+    for task in (ticker, upkeep, beat, watch):
+        task.cancel()
     manager.close()
     log.info("service.stop", service="ami")
     return 0

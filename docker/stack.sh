@@ -11,6 +11,8 @@
 #   docker/stack.sh status      exit 0 when everything that should run runs (also prints
 #                               icsctl status: the listener, live calls / capacity.max_calls)
 #   docker/stack.sh reload      re-render configs; dialplan, pjsip and manager reload
+#   docker/stack.sh up-cluster  Redis, call nodes a and b, Kamailio in front (README, Cluster)
+#   docker/stack.sh down-cluster / status-cluster   (down stops the cluster's processes too)
 #
 # State lives in $ICS_STACK_DIR (default <repo>/.stack): asterisk/ (the root),
 # redis/, log/, run/ (pidfiles), secrets.env (mode 600) and stack.env (what
@@ -25,7 +27,7 @@ RUNDIR=$STACK/run
 REDIS_DIR=$STACK/redis
 REDIS_PORT=${ICS_REDIS_PORT:-6380}
 # ICS_REDIS_CLUSTER=1: a 3-master, 3-replica Redis Cluster on 127.0.0.1:7000-7005 instead
-# (docker/redis-cluster.sh; make test-cluster)
+# (docker/redis-cluster.sh; make test-redis-cluster)
 case ${ICS_REDIS_CLUSTER:-} in 1|true|yes|on) CLUSTER=1 ;; *) CLUSTER= ;; esac
 CLUSTER_PORT=7000
 CLUSTER_SH=$REPO/docker/redis-cluster.sh
@@ -34,7 +36,13 @@ PYTHON=${ICS_PYTHON:-python3.11}
 SUITE=${ICS_DEBIAN_SUITE:-sid}
 FASTAGI_PORT=4573
 SOUNDS=$AST/var/lib/asterisk/sounds/ics
-HOST_PACKAGES=(debootstrap redis-server espeak-ng python3.11-venv)
+# kamailio: the cluster's SIP front; sip-tester (SIPp): the farm bench's handsets
+HOST_PACKAGES=(debootstrap redis-server espeak-ng python3.11-venv kamailio sip-tester)
+# the cluster (up-cluster): call nodes "id:address" (each an Asterisk from the same root with its
+# own ics-fastagi and ics-ami, all on that loopback address), Kamailio in front on its own
+CLUSTER_NODES=${ICS_CLUSTER_NODES:-a:127.0.0.2 b:127.0.0.3}
+KAMAILIO_ADDR=${ICS_KAMAILIO_ADDR:-127.0.0.4}
+KAMAILIO_DIR=$STACK/kamailio
 
 log() { printf '[stack] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -208,18 +216,20 @@ stop_pid() {
 
 # is something listening on 127.0.0.1:PORT? (read /proc: a probe connection
 # would show up as a protocol error in the service's log)
-port_listening() {
-    local hex; hex=$(printf '%04X' "$1")
-    grep -q "^ *[0-9]*: 0100007F:$hex 00000000:0000 0A" /proc/net/tcp
+port_listening() {   # port_listening PORT [ADDRESS, default 127.0.0.1]
+    local hex addr; hex=$(printf '%04X' "$1")
+    addr=$(IFS=.; set -- ${2:-127.0.0.1}; printf '%02X%02X%02X%02X' "$4" "$3" "$2" "$1")
+    grep -q "^ *[0-9]*: $addr:$hex 00000000:0000 0A" /proc/net/tcp
 }
 
 ast_cli() { timeout 10 chroot "$AST" asterisk -rx "$1"; }
+node_cli() { timeout 10 chroot "$AST" asterisk -C "/etc/asterisk-$1/asterisk.conf" -rx "$2"; }
 
 # ---------------------------------------------------------------- configs
 
-render_configs() {
+render_configs() {   # render_configs [ETC, default the root's /etc/asterisk]
     load_secrets
-    local etc=$AST/etc/asterisk f name
+    local etc=${1:-$AST/etc/asterisk} f name
     mkdir -p "$etc"
     find "$etc" -maxdepth 1 -type f -name '*.conf' -delete
     for f in "$REPO"/dialplan/*; do
@@ -275,29 +285,31 @@ stack_env() { ( set -a; . "$STACK/stack.env"; set +a; exec "$@" ); }
 
 # ---------------------------------------------------------------- up / down
 
-start_asterisk() {
-    if alive asterisk; then return 0; fi
+start_asterisk() {   # start_asterisk [NODE]: the single box's, or a cluster node's (-C its asterisk.conf)
+    local node=${1:-} name=asterisk suffix= conf=()
+    if [ -n "$node" ]; then name=asterisk-$node suffix=-$node conf=(-C "/etc/asterisk-$node/asterisk.conf"); fi
+    if alive "$name"; then return 0; fi
     # a fresh registrar on every start: contacts from an earlier run point at
     # phones that are gone
-    rm -f "$AST/var/lib/asterisk/astdb.sqlite3" "$AST/run/asterisk/asterisk.ctl" \
-          "$AST/run/asterisk/asterisk.pid"
-    log "starting Asterisk (user asterisk)"
+    rm -f "$AST/var/lib/asterisk$suffix/astdb.sqlite3" "$AST/run/asterisk$suffix/asterisk.ctl" \
+          "$AST/run/asterisk$suffix/asterisk.pid"
+    log "starting $name (user asterisk)"
     local preload=
     [ -f "$AST$SHIM" ] && preload=$SHIM
     setsid chroot --userspec=asterisk:asterisk "$AST" \
         env -i HOME=/var/lib/asterisk PATH=/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 \
-        LD_PRELOAD="$preload" asterisk -f -n </dev/null >>"$LOGDIR/asterisk.log" 2>&1 &
-    echo $! > "$RUNDIR/asterisk.pid"
+        LD_PRELOAD="$preload" asterisk -f -n "${conf[@]}" </dev/null >>"$LOGDIR/$name.log" 2>&1 &
+    echo $! > "$RUNDIR/$name.pid"
     local i
     for i in $(seq 60); do
-        alive asterisk || { tail -n 20 "$LOGDIR/asterisk.log" >&2; die "Asterisk exited during start"; }
-        if [ -S "$AST/run/asterisk/asterisk.ctl" ] \
-                && ast_cli "core waitfullybooted" >/dev/null 2>&1; then
+        alive "$name" || { tail -n 20 "$LOGDIR/$name.log" >&2; die "$name exited during start"; }
+        if [ -S "$AST/run/asterisk$suffix/asterisk.ctl" ] \
+                && timeout 10 chroot "$AST" asterisk "${conf[@]}" -rx "core waitfullybooted" >/dev/null 2>&1; then
             return 0
         fi
         sleep 0.25
     done
-    die "Asterisk did not finish booting in 15 s (log: $LOGDIR/asterisk.log)"
+    die "$name did not finish booting in 15 s (log: $LOGDIR/$name.log)"
 }
 
 start_redis() {
@@ -320,25 +332,25 @@ start_redis() {
     die "redis-server did not answer on 127.0.0.1:$REDIS_PORT (log: $LOGDIR/redis.log)"
 }
 
-start_service() {   # start_service NAME EXECUTABLE
-    local name=$1 exe=$VENV/bin/$2
+start_service() {   # start_service NAME EXECUTABLE [ENV FILE, default stack.env]
+    local name=$1 exe=$VENV/bin/$2 env=${3:-$STACK/stack.env}
     if [ ! -x "$exe" ]; then log "$2 not installed yet: not started"; return 0; fi
     if alive "$name"; then return 0; fi
-    log "starting $2"
-    setsid bash -c 'set -a; . "$1"; set +a; shift; exec "$@"' _ "$STACK/stack.env" "$exe" \
+    log "starting $name ($2)"
+    setsid bash -c 'set -a; . "$1"; set +a; shift; exec "$@"' _ "$env" "$exe" \
         </dev/null >>"$LOGDIR/$name.log" 2>&1 &
     echo $! > "$RUNDIR/$name.pid"
 }
 
-wait_fastagi() {
-    [ -f "$RUNDIR/fastagi.pid" ] || return 0
-    local i
+wait_fastagi() {   # wait_fastagi [NAME ADDRESS, default fastagi 127.0.0.1]
+    local name=${1:-fastagi} addr=${2:-127.0.0.1} i
+    [ -f "$RUNDIR/$name.pid" ] || return 0
     for i in $(seq 100); do
-        port_listening "$FASTAGI_PORT" && return 0
-        alive fastagi || { tail -n 20 "$LOGDIR/fastagi.log" >&2; die "ics-fastagi exited (log: $LOGDIR/fastagi.log)"; }
+        port_listening "$FASTAGI_PORT" "$addr" && return 0
+        alive "$name" || { tail -n 20 "$LOGDIR/$name.log" >&2; die "$name exited (log: $LOGDIR/$name.log)"; }
         sleep 0.2
     done
-    die "ics-fastagi did not listen on 127.0.0.1:$FASTAGI_PORT in 20 s"
+    die "$name did not listen on $addr:$FASTAGI_PORT in 20 s"
 }
 
 cmd_up() {
@@ -363,6 +375,7 @@ cmd_up() {
 
 cmd_down() {
     need_root
+    stop_cluster
     stop_pid ami
     stop_pid fastagi
     if alive asterisk; then
@@ -410,6 +423,142 @@ cmd_reload() {
     ast_cli "manager reload"
 }
 
+# ---------------------------------------------------------------- cluster (README, Cluster)
+
+# A node's configs: dialplan/ rendered as for the single box, then made the node's: its
+# own dirs (asterisk.conf), SIP, RTP, AMI and FastAGI on its address, phones reached
+# through Kamailio (each AOR's contact) and authenticated there, not here (no auth =;
+# SIP is taken only from Kamailio's address: res_pjsip_acl), and an endpoint for
+# Kamailio's OPTIONS pings.
+render_node() {   # render_node NODE ADDRESS
+    local node=$1 addr=$2 etc=$AST/etc/asterisk-$1
+    render_configs "$etc"
+    sed -i -e 's/^\[directories\](!)/[directories]/' \
+        -e "s#^\(ast\(etc\|run\|log\|db\|key\|cache\)dir => .*\)\$#\1-$node#" "$etc/asterisk.conf"
+    sed -i -e "s/^bind = 127\.0\.0\.1:/bind = $addr:/" -e "s/^media_address = 127\.0\.0\.1\$/media_address = $addr/" \
+        -e '/^auth = /d' -e "s/^\[\([^]]*\)\](phone-aor)\$/&\ncontact = sip:\1@$KAMAILIO_ADDR:5060/" "$etc/pjsip.conf"
+    printf '%s\n' '' '; ---- this call node behind Kamailio (docker/stack.sh render_node) ----' \
+        '[kamailio](outside-endpoint)' '' '[kamailio-only]' 'type = acl' 'deny = 0.0.0.0/0.0.0.0' \
+        "permit = $KAMAILIO_ADDR/255.255.255.255" >> "$etc/pjsip.conf"
+    sed -i "s/^bindaddr = 127\.0\.0\.1\$/bindaddr = $addr/" "$etc/manager.conf"
+    sed -i "s#^ICS_AGI=agi://127\.0\.0\.1:#ICS_AGI=agi://$addr:#" "$etc/extensions.conf"
+    printf 'load = res_pjsip_acl.so         ; SIP only from Kamailio (docker/stack.sh render_node)\n' \
+        >> "$etc/modules.conf"
+    if grep -q '^[^;]*127\.0\.0\.1' "$etc/pjsip.conf" "$etc/extensions.conf"; then
+        die "node $node: a 127.0.0.1 left in its configs (render_node does not know a new setting)"
+    fi
+    mkdir -p "$AST/run/asterisk-$node" "$AST/var/log/asterisk-$node" "$AST/var/lib/asterisk-$node" \
+             "$AST/var/cache/asterisk-$node"
+    in_root chown -R asterisk:asterisk "/etc/asterisk-$node" "/run/asterisk-$node" "/var/log/asterisk-$node" \
+        "/var/lib/asterisk-$node" "/var/cache/asterisk-$node"
+    ( umask 077
+      { cat "$STACK/stack.env"
+        echo "ICS_NODE_ID=$node"
+        echo "ICS_AMI_HOST=$addr"
+        echo "ICS_FASTAGI_HOST=$addr"
+        echo "ICS_CAPACITY_RTP_CONF=$etc/rtp.conf"
+        echo "ICS_NODE_ADDRESS=$addr"; } > "$STACK/node-$node.env" )
+}
+
+render_kamailio() {
+    load_secrets
+    mkdir -p "$KAMAILIO_DIR"
+    local entry
+    for entry in $CLUSTER_NODES; do echo "1 sip:${entry#*:}:5060 0 0 node=${entry%%:*}"; done \
+        > "$KAMAILIO_DIR/dispatcher.list"
+    sed -e "s/@ADDR@/$KAMAILIO_ADDR/g" -e "s/@SIP_PASSWORD@/$SIP_PASSWORD/g" \
+        -e "s#@DISPATCHER_LIST@#$KAMAILIO_DIR/dispatcher.list#g" -e "s#@CTL@#$KAMAILIO_DIR/kamailio.ctl#g" \
+        "$REPO/dialplan/kamailio/kamailio.cfg" > "$KAMAILIO_DIR/kamailio.cfg"
+    if grep -q '@[A-Z_]*@' "$KAMAILIO_DIR/kamailio.cfg"; then die "unrendered placeholder in kamailio.cfg"; fi
+    chown -R kamailio:kamailio "$KAMAILIO_DIR"
+    chmod 640 "$KAMAILIO_DIR/kamailio.cfg"
+    kamailio -c -f "$KAMAILIO_DIR/kamailio.cfg" >"$LOGDIR/kamailio-check.log" 2>&1 \
+        || { tail -n 20 "$LOGDIR/kamailio-check.log" >&2; die "kamailio.cfg does not check"; }
+}
+
+start_kamailio() {
+    if alive kamailio; then return 0; fi
+    log "starting Kamailio on $KAMAILIO_ADDR:5060 (user kamailio)"
+    rm -f "$KAMAILIO_DIR/kamailio.ctl"
+    setsid kamailio -DD -E -f "$KAMAILIO_DIR/kamailio.cfg" -u kamailio -g kamailio -m 64 -M 8 \
+        </dev/null >>"$LOGDIR/kamailio.log" 2>&1 &
+    echo $! > "$RUNDIR/kamailio.pid"
+    local i
+    for i in $(seq 50); do
+        alive kamailio || { tail -n 20 "$LOGDIR/kamailio.log" >&2; die "Kamailio exited during start"; }
+        [ -S "$KAMAILIO_DIR/kamailio.ctl" ] && return 0
+        sleep 0.1
+    done
+    die "Kamailio did not start in 5 s (log: $LOGDIR/kamailio.log)"
+}
+
+# kamcmd against the cluster's Kamailio (e.g. dispatcher.list)
+kam_cmd() { kamcmd -s "unix:$KAMAILIO_DIR/kamailio.ctl" "$@"; }
+
+cmd_up_cluster() {
+    need_root
+    local t0=$SECONDS entry node addr
+    cmd_provision
+    mkdir -p "$LOGDIR" "$RUNDIR"
+    prepare_root
+    generate_prompts
+    start_redis
+    for entry in $CLUSTER_NODES; do
+        node=${entry%%:*} addr=${entry#*:}
+        render_node "$node" "$addr"
+        start_asterisk "$node"
+        start_service "fastagi-$node" ics-fastagi "$STACK/node-$node.env"
+        start_service "ami-$node" ics-ami "$STACK/node-$node.env"
+    done
+    for entry in $CLUSTER_NODES; do wait_fastagi "fastagi-${entry%%:*}" "${entry#*:}"; done
+    render_kamailio
+    start_kamailio
+    log "cluster up in $((SECONDS - t0)) s: Kamailio $KAMAILIO_ADDR:5060, nodes $CLUSTER_NODES; env: $STACK/node-*.env"
+}
+
+# every cluster process with a pidfile (whatever ICS_CLUSTER_NODES says now)
+stop_cluster() {
+    local f name node i p
+    stop_pid kamailio
+    for f in "$RUNDIR"/ami-*.pid "$RUNDIR"/fastagi-*.pid; do
+        if [ -e "$f" ]; then stop_pid "$(basename "$f" .pid)"; fi
+    done
+    for f in "$RUNDIR"/asterisk-*.pid; do
+        [ -e "$f" ] || continue
+        name=$(basename "$f" .pid) node=${name#asterisk-}
+        if alive "$name"; then
+            node_cli "$node" "core stop now" >/dev/null 2>&1 || true
+            p=$(pid_of "$name")
+            for i in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+        fi
+        stop_pid "$name"
+    done
+}
+
+cmd_down_cluster() {
+    need_root
+    stop_cluster
+    log "cluster down (Redis and any single-box stack left running: docker/stack.sh down)"
+}
+
+cmd_status_cluster() {
+    local rc=0 entry node name
+    for entry in $CLUSTER_NODES; do
+        node=${entry%%:*}
+        for name in "asterisk-$node" "fastagi-$node" "ami-$node"; do
+            if alive "$name"; then printf '%-12s running (pid %s)\n' "$name" "$(pid_of "$name")"
+            else printf '%-12s stopped\n' "$name"; rc=3; fi
+        done
+    done
+    if alive kamailio; then
+        printf '%-12s running (pid %s)\n' kamailio "$(pid_of kamailio)"
+        kam_cmd dispatcher.list 2>/dev/null | grep -E 'URI|FLAGS' || true
+    else
+        printf '%-12s stopped\n' kamailio; rc=3
+    fi
+    return $rc
+}
+
 cmd_venv() {
     have_pkg python3.11-venv || { need_root; HOST_PACKAGES=(python3.11-venv); provision_host; }
     provision_venv
@@ -422,5 +571,8 @@ case ${1:-} in
     down)      cmd_down ;;
     status)    cmd_status ;;
     reload)    cmd_reload ;;
-    *) echo "usage: $0 venv|provision|up|down|status|reload" >&2; exit 2 ;;
+    up-cluster)     cmd_up_cluster ;;
+    down-cluster)   cmd_down_cluster ;;
+    status-cluster) cmd_status_cluster ;;
+    *) echo "usage: $0 venv|provision|up|down|status|reload|up-cluster|down-cluster|status-cluster" >&2; exit 2 ;;
 esac

@@ -52,44 +52,50 @@ class Load:
         return self.live + self.setting_up
 
 
-def check(r: redis.Redis, max_calls: int, admit: str = "") -> Load:
-    """Is there room for one more call under max_calls? With admit (the inmate channel's
-    Uniqueid, the Linkedid the listener keys the call by), the call is admitted in the same
-    step: it counts from now on (setting up, then live)."""
+def check(r: redis.Redis, max_calls: int, admit: str = "", node: str = keys.DEFAULT_NODE) -> Load:
+    """Is there room for one more call under max_calls on this node? With admit (the inmate
+    channel's Uniqueid, the Linkedid the listener keys the call by), the call is admitted in the
+    same step: it counts from now on (setting up, then live)."""
     now = now_ms()
     decision, live, pending = Lua(r, "admit.lua")(
-        keys=[keys.LIVE_CALLS, keys.CALLS_SETTING_UP], args=[now, max_calls, admit, now - SETTING_UP_MAX_MS])
+        keys=[keys.live_calls(node), keys.calls_setting_up(node)],
+        args=[now, max_calls, admit, now - SETTING_UP_MAX_MS])
     return Load(None if decision == -1 else bool(decision), int(live), int(pending))
 
 
-def setting_up(r: redis.Redis) -> dict[str, int]:
+def setting_up(r: redis.Redis, node: str = keys.DEFAULT_NODE) -> dict[str, int]:
     """The calls admitted and not yet counted by the listener: member -> admitted ms."""
-    return {m: int(score) for m, score in r.zrange(keys.CALLS_SETTING_UP, 0, -1, withscores=True)}
+    return {m: int(score) for m, score in r.zrange(keys.calls_setting_up(node), 0, -1, withscores=True)}
 
 
 def beat(r: redis.Redis, live: Collection[str], known: Collection[str], admitted: dict[str, int],
-         now: int | None = None) -> None:
+         now: int | None = None, node: str = keys.DEFAULT_NODE, where: dict | None = None) -> None:
     """The AMI listener's heartbeat (keys.LISTENER_ALIVE) and its live count (keys.LIVE_CALLS),
     one transaction: live are the Linkedids of the calls placed now, known every Linkedid it
-    has, admitted what setting_up() returned before. Entries now counted live, or whose inmate
+    has, admitted what setting_up() returned before, where its AMI address (keys.node). Entries now counted live, or whose inmate
     channel is gone, stop counting as setting up in the same step."""
     now = now_ms() if now is None else now
     done = [m for m, at in admitted.items() if m in live or (m not in known and now - at > GONE_GRACE_MS)]
     with r.pipeline(transaction=True) as p:
-        p.set(keys.LISTENER_ALIVE, now, px=keys.LISTENER_ALIVE_MS)
-        p.set(keys.LIVE_CALLS, len(live), px=keys.LISTENER_ALIVE_MS)
+        p.set(keys.listener_alive(node), now, px=keys.LISTENER_ALIVE_MS)
+        p.set(keys.live_calls(node), len(live), px=keys.LISTENER_ALIVE_MS)
         if done:
-            p.zrem(keys.CALLS_SETTING_UP, *done)
+            p.zrem(keys.calls_setting_up(node), *done)
+        p.execute()  # (the node's {n:<node>} slot: one transaction on a Redis Cluster too)
+    # where the node's AMI is (icsctl, peers) and its last beat, kept: dates its death (ami.peers)
+    with r.pipeline(transaction=False) as p:
+        p.hset(keys.node(node), mapping={"beat_ms": now, **(where or {})})
+        p.sadd(keys.NODES, node)
         p.execute()
 
 
-def status(r: redis.Redis) -> dict:
+def status(r: redis.Redis, node: str = keys.DEFAULT_NODE) -> dict:
     """For icsctl status: the heartbeat's age, the live count, the calls setting up."""
     now = now_ms()
     with r.pipeline(transaction=False) as p:
-        p.get(keys.LISTENER_ALIVE)
-        p.get(keys.LIVE_CALLS)
-        p.zcount(keys.CALLS_SETTING_UP, now - SETTING_UP_MAX_MS, "+inf")
+        p.get(keys.listener_alive(node))
+        p.get(keys.live_calls(node))
+        p.zcount(keys.calls_setting_up(node), now - SETTING_UP_MAX_MS, "+inf")
         alive, live, pending = p.execute()
     return {"listener_alive": alive is not None,
             "heartbeat_age_ms": max(0, now - int(alive)) if alive else None,

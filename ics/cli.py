@@ -22,7 +22,7 @@ import redis
 
 from . import (audio, capacity, config, destination, ledger, livecalls, logs, policy, prompts, rating,
                reasons, recordings, records, settlement, statements)
-from .amiclient import AmiClient, AmiError
+from .amiclient import AmiError
 from .config import ConfigError
 from .store import (ACCOUNT_TYPES, INACTIVITY_MS, INMATE_STATUSES, LINE_TYPES, Store, StoreError, connect, dollars,
                     now_ms)
@@ -715,7 +715,7 @@ def recording_line(store: Store) -> None:
 def status(store: Store, a) -> int:
     """Is the platform taking calls: the AMI listener's heartbeat, live calls against
     capacity.max_calls (admission control, ics.capacity). Exit 1 while new calls are refused."""
-    st = capacity.status(store.r)
+    st = capacity.status(store.r, store.cfg["node"]["id"])
     max_calls = store.cfg["capacity"]["max_calls"]
     busy = st["live_calls"] is not None and st["live_calls"] + st["setting_up"] >= max_calls
     if a.json:
@@ -946,8 +946,7 @@ def lockdown_on(store: Store, a) -> int:
     log.info("ops.lockdown_on", facility=a.facility, unit=a.unit, by=by, end_live=a.end_live)
     out(f"lockdown on for {scope}: new calls are refused")
     if a.end_live:
-        with AmiClient.from_config(store.cfg) as ami:
-            ended = livecalls.end_for_lockdown(store, ami, a.facility, a.unit, by)
+        ended = livecalls.end_for_lockdown(store, a.facility, a.unit, by)
         out(f"live calls ended: {len(ended)}" + (f" ({', '.join(ended)})" if ended else ""))
     return 0
 
@@ -1041,7 +1040,7 @@ def privileged_list(store: Store, a) -> int:
 
 def monitor_start(store: Store, a) -> int:
     by = one_line("--by", a.by)
-    with AmiClient.from_config(store.cfg) as ami:
+    with livecalls.node_ami(store, livecalls.live_record(store, a.call_id).get("node")) as ami:
         mid = livecalls.monitor_start(store, ami, a.call_id, by, a.phone)
     log.info("ops.monitor_start", call_id=a.call_id, by=by, phone=a.phone, monitor=mid)
     out(f"monitor {mid}: ringing {a.phone}, listen only (stop: {PROG} monitor stop {mid} --by ...)")
@@ -1050,7 +1049,7 @@ def monitor_start(store: Store, a) -> int:
 
 def monitor_stop(store: Store, a) -> int:
     by = one_line("--by", a.by)
-    with AmiClient.from_config(store.cfg) as ami:
+    with livecalls.node_ami(store, livecalls.monitor_node(store, a.monitor_id)) as ami:
         mon = livecalls.monitor_stop(store, ami, a.monitor_id, by)
     log.info("ops.monitor_stop", call_id=mon["call"], by=by, monitor=a.monitor_id)
     out(f"monitor {a.monitor_id} stopped (call {mon['call']})")
@@ -1059,7 +1058,7 @@ def monitor_stop(store: Store, a) -> int:
 
 def monitor_cut(store: Store, a) -> int:
     by = one_line("--by", a.by)
-    with AmiClient.from_config(store.cfg) as ami:
+    with livecalls.node_ami(store, livecalls.live_record(store, a.call_id).get("node")) as ami:
         livecalls.cut_off(store, ami, a.call_id, by)
     log.info("ops.cut_off", call_id=a.call_id, by=by)
     out(f"call {a.call_id} cut off")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import difflib
 import os
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,11 @@ from . import destination, policy, rating
 DEFAULT_CONFIG_PATH = "/etc/ics/ics.toml"
 
 DEFAULTS: dict[str, dict[str, Any]] = {
+    "node": {
+        # this call node (one Asterisk with its FastAGI server and AMI listener): its calls'
+        # records and its heartbeat carry it; a cluster's nodes each have their own (README, Cluster)
+        "id": "main",
+    },
     "redis": {
         # one URL: a single Redis; several, comma-separated (or cluster = true): the nodes a Redis
         # Cluster client starts from (it learns the rest from them)
@@ -263,6 +269,7 @@ def _check_rating(values: Mapping[str, Any], where: str) -> None:
 PORTS_PER_CALL = 4
 RTP_HEADROOM = 2
 MAX_CALLS_LIMIT = 10_000
+NODE_ID_RE = re.compile(r"^[a-z0-9-]{1,16}$")
 
 
 def rtp_ports_needed(max_calls: int) -> int:
@@ -406,6 +413,8 @@ def load(path: str | None = None, environ: Mapping[str, str] | None = None) -> C
     check_dial_template(values["dial"]["template"])
     if not 1 <= values["capacity"]["max_calls"] <= MAX_CALLS_LIMIT:
         raise ConfigError(f"capacity.max_calls must be 1 to {MAX_CALLS_LIMIT}, got {values['capacity']['max_calls']}")
+    if not NODE_ID_RE.match(values["node"]["id"]):
+        raise ConfigError(f"node.id must be 1 to 16 lower-case letters, digits or '-', got {values['node']['id']!r}")
     short = values["recordings"]["max_short_ms"]
     if not MIN_SHORT_MS <= short <= MAX_SHORT_MS:
         raise ConfigError(f"recordings.max_short_ms must be {MIN_SHORT_MS} to {MAX_SHORT_MS} ms, got {short}")

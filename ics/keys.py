@@ -7,13 +7,13 @@ ics.store.Store.migrate_numbers (icsctl numbers migrate; ics-fastagi runs it at 
 
 Redis Cluster hash tags. Below, {fid}, {aid}... are placeholders; a tag, the part of a key
 name Redis Cluster hashes to pick its slot, is written with its literal braces as {a:<aid>},
-{i:<iid>} or {listener}. Every key a Lua script touches carries the same tag, so each script
+{i:<iid>} or {n:<node>}. Every key a Lua script touches carries the same tag, so each script
 runs in one slot (CROSSSLOT cannot happen; tests/unit/test_key_slots.py reads every script's
 KEYS as called):
   {a:<aid>}    an account's money: the account, its ledger, month totals, the money state of its
                calls and the sets of open holds and of steps still to copy (ics.store.money)
   {i:<iid>}    an inmate: the inmate hash, PIN failures, approved list, weekly quota counts
-  {listener}   the AMI listener's heartbeat and live count, and the calls setting up (ics.capacity)
+  {n:<node>}   a call node's listener heartbeat and live count, and its calls setting up (ics.capacity)
 A money movement that must reach another slot (the call record, the weekly quota) is a second,
 idempotent step (ics.store.money.Money.sync_call), tracked in the account's :unsynced set until
 it is done; icsctl ledger check reports one left half-done, and settling the call again completes it.
@@ -70,16 +70,23 @@ it is done; icsctl ledger check reports one left half-done, and settling the cal
                                            balance_cents == deposits - charges - refunds
                                            + credits - expiries (icsctl ledger check)
   ics:call:{cid}                    hash   the call record (see ics.records.FIELDS)
-  ics:{listener}:alive              string the AMI listener's heartbeat: set every second while it is
-                                           logged in to AMI, expires after LISTENER_ALIVE_MS; the
+  ics:listener:{n:<node>}:alive     string a call node's AMI listener heartbeat (node.id; the single box is
+                                           "main"): set every second while it is logged in to its
+                                           node's AMI, expires after LISTENER_ALIVE_MS; the node's
                                            inmate flow places no call without it (nothing would
                                            enforce the call's rules)
-  ics:{listener}:live_calls         string how many inmate calls the AMI listener sees placed (the called
+  ics:listener:{n:<node>}:live_calls  string how many inmate calls that listener sees placed (the called
                                            leg exists: ringing to bridged), written with the heartbeat,
                                            same expiry (ics.capacity: admission against capacity.max_calls)
-  ics:{listener}:setting_up         zset   inmate channel Uniqueid (the call's Linkedid) -> epoch ms the
-                                           flow admitted it, until the listener counts it live or its
-                                           channel is gone (ics.capacity)
+  ics:capacity:{n:<node>}:setting_up  zset   inmate channel Uniqueid (the call's Linkedid) -> epoch ms the
+                                           node's flow admitted it, until its listener counts it live or
+                                           its channel is gone (ics.capacity)
+  ics:nodes                         set    call node ids that beat (a cluster's nodes; a dead one with
+                                           nothing left to settle is dropped until it beats again)
+  ics:node:{node}                   hash   ami_host, ami_port (where icsctl and peers reach that node's
+                                           AMI), beat_ms (its listener's last heartbeat, kept; dates
+                                           the drop of its calls when the node dies: ami.peers)
+  ics:node:{node}:sweep             string a peer settling that dead node's calls holds this (NX, expiry)
   ics:calls                         zset   call ids scored by start time
   ics:recordings:flagged_count      string calls whose recording was found short or missing when they
                                            settled (ics.recordings; shown by icsctl ledger check)
@@ -94,13 +101,38 @@ FACILITIES = f"{PREFIX}:facilities"
 INMATES = f"{PREFIX}:inmates"
 ACCOUNTS = f"{PREFIX}:accounts"
 CALLS = f"{PREFIX}:calls"
-LISTENER_ALIVE = PREFIX + ":{listener}:alive"
-LIVE_CALLS = PREFIX + ":{listener}:live_calls"
-CALLS_SETTING_UP = PREFIX + ":{listener}:setting_up"
+NODES = f"{PREFIX}:nodes"
 RECORDINGS_FLAGGED_COUNT = f"{PREFIX}:recordings:flagged_count"
 RECORDINGS_FLAGGED = f"{PREFIX}:recordings:flagged"
 RECORDINGS_PENDING = f"{PREFIX}:recordings:pending"
 LISTENER_ALIVE_MS = 3000  # three missed beats (ami.listener HEARTBEAT_S): calls are refused
+DEFAULT_NODE = "main"     # config node.id of a single box
+
+
+def listener_alive(node: str) -> str:
+    return f"{PREFIX}:listener:{{n:{node}}}:alive"
+
+
+def live_calls(node: str) -> str:
+    return f"{PREFIX}:listener:{{n:{node}}}:live_calls"
+
+
+def calls_setting_up(node: str) -> str:
+    return f"{PREFIX}:capacity:{{n:{node}}}:setting_up"
+
+
+def node(nid: str) -> str:
+    return f"{PREFIX}:node:{nid}"
+
+
+def node_sweep(nid: str) -> str:
+    return f"{PREFIX}:node:{nid}:sweep"
+
+
+# the single box's (node.id "main")
+LISTENER_ALIVE = listener_alive(DEFAULT_NODE)
+LIVE_CALLS = live_calls(DEFAULT_NODE)
+CALLS_SETTING_UP = calls_setting_up(DEFAULT_NODE)
 
 
 def facility(fid: str) -> str:

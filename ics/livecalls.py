@@ -5,6 +5,9 @@ Live monitoring rings the investigator's phone (an endpoint in context
 ics-investigator) with ChanSpy on the inmate channel, listen only (ChanSpy never
 whispers without its w/W/B options; q = no beep, E = leave when the call ends).
 Privileged (attorney) calls are refused, and the refusal is audited too.
+
+In a cluster each call is on one node: its record names it (node) and icsctl acts
+through that node's AMI (node_ami), found in Redis where the node's listener wrote it.
 """
 
 from __future__ import annotations
@@ -33,6 +36,22 @@ def cut_redirect(legs: list[str], reason: str) -> dict[str, Any]:
     if len(legs) > 1:
         headers.update(ExtraChannel=legs[1], ExtraContext=CUT_CONTEXT, ExtraExten=reason, ExtraPriority=1)
     return headers
+
+
+def node_ami(store: Store, node: str | None) -> AmiClient:
+    """The AMI of the call node carrying a call (its record's node): this host's configured
+    AMI for its own node (and for records from before nodes), else where that node's listener
+    said its AMI is (keys.node). Same AMI user and secret on every node."""
+    cfg = store.cfg
+    if not node or node == cfg["node"]["id"]:
+        return AmiClient.from_config(cfg)
+    where = store.r.hgetall(keys.node(node))
+    if not where.get("ami_host") or not str(where.get("ami_port", "")).isdigit():
+        raise AmiError(f"call node {node!r} is unknown: no AMI listener of it ever ran against this Redis")
+    a = cfg["ami"]
+    if not a["secret"]:
+        raise AmiError("ami.secret is empty (set ICS_AMI_SECRET)")
+    return AmiClient(where["ami_host"], int(where["ami_port"]), a["user"], a["secret"])
 
 
 def live_record(store: Store, call_id: str) -> dict:
@@ -79,12 +98,22 @@ def monitor_start(store: Store, ami: AmiClient, call_id: str, by: str, phone: st
     return mid
 
 
-def monitor_stop(store: Store, ami: AmiClient, mid: str, by: str) -> dict:
+def _monitor(store: Store, mid: str) -> dict:
     if not MONITOR_ID_RE.match(mid):
         raise StoreError(f"invalid monitor id {mid!r}")
     mon = store.r.hgetall(keys.monitor(mid))
     if not mon:
         raise StoreError(f"no such monitor {mid}")
+    return mon
+
+
+def monitor_node(store: Store, mid: str) -> str:
+    """The node whose AMI carries a monitor's spy channel: the monitored call's."""
+    return (records.get(store.r, _monitor(store, mid)["call"]) or {}).get("node", "")
+
+
+def monitor_stop(store: Store, ami: AmiClient, mid: str, by: str) -> dict:
+    mon = _monitor(store, mid)
     if mon.get("stopped_ms"):
         raise StoreError(f"monitor {mid} already stopped")
     for chan in ami.channels():
@@ -119,11 +148,23 @@ def live_calls(store: Store, fid: str, uid: str | None = None) -> list[dict]:
     return out
 
 
-def end_for_lockdown(store: Store, ami: AmiClient, fid: str, uid: str | None, by: str) -> list[str]:
+def end_for_lockdown(store: Store, fid: str, uid: str | None, by: str) -> list[str]:
     """Send both legs of every live call in scope to [ics-cut] (each hears why, as when a
-    rule of the listener ends a call), reason lockdown_ended. Returns the call ids ended."""
-    ended = []
+    rule of the listener ends a call), reason lockdown_ended, through the AMI of the node
+    carrying each. Returns the call ids ended."""
+    by_node: dict[str, list[dict]] = {}
     for rec in live_calls(store, fid, uid):
+        by_node.setdefault(rec.get("node", ""), []).append(rec)
+    ended = []
+    for node, recs in by_node.items():
+        with node_ami(store, node) as ami:
+            ended += _end_live(store, ami, recs, by)
+    return ended
+
+
+def _end_live(store: Store, ami: AmiClient, recs: list[dict], by: str) -> list[str]:
+    ended = []
+    for rec in recs:
         chans = call_channels(ami, rec)
         if not chans:
             continue  # gone meanwhile: its hangup handler settles it

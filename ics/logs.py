@@ -46,6 +46,9 @@ Event names (the `event` field):
   ami.system_drop           a call that vanished with Asterisk (restart or crash while AMI was lost),
                             or whose called-party menu ended abnormally (ICS_FAULT on its Hangup):
                             recorded as system_error with the evidence, then settled
+  ami.node_down             WARNING: a peer call node died whole (no heartbeat, its AMI silent): each of
+                            its live calls (node, call_id, last_heartbeat_ms, ami) is recorded as a
+                            system drop and settled by this listener (ami.peers)
   ami.rebuilt / ami.rebuild_failed   live-call state rebuilt from CoreShowChannels after (re)connect
   ami.action_failed         an action the listener sent was refused or lost
   enforce.watching          an inmate call is bridged: the rules apply (bridge, technology)

@@ -2,6 +2,8 @@
 
 Fields (times are epoch ms, money integer cents):
   call_id facility inmate number account channel uniqueid station (handset caller ID)
+  node         the call node (config node.id) whose Asterisk carries the call: its listener
+               enforces it, icsctl reaches it through that node's AMI (keys.node)
   number       E.164 (+13125550100; records from before the E.164 change keep the digits as
                dialled); a short code as dialled (911); "invalid" for text that is no number
   dest_kind dest_region   the number's type and country (ics.destination), e.g. mobile JM
@@ -46,7 +48,7 @@ from . import keys
 from .store import now_ms
 
 FIELDS = (
-    "call_id", "facility", "inmate", "number", "dest_kind", "dest_region", "account", "channel", "uniqueid", "station",
+    "call_id", "facility", "inmate", "number", "dest_kind", "dest_region", "account", "channel", "uniqueid", "node", "station",
     "started_ms", "answered_ms", "bridged_ms", "ended_ms",
     "rate_cents", "dest_class", "tax_bps", "limit_s", "held_cents", "outcome", "reason", "detail",
     "billed_minutes", "billed_cents", "tax_cents", "settled", "credited_cents", "credit_reason",

@@ -50,12 +50,16 @@ ASTERISK_LOG_ALLOWED: list[tuple[str, str | None, str]] = [
      r"test_fastagi_killed|\[fastagi-", "FastAGI killed by the test"),
     # Asterisk restarted or killed by the test: the lab's network namespace has only lo,
     # so the new process seeds its EID without an ethernet interface (harmless).
-    (r"No ethernet interface found for seeding global EID", r"asterisk_(restart|killed)|\[asterisk-",
+    (r"No ethernet interface found for seeding global EID", r"asterisk_(restart|killed)|\[asterisk-|node_killed",
      "Asterisk restarted by the test in a loopback-only namespace"),
     # An AMI client (the listener's ping, a login) landing in the second Asterisk takes to
     # shut down is refused; the connection then closes and is made again.
     (r"Unable to process manager action '(Ping|Login)'\. Asterisk is shutting down\.",
      r"asterisk_(restart|killed)|\[asterisk-", "AMI action during a deliberate Asterisk shutdown"),
+    # A cluster node refuses SIP from anywhere but Kamailio (res_pjsip_acl): the test sends it
+    # a handset's INVITE directly on purpose, and Asterisk says it dropped it.
+    (r"res_pjsip_acl\.c:\d+ apply_acl: Incoming SIP message from 127\.0\.0\.1:\d+ did not pass ACL test",
+     r"sip_only_from_kamailio", "a handset's INVITE sent straight to a node by the test"),
     # A called leg that leaves Dial's U() gosub other than by Return (the listener redirects it
     # to [ics-cut] when the inmate hangs up or a rule ends the call before the bridge, or the
     # called party hangs up during the menu): Asterisk pops the gosub and says so, then Dial

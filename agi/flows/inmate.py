@@ -47,7 +47,7 @@ def run(s: Session) -> None:
     records.create(s.r, call_id, facility=fid, number=d.e164 if d else destination.INVALID,
                    dest_kind=d.kind if d else destination.INVALID, dest_region=d.region if d else None,
                    channel=s.env.get("agi_channel", ""), uniqueid=s.env.get("agi_uniqueid", ""),
-                   outcome="pin")
+                   node=s.cfg["node"]["id"], outcome="pin")
     # The handset's caller ID is untrusted text: it is stored and echoed to the
     # channel (CDRs) only through the quoting protocol layer.
     station = s.env.get("agi_calleridname", "")
@@ -166,7 +166,7 @@ def check_capacity(s: Session, at: str, admit: str = "") -> None:
     listener is away): before the PIN the flow goes on to its listener check, which refuses
     (system_unavailable); at the dial it refuses the same way. Redis away raises: [ics-fail]."""
     max_calls = s.cfg["capacity"]["max_calls"]
-    load = capacity.check(s.r, max_calls, admit)
+    load = capacity.check(s.r, max_calls, admit, s.cfg["node"]["id"])
     if load.room is None and admit:
         raise listener_down()
     if load.room is False:

@@ -116,7 +116,7 @@ class Facilities(Base):
 
     def listener_alive(self) -> bool:
         """The AMI listener's heartbeat is fresh (ami.listener beats while logged in to AMI)."""
-        return bool(self.r.exists(keys.LISTENER_ALIVE))
+        return bool(self.r.exists(keys.listener_alive(self.cfg["node"]["id"])))
 
     # --- listings (read-only, for icsctl) ------------------------------------
     def facilities(self) -> list[str]:

@@ -414,9 +414,11 @@ class CallHandle:
 class Phone:
     """A SIP account registered to Asterisk, on its own UDP transport on 127.0.0.1."""
 
-    def __init__(self, harness: "Harness", user: str, password: str, display_name: str | None):
+    def __init__(self, harness: "Harness", user: str, password: str, display_name: str | None,
+                 server: str = SIP_SERVER):
         self._harness = harness
         self.user = user
+        self.server = server  # registrar and proxy: Asterisk, or a cluster's Kamailio
         self.password = password
         self.display_name = display_name
         self.auto_answer = False
@@ -441,7 +443,7 @@ class Phone:
     def _account_config(self) -> pj.AccountConfig:
         cfg = pj.AccountConfig()
         cfg.idUri = self._id_uri()
-        cfg.regConfig.registrarUri = f"sip:{SIP_SERVER}"
+        cfg.regConfig.registrarUri = f"sip:{self.server}"
         cfg.regConfig.registerOnAdd = False
         cfg.regConfig.timeoutSec = 300
         cfg.regConfig.retryIntervalSec = 0
@@ -523,7 +525,7 @@ class Phone:
 
     def call(self, number: str, headers: dict[str, str] | None = None) -> CallHandle:
         """INVITE number@127.0.0.1:5060 (the dialplan context of this endpoint decides)."""
-        uri = number if number.startswith("sip:") else f"sip:{number}@{SIP_SERVER}"
+        uri = number if number.startswith("sip:") else f"sip:{number}@{self.server}"
 
         def do() -> CallHandle:
             call = _Call(self._acc, self)
@@ -708,8 +710,10 @@ class Harness:
             fut.cancel()
             raise TimeoutError(f"pjsua thread did not run {getattr(fn, '__name__', fn)} in {timeout}s") from None
 
-    def phone(self, user: str, password: str | None = None, display_name: str | None = None) -> Phone:
-        """The phone for user, created on first use (same object on later calls).
+    def phone(self, user: str, password: str | None = None, display_name: str | None = None,
+              server: str = SIP_SERVER) -> Phone:
+        """The phone for user at server (a SIP address:port, default the single box's Asterisk),
+        created on first use (same object on later calls).
 
         password defaults to ICS_SIP_PASSWORD (stack.env). A different display_name
         on a later call updates the account's From header."""
@@ -717,18 +721,19 @@ class Harness:
             password = stack_setting("ICS_SIP_PASSWORD")
             if not password:
                 raise PhoneError("no SIP password: set ICS_SIP_PASSWORD or run docker/stack.sh up")
-        existing = self._phones.get(user)
+        key = user if server == SIP_SERVER else f"{user}@{server}"
+        existing = self._phones.get(key)
         if existing is not None:
             if existing.display_name != display_name:
                 existing.set_display_name(display_name)
             if existing.password != password:
                 raise PhoneError(f"{user} already exists with another password")
             return existing
-        phone = Phone(self, user, password, display_name)
+        phone = Phone(self, user, password, display_name, server)
         if display_name is not None:
             sip_quote(display_name)
         self.run(phone._create)
-        self._phones[user] = phone
+        self._phones[key] = phone
         return phone
 
     @property
@@ -736,9 +741,11 @@ class Harness:
         return dict(self._phones)
 
     def register_all(self, timeout: float = DEFAULT_TIMEOUT) -> None:
-        """Register every phone again (after an Asterisk restart its registrar is empty)."""
+        """Register every phone of the single box again (after an Asterisk restart its registrar
+        is empty); a cluster's phones register at its Kamailio, which did not restart."""
         for phone in list(self._phones.values()):
-            phone.register(timeout)
+            if phone.server == SIP_SERVER:
+                phone.register(timeout)
 
     def active_calls(self) -> list[CallHandle]:
         return [c.handle for c in list(self._calls) if c.handle and c.handle.state != "DISCONNECTED"]

@@ -5,7 +5,7 @@
 ics.store.Store on it. Tests that need Redis are skipped, with the reason, when
 redis-server is not installed.
 
-With ICS_REDIS_CLUSTER=1 in the environment (make test-cluster) the session's Redis is a
+With ICS_REDIS_CLUSTER=1 in the environment (make test-redis-cluster) the session's Redis is a
 3-master, 3-replica Redis Cluster instead (docker/redis-cluster.sh), and `redis_url` is the
 comma-separated list of its nodes, which ics.config / ics.store.connect read as a cluster.
 """

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 from ics.destination import e164
-from ics import keys
+from ics import keys, records
 
 from .test_cli import INMATE, NUMBER, OTHER, events, one_line_error, run, sounds, world  # noqa: F401
 
@@ -81,11 +81,22 @@ def test_privileged_numbers(run, world):
     assert run("privileged", "remove", NUMBER)[0] == 1
 
 
-def test_monitor_needs_a_live_call_and_reachable_ami(run, world, monkeypatch):
+def test_monitor_needs_a_live_call_and_reachable_ami(run, world, store, monkeypatch):
     status, _, err = run("monitor", "start", "20261122101500-0123abcd", "--phone", "investigator1", "--by", "Det")
     assert status == 1
+    one_line_error(err, "no such call")
+    records.create(store.r, "20261122101500-0123abcd", facility="main", channel="PJSIP/inmate1-00000001",
+                   uniqueid="1.1", outcome="accepted")
     monkeypatch.setenv("ICS_AMI_PORT", "1")
     monkeypatch.setenv("ICS_AMI_SECRET", "x")
     status, _, err = run("monitor", "cut", "20261122101500-0123abcd", "--by", "Det")
     assert status == 1
     one_line_error(err, "cannot reach AMI")
+    # a call on another node is cut through that node's AMI, found where its listener wrote it
+    records.update(store.r, "20261122101500-0123abcd", node="b")
+    status, _, err = run("monitor", "cut", "20261122101500-0123abcd", "--by", "Det")
+    one_line_error(err, "call node 'b' is unknown")
+    store.r.hset(keys.node("b"), mapping={"ami_host": "127.0.0.1", "ami_port": 2})
+    status, _, err = run("monitor", "cut", "20261122101500-0123abcd", "--by", "Det")
+    assert status == 1
+    one_line_error(err, "cannot reach AMI at 127.0.0.1:2")

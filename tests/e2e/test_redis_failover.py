@@ -1,4 +1,4 @@
-"""Redis Cluster lab (make test-cluster; skipped on a single Redis): the master holding a live
+"""Redis Cluster lab (make test-redis-cluster; skipped on a single Redis): the master holding a live
 call's account is SIGKILLed mid-call. Its replica takes over (cluster-node-timeout 1000 ms in the
 lab, docker/redis-cluster.sh), the call goes on, and when it ends it is settled once: one charge,
 no hold left, `ledger check` passes (nothing lost or doubled)."""
@@ -22,7 +22,7 @@ from tests.support.callflow import balance, latest_call, make_world, wait_settle
 
 CLUSTER = (stack_setting("ICS_REDIS_CLUSTER") or "").lower() in ("1", "true", "yes", "on")
 pytestmark = [pytest.mark.e2e,
-              pytest.mark.skipif(not CLUSTER, reason="needs the Redis Cluster lab (make test-cluster)")]
+              pytest.mark.skipif(not CLUSTER, reason="needs the Redis Cluster lab (make test-redis-cluster)")]
 CLUSTER_DIR = stack_dir() / "redis-cluster"
 FIRST_PORT = 7000  # docker/stack.sh CLUSTER_PORT
 FAILOVER_MAX_S = 10
