@@ -8,6 +8,8 @@ Event names (the `event` field):
   service.start / service.stop / service.config_error / service.prompts_missing
   numbers.migrated           ics-fastagi start-up rewrote numbers stored before E.164 (migrated, kept_existing)
   numbers.unreadable         WARNING: stored text that is no phone number, left as it was (numbers, count)
+  keys.migrated              ics-fastagi start-up renamed keys stored before hash tags (migrated, kept_existing)
+  keys.migrate_refused       ERROR: an account holding money under the old layout was left as it was (calls live)
   agi.session.start / agi.session.end / agi.session.error
   agi.protocol_error         malformed environment or reply from Asterisk
   call.start                 inmate call entered the flow (number in E.164, its kind and region)

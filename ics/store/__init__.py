@@ -29,3 +29,12 @@ __all__ = [
 
 class Store(Money, Inmates, Facilities, Audit):
     """Every domain on one client."""
+
+    def migrate_keys(self) -> dict[str, list[str]]:
+        """Rename keys stored before hash tags (ics:account:fam1 -> ics:account:{a:fam1}, ...);
+        idempotent, run by ics-fastagi at start-up before migrate_numbers. Returns
+        {"migrated": [...], "kept_existing": [...], "refused": [...]}."""
+        done: dict[str, list[str]] = {"migrated": [], "kept_existing": [], "refused": []}
+        self.migrate_money_keys(done)
+        self.migrate_inmate_keys(done)
+        return done

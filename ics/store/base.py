@@ -143,3 +143,22 @@ class Base:
             wait = waits if vars(cls).get("WAIT_FOR_REPLICAS") else (0, 0)
             for attr, files in vars(cls).get("LUA", {}).items():
                 setattr(self, attr, Lua(r, *((files,) if isinstance(files, str) else files), wait=wait))
+
+    def legacy_keys(self, prefix: str) -> dict[str, list[str]]:
+        """Keys named before hash tags (prefix<id>[:rest], no "{"): id -> those keys."""
+        found: dict[str, list[str]] = {}
+        for key in self.r.scan_iter(match=prefix + "*", count=500):
+            if "{" not in key:
+                found.setdefault(key[len(prefix):].split(":", 1)[0], []).append(key)
+        return found
+
+    def move_key(self, old: str, new: str, done: dict[str, list[str]]) -> None:
+        """Give a key its hash-tagged name (DUMP / RESTORE: on a cluster the two names are in
+        different slots), keeping its expiry; a key already there under the new name wins."""
+        if self.r.exists(new):
+            done["kept_existing"].append(f"{old} -> {new}")
+        else:
+            ttl = self.r.pttl(old)
+            self.r.restore(new, max(ttl, 0), self.r.dump(old))
+            done["migrated"].append(f"{old} -> {new}")
+        self.r.delete(old)

@@ -299,6 +299,12 @@ class Inmates(Base):
                         done["kept_existing"].append(f"{key} -> {prefix}{new}")
         return done
 
+    def migrate_inmate_keys(self, done: dict[str, list[str]]) -> None:
+        """Inmates, PIN failures, approved lists and weekly counts stored before hash tags, renamed."""
+        for iid, found in sorted(self.legacy_keys(f"{keys.PREFIX}:inmate:").items()):
+            for old in found:
+                self.move_key(old, keys.inmate(iid) + old[len(f"{keys.PREFIX}:inmate:{iid}"):], done)
+
     def approved_numbers(self, iid: str) -> list[str]:
         """Callable numbers only (state approved)."""
         return sorted(n for n, state in self.r.hgetall(keys.approved(iid)).items() if state == "approved")

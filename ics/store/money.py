@@ -264,6 +264,24 @@ class Money(Base):
         """Calls of the account whose second step is still to do: call id -> money version."""
         return self.r.hgetall(keys.account_unsynced(aid))
 
+    def migrate_money_keys(self, done: dict[str, list[str]]) -> None:
+        """Accounts, their numbers, month totals and ledgers stored before hash tags, renamed.
+        An account still holding money (calls in progress under the old layout) is left as it
+        was and reported: upgrade with no call live."""
+        old_ledgers = self.legacy_keys(f"{keys.PREFIX}:ledger:")
+        for aid, found in sorted(self.legacy_keys(f"{keys.PREFIX}:account:").items()):
+            if int(self.r.hget(f"{keys.PREFIX}:account:{aid}", "held_cents") or 0):
+                done["refused"].append(f"account {aid} holds money for calls in progress")
+                continue
+            for old in found:
+                rest = old[len(f"{keys.PREFIX}:account:{aid}"):]
+                self.move_key(old, keys.account(aid) + rest, done)
+            for old in old_ledgers.pop(aid, []):
+                self.move_key(old, keys.ledger(aid), done)
+        for aid, found in old_ledgers.items():  # a ledger whose account is gone: kept, renamed
+            for old in found:
+                self.move_key(old, keys.ledger(aid), done)
+
     def ledger(self, aid: str) -> list[dict[str, str]]:
         return [dict(fields, id=eid) for eid, fields in self.r.xrange(keys.ledger(aid))]
 

@@ -126,3 +126,29 @@ def test_a_hold_whose_copy_was_lost_is_reported_then_completed(store, monkeypatc
     assert not ledger.check(store.r)["ok"]
     store.sync_call(aid, cid)
     assert records.get(store.r, cid)["paid_minutes"] == 1 and ledger.check(store.r)["ok"]
+
+
+# --- data stored before hash tags --------------------------------------------------------------
+
+def test_keys_stored_before_hash_tags_are_renamed_once_and_balances_still_check(store):
+    r = store.r
+    r.hset("ics:account:fam1", mapping={"type": "prepaid", "owner": "Sam", "balance_cents": 489, "held_cents": 0,
+                                        "created_ms": now_ms()})
+    r.sadd("ics:accounts", "fam1")
+    r.sadd("ics:account:fam1:numbers", "+13125550100")
+    r.xadd("ics:ledger:fam1", {"kind": "deposit", "amount_cents": 500, "balance_cents": 500, "call": "", "ts": 1})
+    r.xadd("ics:ledger:fam1", {"kind": "charge", "amount_cents": 11, "balance_cents": 489, "call": "c0", "ts": 2})
+    r.hset("ics:account:busy", mapping={"type": "prepaid", "balance_cents": 100, "held_cents": 11})
+    r.hset("ics:inmate:123456", mapping={"facility": "main", "name": "Alex"})
+    r.hset("ics:inmate:123456:week:2026W48", mapping={"calls": 2, "minutes": 7})
+    r.expire("ics:inmate:123456:week:2026W48", 1000)
+    done = store.migrate_keys()
+    assert len(done["migrated"]) == 5 and done["refused"] == ["account busy holds money for calls in progress"]
+    assert store.account("fam1").balance_cents == 489 and store.account_numbers("fam1") == ["+13125550100"]
+    assert [e["kind"] for e in store.ledger("fam1")] == ["deposit", "charge"]
+    assert store.inmate("123456")["name"] == "Alex" and store.week_usage("123456", "2026W48") == (2, 7)
+    assert 0 < r.ttl(keys.inmate_week("123456", "2026W48")) <= 1000
+    assert not r.exists("ics:account:fam1", "ics:ledger:fam1", "ics:inmate:123456")
+    assert ledger.check_account(r, "fam1")["problems"] == []
+    again = store.migrate_keys()
+    assert again["migrated"] == [] and again["kept_existing"] == []
