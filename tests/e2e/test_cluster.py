@@ -56,8 +56,16 @@ def taps(cluster_up):
         t.close()
 
 
+@pytest.fixture(scope="module")
+def _cluster_phones(cluster_up, phones):
+    """The phones this module registers at Kamailio, removed from the session's harness after it."""
+    yield
+    for phone in [p for p in phones.phones.values() if p.server == cluster.KAMAILIO]:
+        phones.remove(phone)
+
+
 @pytest.fixture
-def clines(taps, phones):
+def clines(taps, phones, _cluster_phones):
     """The inmate's handset, the family's phone and an investigator's, registered at Kamailio."""
     regs = [phones.phone(user, server=cluster.KAMAILIO) for user in ("inmate1", NUMBER, "investigator1")]
     taps.ensure_connected()

@@ -290,7 +290,7 @@ def test_listener_killed_mid_call_keeps_enforcing_after_restart(ami, lines):
         time.sleep(0.05)
     up = subprocess.run(["bash", str(REPO / "docker" / "stack.sh"), "up"], timeout=120,
                         capture_output=True, text=True)
-    assert up.returncode == 0 and "starting ics-ami" in up.stderr, up.stderr
+    assert up.returncode == 0 and "starting ami (ics-ami)" in up.stderr, up.stderr
     log = stack_dir() / "log" / "ami.log"
     deadline = time.time() + 15
     while '"rebuilt": true' not in log.read_text()[-20000:] and time.time() < deadline:

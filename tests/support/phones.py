@@ -736,6 +736,28 @@ class Harness:
         self._phones[key] = phone
         return phone
 
+    def remove(self, phone: Phone, timeout: float = DEFAULT_TIMEOUT) -> None:
+        """Unregister a phone and free its account and transport: a module that made phones of
+        its own (the cluster's, registered at Kamailio) leaves the session's harness as it found
+        it (pjsua has a fixed number of transports, and two accounts of one user would race for
+        the single box's incoming calls)."""
+        if phone.reg_code == 200 and phone.reg_expires > 0:
+            try:
+                phone.unregister(timeout)
+            except (PhoneError, TimeoutError):
+                pass  # the registrar is gone: nothing to undo there
+
+        def free() -> None:
+            if phone._acc is not None:
+                phone._acc.shutdown()
+                phone._acc = None
+            if phone.transport_id is not None:
+                self._ep.transportClose(phone.transport_id)
+                phone.transport_id = None
+
+        self.run(free)
+        self._phones = {k: p for k, p in self._phones.items() if p is not phone}
+
     @property
     def phones(self) -> dict[str, Phone]:
         return dict(self._phones)
