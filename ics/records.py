@@ -16,6 +16,9 @@ Fields (times are epoch ms, money integer cents):
   outcome      dialing / refused / accepted / ...   (where the flow got to)
   reason       one code from ics.reasons (set once, first writer wins)
   billed_minutes billed_cents settled
+               held_cents, paid_minutes, settled, billed_*, tax_cents, credited_cents and
+               credit_reason are copies of the call's money in its account's slot
+               (keys.call_money), written by the second step (ics.store.money sync_call)
   tax_cents    the tax part of billed_cents (set with it, once, by the settle script)
   credited_cents credit_reason   automatic credit (ics.store.Store.auto_credit), once
   detail       free text for ops (e.g. which key was pressed)
