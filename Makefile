@@ -20,7 +20,7 @@ WITH_ENV := set -a; . "$(STACK_ENV)"; set +a;
 # others sharing the machine and timing windows room. TEST_WORKERS=0: one process.
 TEST_WORKERS ?= 6
 
-.PHONY: venv provision up down status reload demo test test-redis-cluster bench capacity up-cluster down-cluster status-cluster farm
+.PHONY: venv provision up down status reload demo test test-redis-cluster bench capacity up-cluster down-cluster status-cluster farm threeway
 
 # make capacity: our platform against Asterisk alone (bench/capacity/capacity.py), N calls
 # per run, each bridged SECONDS; not in make bench (about 16 min with these defaults)
@@ -86,3 +86,17 @@ capacity: export ICS_CAPACITY_MAX_CALLS ?= 500
 capacity: up
 	@$(WITH_ENV) rc=0; $(PY) bench/capacity/capacity.py --n $(N) --seconds $(SECONDS) \
 	    --recording $(RECORDING) --setups $(SETUPS) || rc=$$?; $(STACK) down; exit $$rc
+
+# make threeway: the three-way detector's error rates. First the labelled corpus through the
+# detector and rules alone (bench/threeway/bench.py), then through the real path at CALLS calls at
+# once (bench/threeway/live.py: the capacity bench's far end plays each clip as the called line);
+# not in make bench (about 30 min with these defaults)
+CALLS ?= 100
+ATTEMPTS ?= 300
+BENIGN_MINUTES ?= 1000
+BENIGN_S ?= 300
+threeway: export ICS_CAPACITY_MAX_CALLS ?= 500
+threeway: up
+	@$(WITH_ENV) rc=0; $(PY) -m bench.threeway.bench --attempts 350 --benign-minutes 1000 || rc=$$?; \
+	    $(PY) -m bench.threeway.live --calls $(CALLS) --attempts $(ATTEMPTS) \
+	    --benign-minutes $(BENIGN_MINUTES) --benign-s $(BENIGN_S) || rc=$$?; $(STACK) down; exit $$rc

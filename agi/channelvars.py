@@ -14,6 +14,11 @@ Set by the call flow for the dialplan (dialplan/extensions.conf):
   ICS_NOTICE      ":<warn ms>:<repeat ms>" appended to L(): the periodic facility
                   notice to the called party (LIMIT_* below), or empty when off
   CALLERID(name), CALLERID(num)  fixed per facility before Dial
+  ICS_CALLEE_PROMPTS  the called party's prompts directory (their number's, account's or the
+                  facility's language): Dial L()'s notice and time-limit sounds
+Set by the call flows on their own channel (Session.set_language), with CHANNEL(language):
+  ICS_PROMPTS     this channel's prompts directory, ics/prompts (English) or ics/prompts/<lang>:
+                  [ics-cut] and [ics-fail] play from it ([globals] has the English default)
 Set by the dialplan for the notice (Dial L() reads them from the inmate channel):
   LIMIT_WARNING_FILE, LIMIT_PLAYAUDIO_CALLER, LIMIT_PLAYAUDIO_CALLEE
   LIMIT_TIMEOUT_FILE  always set: without any LIMIT_* sound Dial turns L() into S(),
@@ -25,6 +30,8 @@ Set on the called channel by the called-party menu:
   ICS_MENU_DONE   "1" when the menu ended normally (accept, refuse, block, no response,
                   the inmate gone); [ics-callee] clears it before the AGI. Unset after the
                   AGI (the FastAGI socket died, the flow raised) is a menu fault.
+  ICS_COURTESY_END  on accepting a courtesy call: the provider's billing number; [ics-cut] then
+                  tells the called party how to open a prepaid account and says it
 Set by the dialplan on a menu fault ([ics-callee]: on the called channel, and on the
 inmate channel via MASTER_CHANNEL):
   ICS_FAULT       "menu": [ics-inmate] sends the inmate to [ics-fail] after Dial; passed to
@@ -45,6 +52,9 @@ DIAL = "ICS_DIAL"
 RING_S = "ICS_RING_S"
 LIMIT_MS = "ICS_LIMIT_MS"
 NOTICE = "ICS_NOTICE"
+PROMPTS = "ICS_PROMPTS"
+CALLEE_PROMPTS = "ICS_CALLEE_PROMPTS"
+COURTESY_END = "ICS_COURTESY_END"
 GOSUB_RESULT = "GOSUB_RESULT"
 TIMEOUT = "TIMEOUT(absolute)"
 MENU_DONE = "ICS_MENU_DONE"

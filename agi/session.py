@@ -22,6 +22,7 @@ from ics import prompts
 from ics.config import Config
 from ics.store import Store
 
+from .channelvars import PROMPTS as PROMPTS_VAR
 from .protocol import ChannelGone, SafeAGI
 
 FAIL_CONTEXT = "ics-fail"
@@ -35,6 +36,7 @@ class Session:
     store: Store
     cfg: Config
     args: list[str] = field(default_factory=list)
+    lang: str = prompts.DEFAULT_LANGUAGE  # the language this channel's prompts are played in
 
     @property
     def r(self):
@@ -45,7 +47,17 @@ class Session:
         return self.agi.env
 
     def play(self, key: str, escape: str = "") -> str:
-        return self.agi.stream(prompts.sound(key), escape)
+        return self.agi.stream(prompts.sound(key, self.lang), escape)
+
+    def sound(self, key: str) -> str:
+        return prompts.sound(key, self.lang)
+
+    def set_language(self, lang: str) -> None:
+        """This channel's language from now on: our prompts (s.play), the dialplan's ([ics-cut],
+        [ics-fail]: ICS_PROMPTS) and Asterisk's own SayNumber and digits (CHANNEL(language))."""
+        self.lang = prompts.language(lang)
+        self.agi.set_variable(PROMPTS_VAR, prompts.prompts_dir(self.lang))
+        self.agi.set_variable("CHANNEL(language)", self.lang)
 
     def send_to_fail(self) -> None:
         self.agi.execute("SET CONTEXT", FAIL_CONTEXT)

@@ -35,6 +35,7 @@ enforced twice, and it settles the calls of a peer node that died whole (ami.pee
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import sys
 import time
@@ -44,14 +45,16 @@ from dataclasses import dataclass, field
 import structlog
 
 from ics import config as config_mod
-from ics import capacity, keys, logs, rating, recordings, records, settlement
+from ics import capacity, keys, logs, prompts, rating, recordings, records, settlement
 from ics.livecalls import cut_redirect
 from ics.rating import MINUTE_MS
 from ics.store import Store, connect
 
 from . import peers
+from .audiotap import Tap, TapServer
 from .connection import GuardedManager
-from .rules import Cut, LiveCall, Noted, Policy, event_ms, evidence
+from .rules import Cut, LiveCall, Noted, Policy, event_ms, evidence, for_call, rules_off
+from .tones import Detection
 
 log = structlog.get_logger("ami")
 
@@ -60,8 +63,10 @@ HEARTBEAT_S = 1.0       # keys.LISTENER_ALIVE and keys.LIVE_CALLS are refreshed 
 SETTLE_GRACE_S = 5.0   # the hangup handler normally settles within milliseconds
 TICK_S = 0.2           # clock rules (hold grace, silence, time limit) are checked this often
 CUT_PROMPT_MAX_S = 12  # a leg still up this long after the redirect is hung up outright
+COURTESY_END_MAX_S = 25  # ... longer after a courtesy call: how to open a prepaid account, and the number
 RESERVE_AHEAD_MS = 10_000  # the next minute is held this long before the paid ones run out
 NOTICE_CONTEXT = "ics-notice"
+WARN_EXTEN = "threeway"   # [ics-notice] exten of the three-way warning (a rule's "warn" response)
 CALL_EVENTS = ("Newchannel", "Hangup", "BridgeEnter", "BridgeLeave", "Hold", "Unhold", "Flash",
                "BlindTransfer", "AttendedTransfer", "ConfbridgeJoin", "DTMFEnd",
                "ChannelTalkingStart", "ChannelTalkingStop", "HangupRequest", "SoftHangupRequest")
@@ -107,6 +112,8 @@ class Listener:
         self.default_policy = Policy.from_facility(cfg["facility_defaults"])
         self.latencies_ms: deque[float] = deque(maxlen=10000)  # event received -> action sent
         self._tasks: set[asyncio.Task] = set()
+        self.tap = TapServer(cfg["ami"]["tap_host"], cfg["ami"]["tap_port"])
+        self.detect_latencies_ms: deque[int] = deque(maxlen=10000)  # signature onset -> action sent
         for name in CALL_EVENTS:
             manager.register_event(name, self.on_event)
         manager.login_hooks.append(self.rebuild)
@@ -283,7 +290,7 @@ class Listener:
             log.error("enforce.load_failed", call_id=call.call_id, error=repr(exc), where="before_accept")
             return
         if facility is not None and not call.bridged:
-            call.policy = Policy.from_facility(facility)
+            call.policy = for_call(Policy.from_facility(facility), rec)
 
     async def release_called(self, call: LiveCall, event, received: float) -> None:
         """The inmate hung up while the called party hears the announcement or menu. Asterisk
@@ -347,16 +354,58 @@ class Listener:
         call.account, call.rate_cents, call.tax_bps = rec.get("account", ""), rec.get("rate_cents", 0), \
             rec.get("tax_bps", 0)
         call.paid_ms = rec.get("paid_minutes", 0) * MINUTE_MS
+        call.language = rec.get("called_language") or call.language
+        call.courtesy = rec.get("line") == "courtesy"
         if facility is not None:
-            call.policy = Policy.from_facility(facility)
+            call.policy = for_call(Policy.from_facility(facility), rec)
+        call.info = {k: str(rec.get(k, "")) for k in ("facility", "inmate", "number")}
+        off = rules_off(rec)  # a relay or TTY call: its audio rules off whatever its number says
+        if off:
+            log.info("enforce.rules_off", call_id=call.call_id, rules=sorted(off), why=rec.get("rules_off_why"))
+        try:
+            call.overrides, why = await asyncio.to_thread(rules_overrides, self.store.r, call.call_id,
+                                                          call.info["number"])
+            call.overrides.update({rule: "off" for rule in off})
+            why = "; ".join(w for w in (why, rec.get("rules_off_why", "") if off else "") if w)
+            await asyncio.to_thread(records.update, self.store.r, call.call_id,
+                                    responses=_json(call.effective()), responses_why=why or None)
+        except Exception as exc:  # Redis away: the facility's responses apply
+            log.error("enforce.load_failed", call_id=call.call_id, error=repr(exc), where="responses")
+            call.overrides.update({rule: "off" for rule in off})
+        if call.bridged and call.tap_id is None and self.cfg["ami"]["tap"]:
+            call.tap_id = ""  # once
+            self.spawn(self.start_tap(call))
 
-    async def enforce(self, call: LiveCall, received: float) -> None:
-        cut = call.cut
-        assert cut is not None
+    async def enforce(self, call: LiveCall, received: float, onset_ms: int | None = None) -> None:
+        """Act on every rule that fired on the call, each by its response."""
+        while call.fired:
+            fired = call.fired.popleft()
+            if onset_ms is not None:  # a signature in the audio: how long from its onset to the action
+                self.detect_latencies_ms.append(int(time.time() * 1000) - onset_ms)
+            if fired.response == "disconnect":
+                await self.disconnect(call, fired, received)
+            else:
+                await self.respond(call, fired, received)
+
+    async def respond(self, call: LiveCall, fired: Cut, received: float) -> None:
+        """warn: both parties hear the three-way warning (barged in, the bridge untouched);
+        flag: nothing is heard. Either way the record and the investigators' alert stream get
+        the rule and its evidence, and the call goes on."""
+        if fired.response == "warn":
+            self.spawn(self.barge(call, WARN_EXTEN))
+        try:
+            await asyncio.to_thread(note_fired, self.store.r, call.call_id, fired, call.info)
+        except Exception as exc:
+            log.error("enforce.record_failed", call_id=call.call_id, error=repr(exc))
+        log.warning(f"enforce.{fired.response}", call_id=call.call_id, reason=fired.reason,
+                    threshold=fired.threshold, evidence=list(fired.events),
+                    latency_ms=round((time.perf_counter() - received) * 1000, 3))
+
+    async def disconnect(self, call: LiveCall, cut: Cut, received: float) -> None:
         peers = [c for c in self.bridges.get(call.bridge, ()) if c != call.inmate and c in call.channels]
         legs = [c for c in [call.inmate, *(peers or call.other_legs())] if c]
         written = asyncio.get_running_loop().create_task(
-            asyncio.to_thread(record_cut, self.store.r, call.call_id, cut))
+            asyncio.to_thread(record_cut, self.store.r, call.call_id, cut, call.info))
         sent = self.manager.send_action({"Action": "Redirect", **cut_redirect(legs, cut.reason)})
         latency = (time.perf_counter() - received) * 1000
         self.latencies_ms.append(latency)
@@ -370,8 +419,41 @@ class Listener:
         if not ok:
             await self.hangup(call, legs)
             return
-        await asyncio.sleep(CUT_PROMPT_MAX_S)
+        await asyncio.sleep(CUT_PROMPT_MAX_S + (COURTESY_END_MAX_S if call.courtesy else 0))
         await self.hangup(call, list(call.channels))
+
+    # --- the called leg's audio (ami.audiotap, ami.tones) ---------------------------------
+    async def start_tap(self, call: LiveCall) -> None:
+        """ChanSpy (listen only, the called side's audio) on the called leg, run by an AudioSocket
+        channel that streams what it is given to the listener (ami.audiotap)."""
+        called = [c for c in self.bridges.get(call.bridge, ()) if c != call.inmate and c in call.channels]
+        if not called:
+            return
+        call.tap_id = self.tap.expect(call.linkedid, call.policy.tones, self.on_detect)
+        ok = await _succeeded(self.manager.send_action({
+            "Action": "Originate", "Channel": f"AudioSocket/{self.tap.address}/{call.tap_id}/c(slin)",
+            "Application": "ChanSpy", "Data": f"{called[0]},qoES", "CallerID": "ICS tap",
+            "Timeout": 5000, "Async": "true"}))
+        if not ok:
+            self.tap.drop(call.tap_id)
+            log.error("tap.failed", call_id=call.call_id, channel=called[0])
+        else:
+            log.info("tap.started", call_id=call.call_id, channel=called[0], tap=call.tap_id)
+
+    def on_detect(self, tap: Tap, det: Detection) -> None:
+        call = self.calls.get(tap.key)
+        if call is None or not call.call_id:
+            return
+        onset = tap.onset_ms(det)
+        offset = tap.started_ms - call.bridged_ms if call.bridged_ms else 0   # the tap's start, into the call
+        # windows and re-arming run on the audio's own clock: a listener late under load hands
+        # detections over in bursts, and wall time would squeeze 20 s of digits into 10
+        fired = call.detected(det, onset + det.duration_ms, offset)
+        log.info("tap.detected", call_id=call.call_id, signature=det.signature, onset_offset_ms=offset + det.onset_ms,
+                 duration_ms=det.duration_ms, level_dbfs=det.level_dbfs, detail=det.detail,
+                 rule=fired.reason if fired else "", response=fired.response if fired else "")
+        if fired is not None:
+            self.spawn(self.enforce(call, time.perf_counter(), onset))
 
     async def extend(self, call: LiveCall) -> None:
         """Hold the next minute before it starts; if the account cannot, the call
@@ -413,12 +495,16 @@ class Listener:
     async def notice(self, call: LiveCall, seconds: int) -> None:
         """'This call will end in N seconds', barged into both legs of the live call."""
         log.info("enforce.warning", call_id=call.call_id, seconds_left=seconds)
-        ok = await _succeeded(self.manager.send_action({
-            "Action": "Originate", "Channel": f"Local/{seconds}@{NOTICE_CONTEXT}/n",
-            "Application": "ChanSpy", "Data": f"{call.inmate},qBES", "CallerID": "ICS notice",
-            "Timeout": 5000, "Async": "true"}))
-        if not ok:
+        if not await self.barge(call, str(seconds)):
             log.error("enforce.warning_failed", call_id=call.call_id, seconds_left=seconds)
+
+    async def barge(self, call: LiveCall, exten: str) -> bool:
+        """[ics-notice] exten spoken into both legs by ChanSpy's barge on a Local channel."""
+        return await _succeeded(self.manager.send_action({
+            "Action": "Originate", "Channel": f"Local/{exten}@{NOTICE_CONTEXT}/n",
+            "Application": "ChanSpy", "Data": f"{call.inmate},qBES", "CallerID": "ICS notice",
+            "Variable": f"ICS_LANG={call.language},ICS_PROMPTS={prompts.prompts_dir(call.language)}",
+            "Timeout": 5000, "Async": "true"}))
 
     async def sweep(self, call_id: str, ended_ms: int | None = None, hung_up: tuple[str, str] = ("", "")) -> None:
         """Settle a hung-up call its hangup handler did not settle; hung_up (the channel that hung
@@ -796,8 +882,34 @@ def orphans(r, live_linkedids: set[str], node: str = keys.DEFAULT_NODE) -> list[
             and now - rec.get("started_ms", now) > ORPHAN_MIN_AGE_MS]
 
 
-def record_cut(r, call_id: str, cut: Cut) -> None:
+def record_cut(r, call_id: str, cut: Cut, info: dict | None = None) -> None:
     records.record_cut(r, call_id, cut.reason, cut.threshold, cut.at_ms, cut.events)
+    records.note_fired(r, call_id, cut.fired())
+
+
+def note_fired(r, call_id: str, fired: Cut, info: dict | None = None) -> None:
+    """A rule that warned or flagged: on the record's `fired` list and the investigators' alerts."""
+    records.note_fired(r, call_id, fired.fired())
+    records.alert(r, call_id, fired.fired(), info or {})
+
+
+def rules_overrides(r, call_id: str, number: str) -> tuple[dict[str, str], str]:
+    """This call's responses over its facility's: its number's (icsctl number rules), then its own
+    (keys.call_rules, e.g. a relay call). A value that is no rule or response is ignored, logged."""
+    out: dict[str, str] = {}
+    own = r.hgetall(keys.call_rules(call_id))
+    why = own.pop("why", "")
+    for source in (r.hgetall(keys.number_rules(number)) if number else {}, own):
+        for rule, response in source.items():
+            if rule in config_mod.DEFAULT_RESPONSES and response in config_mod.RESPONSES:
+                out[rule] = response
+            else:
+                log.error("enforce.bad_override", call_id=call_id, rule=rule, response=response)
+    return out, why
+
+
+def _json(value) -> str:
+    return json.dumps(value, separators=(",", ":"))
 
 
 async def _succeeded(pending) -> bool:
@@ -806,6 +918,8 @@ async def _succeeded(pending) -> bool:
     except Exception as exc:  # connection lost: never re-sent (ami.connection)
         log.error("ami.action_failed", error=repr(exc))
         return False
+    if isinstance(reply, list):  # an async Originate: the queued reply, then its OriginateResponse
+        reply = reply[-1] if reply else {}
     return str(getattr(reply, "get", lambda *_: "")("Response", "")).lower() == "success"
 
 
@@ -835,6 +949,8 @@ def main() -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     log.info("service.start", service="ami", host=cfg["ami"]["host"], port=cfg["ami"]["port"], node=cfg["node"]["id"])
+    if cfg["ami"]["tap"]:
+        loop.run_until_complete(listener.tap.start())
     manager.connect()
     ticker = loop.create_task(listener.ticker())
     upkeep = loop.create_task(listener.upkeep())
@@ -843,6 +959,7 @@ def main() -> int:
     loop.run_until_complete(stop.wait())
     for task in (ticker, upkeep, beat, watch):
         task.cancel()
+    listener.tap.close()
     manager.close()
     log.info("service.stop", service="ami")
     return 0

@@ -31,13 +31,16 @@ Dial's U() gosub) two small decisions apply instead (`before_accept`):
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from ics.config import parse_warnings
+from ics.config import DEFAULT_RESPONSES, parse_responses, parse_warnings
 from ics.rating import MINUTE_MS
+
+from .tones import Detection, Thresholds
 
 # AMI headers worth keeping as evidence, per event
 EVIDENCE_HEADERS = {
@@ -86,6 +89,19 @@ class Policy:
     digits_window_s: int = 10
     warn_before_s: tuple[int, ...] = (60, 30)
     before_accept: str = "end"             # a fault before the bridge: "end" the call or only "record" it
+    responses: tuple[tuple[str, str], ...] = ()   # rule -> response, over DEFAULT_RESPONSES
+    tones: Thresholds = Thresholds()       # the tone detector's plan and thresholds (ami.tones)
+    sequence_window_s: int = 8             # flash_sequence: dead air, then a tone or digits this soon
+    inband_digits_max: int = 6             # in-band digits from the called side within digits_window_s
+
+    def response(self, rule: str) -> str:
+        """What this facility does when rule fires; a rule switched off (rule_hold = false ...)
+        is off whatever its response says."""
+        switch = {"hold": self.hold, "hook_flash": self.hook_flash, "transfer": self.transfer,
+                  "conference": self.transfer, "silence": self.silence, "extra_digits": self.extra_digits}
+        if not switch.get(rule, True):
+            return "off"
+        return dict(self.responses).get(rule, DEFAULT_RESPONSES.get(rule, "disconnect"))
 
     @classmethod
     def from_facility(cls, f: Mapping[str, Any]) -> "Policy":
@@ -93,15 +109,51 @@ class Policy:
                    transfer=f["rule_transfer"], silence=f["rule_silence"], silence_s=f["silence_s"],
                    extra_digits=f["rule_extra_digits"], digits_max=f["digits_max"],
                    digits_window_s=f["digits_window_s"], warn_before_s=parse_warnings(f["warn_before_s"]),
-                   before_accept=f["before_accept"])
+                   before_accept=f["before_accept"],
+                   responses=tuple(sorted(parse_responses(f["responses"]).items())),
+                   tones=Thresholds(plan=f["tone_plan"], dial_tone_ms=f["dial_tone_ms"],
+                                    ringback_ms=f["ringback_ms"], busy_bursts=f["busy_bursts"],
+                                    drop_min_ms=f["drop_min_ms"]),
+                   sequence_window_s=f["sequence_window_s"], inband_digits_max=f["inband_digits_max"])
+
+
+# The rules that listen to the call's audio and keypad: a TTY's Baudot tones (1400/1800 Hz), its
+# long silences and keys are normal on a relay or TTY call, so these are off for one (the call
+# record's rules_off, written by the call flow with why).
+AUDIO_RULES = frozenset({"silence", "extra_digits", "dial_tone", "ringback", "busy", "sit", "inband_digits",
+                         "dead_air", "flash_sequence"})
+
+
+def rules_off(rec: Mapping[str, Any] | None) -> set[str]:
+    """The audio rules a call's record turns off (rules_off, written by the call flow with why)."""
+    return {name for name in str((rec or {}).get("rules_off") or "").split(",") if name} & AUDIO_RULES
+
+
+def for_call(policy: Policy, rec: Mapping[str, Any] | None) -> Policy:
+    """The call's own policy: the facility's, less the rules its record turns off (the on/off
+    settings off, their responses "off"; the listener also puts them over the number's overrides)."""
+    off = rules_off(rec)
+    fields = {f.name for f in dataclasses.fields(policy)}
+    responses = dict(policy.responses) | {name: "off" for name in off}
+    return dataclasses.replace(policy, responses=tuple(sorted(responses.items())),
+                               **{name: False for name in off if name in fields})
 
 
 @dataclass(frozen=True)
 class Cut:
-    reason: str            # a code from ics.reasons
+    """A rule fired. response "disconnect": the call ends (billing stops at at_ms); "warn": both
+    parties hear the three-way warning, and the next rule that fires disconnects; "flag": the
+    call goes on, the record and the investigators' alert stream carry the evidence."""
+    reason: str            # a code from ics.reasons (the rule's name)
     threshold: str         # the setting that was crossed, e.g. "hold_grace_s=3"
     events: tuple[dict, ...]
     at_ms: int             # when the rule fired (epoch ms): billing stops here
+    response: str = "disconnect"
+
+    def fired(self) -> dict:
+        """What the call record's `fired` list keeps of it."""
+        return {"rule": self.reason, "response": self.response, "at_ms": self.at_ms,
+                "threshold": self.threshold, "evidence": list(self.events)}
 
 
 @dataclass(frozen=True)
@@ -131,8 +183,17 @@ class LiveCall:
     quiet_event: dict | None = None
     holds: dict[str, tuple[float, dict]] = field(default_factory=dict)
     digits: deque = field(default_factory=deque)      # (monotonic, evidence) from the called side
-    warned: set[int] = field(default_factory=set)
+    warned_limit: set[int] = field(default_factory=set)   # time-limit notices given
     cut: Cut | None = None
+    fired: deque = field(default_factory=deque)   # Cuts of any response, for the listener to act on
+    overrides: dict[str, str] = field(default_factory=dict)  # rule -> response for this call (its
+                                           # number's override, then the call's own: ics.keys)
+    warned: bool = False                   # a "warn" response was given: the next rule disconnects
+    drops: deque = field(default_factory=deque)     # (wall ms, evidence) of dead air (flash_sequence)
+    inband: deque = field(default_factory=deque)    # (wall ms, evidence) of in-band digits
+    last_tone: dict[str, int] = field(default_factory=dict)  # rule -> wall ms it last fired
+    tap_id: str | None = None              # the called leg's audio tap (ami.audiotap)
+    info: dict[str, str] = field(default_factory=dict)       # facility, inmate, number (alerts)
     # money: minutes are held one at a time (ics.store extend_hold) before they start
     account: str = ""
     rate_cents: int = 0
@@ -141,6 +202,9 @@ class LiveCall:
     extending: bool = False
     funds_short: bool = False              # the next minute could not be held: limit_ms = paid_ms
     inmate_left: bool = False              # the inmate's hang-up request before the bridge was seen
+    courtesy: bool = False                 # a courtesy call: [ics-cut] also says how to open an account
+    language: str = "en"                   # the called party's (the call record's called_language):
+                                           # the notices are said in it
     admitted: bool = False                 # the flow admitted it (ics.capacity): an inmate call, counted
                                            # live (admission control) once a leg besides the inmate's exists
 
@@ -163,44 +227,105 @@ class LiveCall:
         broken = self._rule_broken(event, time.monotonic() if now is None else now)
         # dated by the event's own time, not when the listener got to it: a leg can hang up
         # in between, and a cut must never be recorded after the call's end
-        return self._cut(*broken, event_ms(event)) if broken else None
+        return self._cut(*broken, event_ms(event), respond=True) if broken else None
+
+    def on(self, rule: str) -> bool:
+        return self.response(rule) != "off"
+
+    def response(self, rule: str) -> str:
+        """The call's effective response to rule: the facility's, overridden by the number's,
+        then by the call's own (e.g. a relay call that turns the tone rules off)."""
+        return self.overrides.get(rule) or self.policy.response(rule)
+
+    def effective(self) -> dict[str, str]:
+        """Every rule's response on this call (the record keeps it)."""
+        return {rule: self.response(rule) for rule in DEFAULT_RESPONSES}
 
     def _rule_broken(self, event: Mapping[str, Any], now: float) -> tuple[str, str, list[dict]] | None:
         """Track one event; (reason, threshold, evidence) when it breaks a rule."""
         name = event.get("Event")
         chan = str(event.get("Channel", ""))
         p = self.policy
-        if name == "Hold" and p.hold and chan in self.channels:
+        if name == "Hold" and self.on("hold") and chan in self.channels:
             self.holds[chan] = (now, evidence(event))
             if p.hold_grace_s == 0:
+                self.holds.pop(chan)
                 return "hold", f"hold_grace_s={p.hold_grace_s}", [evidence(event)]
         elif name == "Unhold":
             self.holds.pop(chan, None)
-        elif name == "Flash" and p.hook_flash and chan in self.channels:
+        elif name == "Flash" and self.on("hook_flash") and chan in self.channels:
             return "hook_flash", "rule_hook_flash=on", [evidence(event)]
-        elif name in ("BlindTransfer", "AttendedTransfer") and p.transfer:
+        elif name in ("BlindTransfer", "AttendedTransfer") and self.on("transfer"):
             involved = {str(v) for k, v in event.items() if k.endswith("Channel")}
             if involved & set(self.channels):
                 return "transfer", "rule_transfer=on", [evidence(event)]
-        elif name == "BridgeEnter" and event.get("BridgeUniqueid") == self.bridge and p.transfer:
+        elif name == "BridgeEnter" and event.get("BridgeUniqueid") == self.bridge and self.on("conference"):
             if _int(event.get("BridgeNumChannels")) > 2 or chan not in self.channels:
                 return "conference", "bridge_channels_max=2", [evidence(event)]
-        elif name == "ConfbridgeJoin" and p.transfer and chan in self.channels:
+        elif name == "ConfbridgeJoin" and self.on("conference") and chan in self.channels:
             return "conference", "rule_transfer=on", [evidence(event)]
-        elif name == "Newchannel" and p.transfer and chan not in self.channels:
+        elif name == "Newchannel" and self.on("conference") and chan not in self.channels:
             # a new channel linked to a bridged inmate call: someone is dialing out of it
             return "conference", "linked_channels_max=2", [evidence(event)]
         elif name in ("ChannelTalkingStart", "ChannelTalkingStop"):
             self._talk(event, now)
-        elif (name == "DTMFEnd" and p.extra_digits and chan in self.channels and chan != self.inmate
+        elif (name == "DTMFEnd" and self.on("extra_digits") and chan in self.channels and chan != self.inmate
               and event.get("Direction") == "Received"):
             self.digits.append((now, evidence(event)))
             while self.digits and now - self.digits[0][0] > p.digits_window_s:
                 self.digits.popleft()
             if len(self.digits) > p.digits_max:
+                broken = [e for _, e in self.digits]
+                self.digits.clear()  # a warning or flag starts the count again
                 return ("extra_digits", f"digits_max={p.digits_max} in digits_window_s={p.digits_window_s}",
-                        [e for _, e in self.digits])
+                        broken)
         return None
+
+    # --- the called leg's audio (ami.tones detections) ------------------------------
+    TONE_REARM_MS = 10_000  # a tone rule that warned or flagged fires again only after this
+
+    def detected(self, det: Detection, wall_ms: int, call_offset_ms: int = 0) -> Cut | None:
+        """One detection in the called leg's audio. Dead air alone is weak: followed within
+        sequence_window_s by a tone or digits it makes the flash_sequence rule, with the whole
+        sequence as evidence; each signature is also its own rule."""
+        if self.cut is not None or not self.bridged:
+            return None
+        p = self.policy
+        ev = det.evidence(call_offset_ms)
+        ev["time"] = f"{wall_ms / 1000:.3f}"
+        window_ms = p.sequence_window_s * 1000
+        while self.drops and wall_ms - self.drops[0][0] > window_ms:
+            self.drops.popleft()
+        if det.signature == "dead_air":
+            self.drops.append((wall_ms, ev))
+            rule, threshold, events = "dead_air", f"drop_min_ms={p.tones.drop_min_ms}", [ev]
+        elif self.drops and self.on("flash_sequence"):
+            events = [e for _, e in self.drops] + [ev]
+            self.drops.clear()
+            return self._fire("flash_sequence", f"sequence_window_s={p.sequence_window_s}", events, wall_ms)
+        elif det.signature == "digits":
+            self.inband.append((wall_ms, ev))
+            while self.inband and wall_ms - self.inband[0][0] > p.digits_window_s * 1000:
+                self.inband.popleft()
+            if len(self.inband) <= p.inband_digits_max:
+                return None
+            events = [e for _, e in self.inband]
+            self.inband.clear()
+            rule, threshold = ("inband_digits",
+                               f"inband_digits_max={p.inband_digits_max} in digits_window_s={p.digits_window_s}")
+        else:
+            rule, events = det.signature, [ev]
+            threshold = {"dial_tone": f"dial_tone_ms={p.tones.dial_tone_ms} plan={p.tones.plan}",
+                         "ringback": f"ringback_ms={p.tones.ringback_ms} plan={p.tones.plan}",
+                         "busy": f"busy_bursts={p.tones.busy_bursts} plan={p.tones.plan}",
+                         "sit": "sit=3 segments"}[rule]
+        if not self.on(rule) or wall_ms - self.last_tone.get(rule, -10**12) < self.TONE_REARM_MS:
+            return None
+        return self._fire(rule, threshold, events, wall_ms)
+
+    def _fire(self, rule: str, threshold: str, events: list[dict], wall_ms: int) -> Cut:
+        self.last_tone[rule] = wall_ms
+        return self._cut(rule, threshold, events, wall_ms, respond=True)
 
     def _talk(self, event: Mapping[str, Any], now: float) -> None:
         chan = str(event.get("Channel", ""))
@@ -260,12 +385,14 @@ class LiveCall:
         if self.cut is not None or not self.bridged:
             return None, []
         p = self.policy
-        for since, ev in self.holds.values():
-            if p.hold and now - since >= p.hold_grace_s:
-                return self._cut("hold", f"hold_grace_s={p.hold_grace_s}", [ev], wall_ms), []
-        if p.silence and not self.talking and now - self.quiet_since >= p.silence_s:
+        for chan, (since, ev) in list(self.holds.items()):
+            if self.on("hold") and now - since >= p.hold_grace_s:
+                del self.holds[chan]  # a warning or flag does not fire again for the same hold
+                return self._cut("hold", f"hold_grace_s={p.hold_grace_s}", [ev], wall_ms, respond=True), []
+        if self.on("silence") and not self.talking and now - self.quiet_since >= p.silence_s:
             evs = [self.quiet_event] if self.quiet_event else []
-            return self._cut("silence", f"silence_s={p.silence_s}", evs, wall_ms), []
+            self.quiet_since = now  # after a warning or flag, another silence_s is needed
+            return self._cut("silence", f"silence_s={p.silence_s}", evs, wall_ms, respond=True), []
         if not (self.limit_ms and self.bridged_ms):
             return None, []
         deadline = self.bridged_ms + self.limit_ms
@@ -276,8 +403,8 @@ class LiveCall:
                              [{"event": "TimeLimit", "bridged_ms": str(self.bridged_ms),
                                "limit_ms": str(self.limit_ms)}], at_ms=deadline), []
         due = [w for w in p.warn_before_s
-               if w not in self.warned and w * 1000 < self.limit_ms and wall_ms >= deadline - w * 1000]
-        self.warned.update(due)
+               if w not in self.warned_limit and w * 1000 < self.limit_ms and wall_ms >= deadline - w * 1000]
+        self.warned_limit.update(due)
         # if several fell due at once (the funds ran short), say only what is really left
         return None, [round((deadline - wall_ms) / 1000)] if due else []
 
@@ -296,12 +423,23 @@ class LiveCall:
         """After a restart: notices whose moment passed are not replayed late."""
         if self.limit_ms and self.bridged_ms:
             deadline = self.bridged_ms + self.limit_ms
-            self.warned.update(w for w in self.policy.warn_before_s if wall_ms > deadline - w * 1000)
+            self.warned_limit.update(w for w in self.policy.warn_before_s if wall_ms > deadline - w * 1000)
 
-    def _cut(self, reason: str, threshold: str, events: list[dict], at_ms: int | None = None) -> Cut:
-        self.cut = Cut(reason, threshold, tuple(events[-MAX_EVIDENCE:]),
-                       int(time.time() * 1000) if at_ms is None else at_ms)
-        return self.cut
+    def _cut(self, reason: str, threshold: str, events: list[dict], at_ms: int | None = None,
+             respond: bool = False) -> Cut:
+        """A rule fired: respond (in-call rules) applies the call's response to it; otherwise
+        (time limit, before the bridge) the call ends."""
+        response = self.response(reason) if respond else "disconnect"
+        if response == "warn" and self.warned:
+            response, threshold = "disconnect", f"{threshold}; after a warning"
+        elif response == "warn":
+            self.warned = True
+        fired = Cut(reason, threshold, tuple(events[-MAX_EVIDENCE:]),
+                    int(time.time() * 1000) if at_ms is None else at_ms, response)
+        if response == "disconnect":
+            self.cut = fired
+        self.fired.append(fired)
+        return fired
 
 
 def _int(v: Any) -> int:

@@ -38,6 +38,10 @@ FASTAGI_PORT=4573
 SOUNDS=$AST/var/lib/asterisk/sounds/ics
 # kamailio: the cluster's SIP front; sip-tester (SIPp): the farm bench's handsets
 HOST_PACKAGES=(debootstrap redis-server espeak-ng python3.11-venv kamailio sip-tester)
+# the Spanish prompts' voice (SVOX Pico, prompts/manifest.toml [voices]): in Debian's non-free
+NON_FREE_PACKAGES=(libttspico-utils)
+# Asterisk's own sounds in every prompt language (SayNumber, digits); installed in the root
+ROOT_SOUNDS=(asterisk-core-sounds-en-gsm asterisk-core-sounds-es-gsm)
 # the cluster (up-cluster): call nodes "id:address" (each an Asterisk from the same root with its
 # own ics-fastagi and ics-ami, all on that loopback address), Kamailio in front on its own
 CLUSTER_NODES=${ICS_CLUSTER_NODES:-a:127.0.0.2 b:127.0.0.3}
@@ -61,6 +65,59 @@ provision_host() {
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -q >/dev/null
     apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# Debian's non-free component, from the same mirror and key as the host's own Debian source
+# (deb822 debian.sources, as Debian 12 ships it), for NON_FREE_PACKAGES only
+NON_FREE_LIST=/etc/apt/sources.list.d/ics-non-free.sources
+
+provision_non_free() {
+    local missing=() p
+    for p in "${NON_FREE_PACKAGES[@]}"; do have_pkg "$p" || missing+=("$p"); done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    if [ ! -f "$NON_FREE_LIST" ]; then
+        local src=/etc/apt/sources.list.d/debian.sources uris signed codename
+        [ -f "$src" ] || die "no $src to take the Debian mirror from (add non-free and install ${missing[*]})"
+        uris=$(awk '/^URIs:/ {print $2; exit}' "$src")
+        signed=$(awk '/^Signed-By:/ {print $2; exit}' "$src")
+        codename=$(. /etc/os-release && echo "$VERSION_CODENAME")
+        printf 'Types: deb\nURIs: %s\nSuites: %s\nComponents: non-free\nSigned-By: %s\n' \
+            "$uris" "$codename" "$signed" > "$NON_FREE_LIST"
+    fi
+    log "installing non-free host packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q >/dev/null
+    apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# packages into a root provisioned before they were needed
+root_install() {
+    [ -s "$AST/etc/resolv.conf" ] || cp -L /etc/resolv.conf "$AST/etc/resolv.conf"
+    in_root env DEBIAN_FRONTEND=noninteractive \
+        apt-get -q -o Acquire::Check-Valid-Until=false update >/dev/null
+    in_root env DEBIAN_FRONTEND=noninteractive \
+        apt-get -q -o Acquire::Check-Valid-Until=false install -y --no-install-recommends \
+        "$@" >>"$STACK/apt.log" 2>&1 || die "apt-get install $* failed (log: $STACK/apt.log)"
+    in_root apt-get clean
+}
+
+# Asterisk's sounds of every prompt language, also in a root provisioned before they were listed
+provision_root_sounds() {
+    local missing=() p
+    for p in "${ROOT_SOUNDS[@]}"; do
+        in_root dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+    done
+    # the Spanish package registers no "es" directory (English gets "en" from its alternative):
+    # Asterisk looks for CHANNEL(language)=es sounds under sounds/es
+    local es=$AST/usr/share/asterisk/sounds/es
+    if [ ${#missing[@]} -eq 0 ]; then
+        [ -e "$es" ] || ln -sfn es_MX_f_Allison "$es"
+        return 0
+    fi
+    log "installing ${missing[*]} in the root"
+    root_install "${missing[@]}"
+    [ -e "$es" ] || ln -sfn es_MX_f_Allison "$es"
+    touch "$AST/.ics-provisioned"  # a new root: copies of the old one (tests/conftest.py) are made again
 }
 
 venv_stamp() { sha256sum "$REPO/pyproject.toml" | cut -d' ' -f1; }
@@ -100,7 +157,7 @@ provision_asterisk() {
         apt-get -q -o Acquire::Check-Valid-Until=false update >/dev/null
     chroot "$tmp" env DEBIAN_FRONTEND=noninteractive \
         apt-get -q -o Acquire::Check-Valid-Until=false install -y --no-install-recommends \
-        asterisk asterisk-core-sounds-en-gsm tcc libc6-dev >"$STACK/apt.log" 2>&1 \
+        asterisk "${ROOT_SOUNDS[@]}" tcc libc6-dev >"$STACK/apt.log" 2>&1 \
         || { tail -n 20 "$STACK/apt.log" >&2; die "apt-get install asterisk failed"; }
     chroot "$tmp" apt-get clean
     # keep the package's sample configs aside; /etc/asterisk holds only dialplan/
@@ -122,13 +179,7 @@ provision_shim() {
     if [ -f "$AST$SHIM" ] && cmp -s "$src" "$AST/usr/local/src/bind_loopback.c"; then return 0; fi
     if [ ! -x "$AST/usr/bin/tcc" ]; then
         log "installing tcc in the root (bind-to-loopback shim)"
-        [ -s "$AST/etc/resolv.conf" ] || cp -L /etc/resolv.conf "$AST/etc/resolv.conf"
-        in_root env DEBIAN_FRONTEND=noninteractive \
-            apt-get -q -o Acquire::Check-Valid-Until=false update >/dev/null
-        in_root env DEBIAN_FRONTEND=noninteractive \
-            apt-get -q -o Acquire::Check-Valid-Until=false install -y --no-install-recommends \
-            tcc libc6-dev >>"$STACK/apt.log" 2>&1 || die "apt-get install tcc failed (log: $STACK/apt.log)"
-        in_root apt-get clean
+        root_install tcc libc6-dev
     fi
     mkdir -p "$AST/usr/local/src" "$AST/usr/local/lib"
     cp "$src" "$AST/usr/local/src/bind_loopback.new.c"
@@ -183,8 +234,10 @@ EOF
 cmd_provision() {
     need_root
     provision_host
+    provision_non_free
     provision_venv
     provision_asterisk
+    provision_root_sounds
     provision_shim
     provision_secrets
     write_stack_env
@@ -456,6 +509,7 @@ render_node() {   # render_node NODE ADDRESS
         echo "ICS_NODE_ID=$node"
         echo "ICS_AMI_HOST=$addr"
         echo "ICS_FASTAGI_HOST=$addr"
+        echo "ICS_AMI_TAP_HOST=$addr"  # the three-way audio tap: each listener on its own node
         echo "ICS_CAPACITY_RTP_CONF=$etc/rtp.conf"
         echo "ICS_NODE_ADDRESS=$addr"; } > "$STACK/node-$node.env" )
 }

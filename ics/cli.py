@@ -31,9 +31,9 @@ PROG = "icsctl"
 MAX_CALLS_LIMIT = 10_000
 NAME_MAX_S = 10  # longest imported name recording (ics.audio.import_file truncates)
 SETTINGS = tuple(config.DEFAULTS["facility_defaults"])
-DIGIT_SETTINGS = config.FACILITY_DIGIT_KEYS
+DIGIT_SETTINGS = (*config.FACILITY_DIGIT_KEYS, "lang_switch_digit")
 ZERO_OK = ("adp", "facility_cost_cents", "notice_interval_s", "rate_local_cents", "rate_instate_cents",
-           "rate_interstate_cents", "tax_bps", "hold_grace_s")  # 0 is meaningful
+           "rate_interstate_cents", "tax_bps", "hold_grace_s", "tty_rate_cents")  # 0 is meaningful
 SETTING_HELP = {
     "type": "prison or jail (sets the FCC cap); ",
     "adp": "average daily population (a jail's FCC cap); ",
@@ -49,6 +49,9 @@ SETTING_HELP = {
     "warn_before_s": "notices before the time limit, seconds, comma-separated; ",
     "hold_grace_s": "a hold undone within this is forgiven, 0 = none; ",
     "before_accept": "a hook flash, hold or transfer before the bridge: end (the call) or record (only); ",
+    "responses": 'what each rule does, "hold=warn, dead_air=off" (disconnect, warn, flag, off; '
+                 'README "Three-way calls"); ',
+    "tone_plan": "the carrier's call-progress tones: na or eu (425 Hz); ",
     "local_npas": "comma-separated local area codes; ",
     "state_npas": "comma-separated in-state area codes; ",
     "timezone": "IANA time zone of schedules and dates; ",
@@ -56,6 +59,13 @@ SETTING_HELP = {
     "approved_max": "numbers per inmate (pending + approved); ",
     "notice_interval_s": "in-call facility notice to the called party every N s, 0 = off; ",
     "caller_id": "outbound caller ID number (a US number), empty = withheld; ",
+    "language": "what inmates and called parties hear unless their own is set (a language of the manifest); ",
+    "lang_switch_digit": "the key a called party presses to hear another language (not a menu key); ",
+    "relay_numbers": "relay destinations (711, TRS numbers), comma-separated: always allowed, never billed, "
+                     "audio rules off; ",
+    "relay_recorded": "relay calls are recorded; ",
+    "tty_rate_cents": "cents/min at most for a call to a number marked tty, 0 = free; ",
+    "free_lines_anytime": "numbers marked free are reachable outside schedules and weekly quotas; ",
 }
 
 log = logs.get("icsctl")
@@ -447,6 +457,33 @@ def inmate_unit(store: Store, a) -> int:
     return 0
 
 
+def inmate_language(store: Store, a) -> int:
+    need_inmate(store, a.iid)
+    store.set_inmate_language(a.iid, a.language)
+    log.info("ops.inmate_language", inmate=a.iid, language=a.language)
+    out(f"inmate {a.iid} hears {a.language or 'the facility language'}")
+    return 0
+
+
+def account_language(store: Store, a) -> int:
+    store.set_account_language(a.aid, a.language)
+    log.info("ops.account_language", account=a.aid, language=a.language)
+    out(f"account {a.aid}'s numbers hear {a.language or 'the facility language'} (unless a number says otherwise)")
+    return 0
+
+
+def numbers_set(store: Store, a) -> int:
+    """A number's language and flags: free, unrecorded (PREA lines, public defenders), tty."""
+    a.number = need_number(a.number)
+    info = store.set_number_info(a.number, language=a.language, note=a.note,
+                                 free=a.free, unrecorded=a.unrecorded, tty=a.tty)
+    log.info("ops.number_set", number=a.number, **info)
+    store.audit("number_set", a.by, detail=f"number={a.number} " + " ".join(
+        f"{k}={v}" for k, v in sorted(info.items()) if k != "note"))
+    out(f"{a.number}: " + ", ".join(f"{k} {v}" for k, v in sorted(info.items())))
+    return 0
+
+
 def inmate_status(store: Store, a) -> int:
     need_inmate(store, a.iid)
     store.set_inmate_status(a.iid, a.status, a.calls_per_week or 0, a.minutes_per_week or 0)
@@ -797,11 +834,12 @@ def call_doc(rec: dict) -> dict:
             doc[k.removesuffix("_ms") + "_at"] = iso(rec[k])
     if rec.get("reason"):
         doc["reason_description"] = reasons.describe(rec["reason"])
-    if rec.get("evidence"):
-        try:
-            doc["evidence"] = json.loads(rec["evidence"])
-        except ValueError:  # shown as stored rather than hidden
-            doc["evidence"] = rec["evidence"]
+    for k in ("evidence", "fired", "responses"):
+        if rec.get(k):
+            try:
+                doc[k] = json.loads(rec[k])
+            except ValueError:  # shown as stored rather than hidden
+                doc[k] = rec[k]
     if isinstance(rec.get("bridged_ms"), int) and isinstance(rec.get("ended_ms"), int):
         doc["bridged_duration_ms"] = max(0, rec["ended_ms"] - rec["bridged_ms"])
     return doc
@@ -856,7 +894,8 @@ def calls_show(store: Store, a) -> int:
         return 0
     pairs: list[tuple[str, Any]] = []
     for k, v in doc.items():
-        if k.endswith("_at") or k in ("reason_description", "bridged_duration_ms", "evidence", "recording_file_ms",
+        if k.endswith("_at") or k in ("reason_description", "bridged_duration_ms", "evidence", "fired",
+                                      "recording_file_ms",
                                       "recording_file_final", "recording_verdict", "recording_check",
                                       "recording_ms", "recording_short_ms", "bridged_for_ms"):
             continue
@@ -887,6 +926,12 @@ def calls_show(store: Store, a) -> int:
         out("evidence (AMI events that triggered the rule):")
         for ev in doc["evidence"] if isinstance(doc["evidence"], list) else [doc["evidence"]]:
             out("  " + evidence_line(ev))
+    if isinstance(doc.get("fired"), list) and doc["fired"]:
+        out("rules that fired (and what was done):")
+        for f in doc["fired"]:
+            out(f"  {iso(f.get('at_ms', 0))}  {f.get('rule')} -> {f.get('response')}  ({f.get('threshold')})")
+            for ev in f.get("evidence", []):
+                out("    " + evidence_line(ev))
     return 0
 
 
@@ -1011,6 +1056,20 @@ def numbers_migrate(store: Store, a) -> int:
 
 
 # --- privileged numbers, investigators, audit ------------------------------------------
+
+def number_rules(store: Store, a) -> int:
+    """Show, set or clear a number's responses over its facility's (an attorney's PBX ...)."""
+    a.number = need_number(a.number)
+    if a.set is not None or a.clear:
+        try:
+            now = store.set_number_rules(a.number, "" if a.clear else a.set)
+        except StoreError as exc:
+            raise CliError(str(exc)) from None
+        log.info("ops.number_rules", number=a.number, rules=now)
+    now = store.number_rules(a.number)
+    out(f"{a.number}: " + (", ".join(f"{k}={v}" for k, v in sorted(now.items())) or "the facility's responses"))
+    return 0
+
 
 def privileged_add(store: Store, a) -> int:
     a.number = need_number(a.number)
@@ -1150,6 +1209,9 @@ def build_parser() -> Parser:
     c = command(inm, "unit", inmate_unit, "move an inmate to a living unit (its schedule applies)")
     c.add_argument("iid", metavar="IID")
     c.add_argument("unit", metavar="UNIT")
+    c = command(inm, "language", inmate_language, "the language the inmate hears (empty: the facility's)")
+    c.add_argument("iid", metavar="IID")
+    c.add_argument("language", metavar="LANG", help="a language of the prompt manifest, e.g. es")
     c = command(inm, "status", inmate_status, "active, restricted (weekly quota) or suspended")
     c.add_argument("iid", metavar="IID")
     c.add_argument("status", choices=INMATE_STATUSES)
@@ -1183,6 +1245,13 @@ def build_parser() -> Parser:
             c.add_argument("--note", help="why")
             c.add_argument("--end-live", action="store_true",
                            help="also end calls in progress, with a prompt to both parties")
+
+    nr = groups.add_parser("number", help="per-number settings").add_subparsers(
+        dest="cmd", required=True, metavar="SUBCOMMAND")
+    c = command(nr, "rules", number_rules, "a number's rule responses over its facility's")
+    c.add_argument("number", metavar="NUMBER")
+    c.add_argument("--set", metavar="RULES", help='e.g. "ringback=flag, dial_tone=warn, hold=off"')
+    c.add_argument("--clear", action="store_true", help="back to the facility's responses")
 
     pv = groups.add_parser("privileged", help="attorney numbers: never recorded or monitored"
                            ).add_subparsers(dest="cmd", required=True, metavar="SUBCOMMAND")
@@ -1236,6 +1305,9 @@ def build_parser() -> Parser:
                    help="a number the account pays for (repeat for more; not for inmate_debit)")
     c.add_argument("--monthly-limit-cents", type=positive_int, metavar="N", help="direct_bill only")
     c.add_argument("--inmate", metavar="IID", help="inmate_debit only")
+    c = command(acc, "language", account_language, "the language its numbers' called parties hear first")
+    c.add_argument("aid", metavar="AID")
+    c.add_argument("language", metavar="LANG", help="a language of the prompt manifest, e.g. es (empty: the facility's)")
     c = command(acc, "fund", account_fund, "deposit money")
     c.add_argument("aid", metavar="AID")
     how = c.add_mutually_exclusive_group(required=True)
@@ -1297,6 +1369,14 @@ def build_parser() -> Parser:
                 "whether inmates may call it and how a facility rates it", json_out=True)
     c.add_argument("number", metavar="NUMBER")
     c.add_argument("--facility", metavar="FID", help="rate it for this facility")
+    c = command(num, "set", numbers_set, "a number's language and flags: free (never billed), unrecorded, "
+                "tty (billed at most tty_rate_cents, audio rules off); every change audited")
+    c.add_argument("number", metavar="NUMBER")
+    c.add_argument("--language", metavar="LANG", help="what the called party hears first (empty: the account's)")
+    for flag in ("free", "unrecorded", "tty"):
+        c.add_argument(f"--{flag}", dest=flag, type=on_off, metavar="on|off")
+    c.add_argument("--note", help='e.g. "PREA hotline"')
+    c.add_argument("--by", required=True, metavar="WHO", help="who made the change (audited)")
     command(num, "migrate", numbers_migrate, "rewrite numbers stored in an older spelling as E.164 "
             "(ics-fastagi also does at start-up)", json_out=True)
 

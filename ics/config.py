@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from . import destination, policy, rating
+from . import destination, policy, prompts, rating
 
 DEFAULT_CONFIG_PATH = "/etc/ics/ics.toml"
 
@@ -59,6 +59,11 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "settle_retry_ms": 1000,
         "settle_retry_max_s": 21600,
         "orphan_scan_s": 30,
+        # the AudioSocket server of the listener: each bridged call's called-leg audio (ami.audiotap);
+        # tap = false taps nothing (the audio rules never fire: benchmarks' baseline)
+        "tap": True,
+        "tap_host": "127.0.0.1",
+        "tap_port": 4575,
     },
     "recordings": {
         # Host path of Asterisk's monitor directory: MixMonitor files live under
@@ -100,6 +105,10 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "refuse_digit": "2",
         "quote_digit": "3",
         "block_digit": "9",
+        # the provider, how to hear the rate, and how to reach billing and complaints, read out
+        # (47 CFR 64.710); billing_phone is said digit by digit
+        "info_digit": "0",
+        "billing_phone": "8005550199",
         "menu_timeout_s": 6,
         "time_limit_s": 900,
         "pin_max_tries": 3,
@@ -132,6 +141,21 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "digits_max": 3,  # more keypad digits than this from the called side ...
         "digits_window_s": 10,  # ... within this many seconds
         "warn_before_s": "60,30",  # notices to both parties this many seconds before the time limit
+        # What each rule does when it fires (README "Three-way calls"): disconnect, warn (both hear
+        # the three-way warning; the next rule that fires disconnects), flag (the call goes on; the
+        # record and the investigators' alert stream keep the evidence) or off. "" = DEFAULT_RESPONSES;
+        # e.g. "hold=warn, dead_air=off". A number can override its facility (icsctl number rules).
+        "responses": "",
+        # the called leg's audio (ami/tones.py): the carrier's tone plan and each signature's threshold
+        "tone_plan": "na",  # na (350+440 dial, 440+480 ringback, 480+620 busy) | eu (425 Hz, by cadence)
+        "dial_tone_ms": 800,  # dial tone held this long
+        "ringback_ms": 800,  # two-frequency ringback held this long
+        "busy_bursts": 2,  # busy / reorder bursts in cadence
+        "drop_min_ms": 300,  # dead air (digital silence right after sound) this long
+        "sequence_window_s": 8,  # flash_sequence: dead air, then a tone or digits within this
+        # in-band keypad tones from the called side: more than this within digits_window_s (a
+        # number being dialled is 7 or more; an IVR menu takes one or two a prompt)
+        "inband_digits_max": 6,
         # a hook flash, hold or transfer before the bridge (announcement, menu): "end" the call
         # (that rule's reason, nothing billed) or only "record" it on the call; a rule that is off never ends it
         "before_accept": "end",
@@ -145,11 +169,57 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         # the inmate dialled an emergency number: false = "emergency calls cannot be made from this
         # phone, tell an officer"; true = the facility routes them elsewhere and the prompt says so
         "emergency_routed": False,
+        # Languages (ics/prompts.py, the manifest's): what an inmate without a language of their own
+        # hears, and a called party whose number and account set none; the key a called party
+        # presses to switch, before choosing, to another language (not one of the menu keys)
+        "language": "en",
+        "lang_switch_digit": "8",
+        # Relay for deaf and hard-of-hearing callers (47 CFR 64.6040): these destinations (711, a TRS
+        # or captioned-telephone provider's number; comma-separated) are always allowed whatever the
+        # approved list says, never billed (rate 0, nothing held), and the audio rules (silence,
+        # extra_digits, tones: ami/rules.py AUDIO_RULES) are off for them, as for calls to a number
+        # marked tty (icsctl numbers set N --tty), which are billed at most tty_rate_cents (0: free)
+        "relay_numbers": "",
+        "relay_recorded": True,  # recorded like any call (false: never recorded)
+        "tty_rate_cents": 0,
+        # numbers marked free (icsctl numbers set N --free: PREA lines, public defenders): outside
+        # schedules and weekly quotas when true
+        "free_lines_anytime": True,
+        # a number nobody can be billed for (needs_prepaid) may get one free courtesy call of this
+        # many seconds (whole minutes), once per number, ending with how to open a prepaid account;
+        # 0 = off
+        "courtesy_call_s": 0,
     },
 }
 
 BEFORE_ACCEPT = ("end", "record")  # facility_defaults before_accept
-FACILITY_DIGIT_KEYS = ("accept_digit", "refuse_digit", "quote_digit", "block_digit")
+RESPONSES = ("disconnect", "warn", "flag", "off")
+# every rule of the AMI listener (ami/rules.py) and what it does unless configured otherwise;
+# dead air alone is weak evidence (a dropped cell packet, a mute button): flagged, never cut
+DEFAULT_RESPONSES: dict[str, str] = {
+    "hold": "disconnect", "hook_flash": "disconnect", "transfer": "disconnect", "conference": "disconnect",
+    "silence": "disconnect", "extra_digits": "disconnect",
+    "dial_tone": "disconnect", "ringback": "disconnect", "busy": "disconnect", "sit": "disconnect",
+    "inband_digits": "disconnect", "dead_air": "flag", "flash_sequence": "disconnect",
+}
+
+
+def parse_responses(text: str) -> dict[str, str]:
+    """'hold=warn, dead_air=off' -> {'hold': 'warn', 'dead_air': 'off'}; a bad rule or response raises."""
+    out: dict[str, str] = {}
+    for part in str(text).replace(";", ",").split(","):
+        part = part.strip()
+        if not part:
+            continue
+        rule, sep, response = (x.strip() for x in part.partition("="))
+        if not sep or rule not in DEFAULT_RESPONSES or response not in RESPONSES:
+            raise ValueError(f"responses takes rule=response pairs (rules: {', '.join(DEFAULT_RESPONSES)}; "
+                             f"responses: {', '.join(RESPONSES)}), got {part!r}")
+        out[rule] = response
+    return out
+
+
+FACILITY_DIGIT_KEYS = ("accept_digit", "refuse_digit", "quote_digit", "block_digit", "info_digit")
 
 
 class ConfigError(ValueError):
@@ -175,13 +245,26 @@ def _check_facility(values: Mapping[str, Any], where: str) -> None:
         if not (isinstance(d, str) and len(d) == 1 and d in "0123456789*#"):
             raise ConfigError(f"{where}: {key} must be one keypad key (0-9, * or #), got {d!r}")
     if len(set(digits)) != len(digits):
-        raise ConfigError(f"{where}: accept/refuse/quote/block digits must differ, got {digits}")
+        raise ConfigError(f"{where}: accept/refuse/quote/block/info digits must differ, got {digits}")
     if values["time_limit_s"] < 60:
         raise ConfigError(f"{where}: time_limit_s must be at least 60 (calls are sold by the minute)")
     for key in ("menu_timeout_s", "time_limit_s", "rate_cents_per_min", "pin_max_tries", "pin_lock_after",
                 "silence_s", "digits_max", "digits_window_s"):
         if values[key] <= 0:
             raise ConfigError(f"{where}: {key} must be positive, got {values[key]}")
+    _check_languages(values, where)
+    courtesy = values["courtesy_call_s"]
+    if courtesy and not (courtesy % 60 == 0 and MIN_COURTESY_S <= courtesy <= MAX_COURTESY_S):
+        raise ConfigError(f"{where}: courtesy_call_s is 0 (off) or whole minutes from {MIN_COURTESY_S} to "
+                          f"{MAX_COURTESY_S} s, got {courtesy}")
+    try:
+        bp = destination.parse(values["billing_phone"])
+    except destination.NumberError as exc:
+        raise ConfigError(f"{where}: billing_phone: {exc}") from None
+    if bp.short:
+        raise ConfigError(f"{where}: billing_phone must be a whole number, got {values['billing_phone']!r}")
+    if values["tty_rate_cents"] < 0:
+        raise ConfigError(f"{where}: tty_rate_cents must not be negative, got {values['tty_rate_cents']}")
     if values["pin_lock_after"] < values["pin_max_tries"]:
         raise ConfigError(f"{where}: pin_lock_after must be >= pin_max_tries")
     if values["hold_grace_s"] < 0:
@@ -191,10 +274,45 @@ def _check_facility(values: Mapping[str, Any], where: str) -> None:
                           f"got {values['before_accept']!r}")
     try:
         parse_warnings(values["warn_before_s"])
+        parse_responses(values["responses"])
     except ValueError as exc:
         raise ConfigError(f"{where}: {exc}") from None
+    from ami.tones import PLANS  # the plans are data beside the detector that reads them
+    if values["tone_plan"] not in PLANS:
+        raise ConfigError(f"{where}: tone_plan must be one of {', '.join(PLANS)}, got {values['tone_plan']!r}")
+    for key, low, high in (("dial_tone_ms", 200, 5000), ("ringback_ms", 200, 5000), ("busy_bursts", 1, 10),
+                           ("drop_min_ms", 100, 5000), ("sequence_window_s", 1, 60),
+                           ("inband_digits_max", 1, 30)):
+        if not low <= values[key] <= high:
+            raise ConfigError(f"{where}: {key} must be {low} to {high}, got {values[key]}")
     _check_rating(values, where)
     _check_policy(values, where)
+
+
+def _check_languages(values: Mapping[str, Any], where: str) -> None:
+    """The facility's language is one the manifest has; the switch key is a keypad key that is
+    none of the menu's; relay numbers are numbers."""
+    if values["language"] not in prompts.TEXTS:
+        raise ConfigError(f"{where}: language {values['language']!r} has no prompts in {prompts.MANIFEST_PATH} "
+                          f"(known: {', '.join(prompts.LANGUAGES)})")
+    d = values["lang_switch_digit"]
+    if not (isinstance(d, str) and len(d) == 1 and d in "0123456789*#"):
+        raise ConfigError(f"{where}: lang_switch_digit must be one keypad key (0-9, * or #), got {d!r}")
+    taken = {values[k]: k for k in FACILITY_DIGIT_KEYS}
+    if d in taken:
+        raise ConfigError(f"{where}: lang_switch_digit {d!r} is already the menu's {taken[d]}")
+    try:
+        relay_numbers(values["relay_numbers"])
+    except destination.NumberError as exc:
+        raise ConfigError(f"{where}: relay_numbers: {exc}") from None
+
+
+MIN_COURTESY_S, MAX_COURTESY_S = 60, 600  # a courtesy call is short: one to ten minutes
+
+
+def relay_numbers(text: str) -> set[str]:
+    """relay_numbers "711, 8005551234" -> their E.164 spellings (a short code keeps its digits)."""
+    return {destination.parse(part.strip()).e164 for part in str(text).split(",") if part.strip()}
 
 
 # recordings.max_short_ms: below 200 ms the normal jitter of a bridge's start and end would flag
@@ -406,6 +524,10 @@ def load(path: str | None = None, environ: Mapping[str, str] | None = None) -> C
         if "environment" not in sources:
             sources.append("environment")
 
+    try:  # every language of the prompt manifest complete, with its voice
+        prompts.check()
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     _check_facility(values["facility_defaults"], "facility_defaults")
     _check_redis(values["redis"])
     if values["log"]["format"] not in ("auto", "json", "console"):

@@ -23,7 +23,8 @@ it is done; icsctl ledger check reports one left half-done, and settling the cal
   ics:inmate:{i:<iid>}              hash   facility, name, pin_salt, pin_hash,
                                            pin_locked (0/1), name_recorded (0/1), unit (living
                                            unit id), status (active|restricted|suspended),
-                                           quota_calls_week, quota_minutes_week (restricted; 0 = none)
+                                           quota_calls_week, quota_minutes_week (restricted; 0 = none),
+                                           language (what the inmate hears; "" = the facility's)
   ics:inmate:{i:<iid>}:week:{yyyyWww}  hash  calls, minutes: accepted calls and billed minutes in
                                            that ISO week, facility time; call:{cid} -> minutes for each
                                            call counted (so a replayed count adds nothing: count_week.lua)
@@ -62,6 +63,13 @@ it is done; icsctl ledger check reports one left half-done, and settling the cal
                                            the sum of their held_cents (icsctl ledger check)
   ics:account:{a:<aid>}:unsynced    hash   call id -> v of a money change not yet copied to the call record
                                            and the weekly quota (the second step); empty when all is done
+  ics:numinfo:{number}              hash   what a number is to the facility, per number: language (the
+                                           called party's; else its account's, else the facility's),
+                                           free (0/1: never billed, PREA lines, public defenders),
+                                           unrecorded (0/1), tty (0/1: a family TTY, billed at most the
+                                           facility's tty_rate_cents, audio rules off), note
+  ics:courtesy:{number}             string the call id that used the number's one free courtesy call
+                                           (taken when dialled, given back by settlement if never bridged)
   ics:lidb:{number}                 hash   line_type (landline|wireless|voip), collect_block (0/1),
                                            new_number (0/1), updated_ms; absent = landline, no blocks
   ics:ledger:{a:<aid>}              stream append-only: kind, amount_cents (> 0), balance_cents
@@ -91,6 +99,16 @@ it is done; icsctl ledger check reports one left half-done, and settling the cal
   ics:recordings:flagged_count      string calls whose recording was found short or missing when they
                                            settled (ics.recordings; shown by icsctl ledger check)
   ics:recordings:flagged            zset   those call ids, scored by the call's ended_ms
+  ics:rules:number:{number}         hash   rule -> response (disconnect|warn|flag|off) for calls to that
+                                           number, over its facility's (icsctl number rules; an attorney's
+                                           PBX with music on hold)
+  ics:rules:call:{cid}              hash   rule -> response for one call, over the number's and the
+                                           facility's (set before the bridge by whoever knows the call is
+                                           special, e.g. a relay/TTY call turning silence and tone rules off);
+                                           field "why" says who and why (kept on the record)
+  ics:alerts:threeway               stream investigators' alerts: call, facility, inmate, number, rule,
+                                           response, at_ms, evidence (JSON), for every rule that fired
+                                           with response flag or warn (capped near ALERTS_MAXLEN)
   ics:recordings:pending            zset   calls whose recording check waits for Asterisk to close the
                                            file (scored by ended_ms; the AMI listener retries them)
 """
@@ -105,6 +123,8 @@ NODES = f"{PREFIX}:nodes"
 RECORDINGS_FLAGGED_COUNT = f"{PREFIX}:recordings:flagged_count"
 RECORDINGS_FLAGGED = f"{PREFIX}:recordings:flagged"
 RECORDINGS_PENDING = f"{PREFIX}:recordings:pending"
+ALERTS = f"{PREFIX}:alerts:threeway"
+ALERTS_MAXLEN = 100_000
 LISTENER_ALIVE_MS = 3000  # three missed beats (ami.listener HEARTBEAT_S): calls are refused
 DEFAULT_NODE = "main"     # config node.id of a single box
 
@@ -216,6 +236,14 @@ def account_month(aid: str, yyyymm: str) -> str:
     return f"{account(aid)}:month:{yyyymm}"
 
 
+def numinfo(number: str) -> str:
+    return f"{PREFIX}:numinfo:{number}"
+
+
+def courtesy(number: str) -> str:
+    return f"{PREFIX}:courtesy:{number}"
+
+
 def lidb(number: str) -> str:
     return f"{PREFIX}:lidb:{number}"
 
@@ -228,8 +256,16 @@ def call(cid: str) -> str:
     return f"{PREFIX}:call:{cid}"
 
 
+def number_rules(number: str) -> str:
+    return f"{PREFIX}:rules:number:{number}"
+
+
+def call_rules(cid: str) -> str:
+    return f"{PREFIX}:rules:call:{cid}"
+
+
 # Every place a number is kept, for the migration to E.164: hashes whose fields are numbers,
 # sets whose members are numbers, and key prefixes followed by a number.
 NUMBER_HASHES = (f"{PREFIX}:inmate:*:approved", PRIVILEGED)
 NUMBER_SETS = (f"{PREFIX}:block:inmate:*", f"{PREFIX}:block:facility:*", f"{PREFIX}:account:*:numbers")
-NUMBER_KEY_PREFIXES = (f"{PREFIX}:number:", f"{PREFIX}:lidb:")
+NUMBER_KEY_PREFIXES = (f"{PREFIX}:number:", f"{PREFIX}:lidb:", f"{PREFIX}:numinfo:", f"{PREFIX}:courtesy:")

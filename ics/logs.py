@@ -57,6 +57,13 @@ Event names (the `event` field):
   enforce.load_failed       the call record or facility could not be read: default rules apply
   enforce.disconnect        a rule ended the call: reason, threshold, evidence, latency_ms, legs
   enforce.record_failed     the reason/evidence could not be written to the call record
+  enforce.warn / enforce.flag   a rule fired whose response is warn (both hear the three-way
+                            warning) or flag (the call goes on): reason, threshold, evidence
+  enforce.bad_override      a number's or call's rule response that is no rule or response (ignored)
+  tap.started / tap.failed  the called leg's audio tap (ChanSpy into AudioSocket) for a bridged call
+  tap.detected              a signature in the called leg's audio (ami/tones.py): signature,
+                            onset_offset_ms, duration_ms, level_dbfs, the rule and response it made
+  tap.unknown               an AudioSocket connection with a UUID no tap expects (dropped)
   enforce.hangup            a leg was hung up outright (redirect failed or the prompt overran)
   enforce.warning / enforce.warning_failed   a time-limit notice to both parties (seconds_left)
   enforce.minute_held       the next minute of a live call held before it starts (paid_minutes, cents)

@@ -59,6 +59,14 @@ REASONS: dict[str, str] = {
     "conference": "A third party was added to the call (conference or a new linked channel)",
     "silence": "No one spoke on the call for longer than the facility allows",
     "extra_digits": "The called party pressed more keypad digits than the facility allows during the call",
+    # the called leg's audio (ami/tones.py): a three-way call made inside the carrier's switch
+    "dial_tone": "A dial tone was heard on the called line (the called party flashed to make a three-way call)",
+    "ringback": "A ringback tone was heard on the called line (a third party's phone was ringing)",
+    "busy": "A busy or reorder tone was heard on the called line",
+    "sit": "Special information tones (a carrier's intercept) were heard on the called line",
+    "inband_digits": "More keypad tones than the facility allows were heard on the called line",
+    "dead_air": "The called line dropped abruptly to dead air (as a hook flash does)",
+    "flash_sequence": "Dead air followed by a tone or keypad digits on the called line (a three-way call)",
     "lockdown_ended": "A lockdown ended the call while it was in progress",
     "cut_off": "An investigator cut the call off",
     # faults

@@ -29,6 +29,13 @@ Fields (times are epoch ms, money integer cents):
                triggered it (JSON list of {event, time, channel, headers})
   before_accept  JSON list of {reason, events} for each hook flash, hold or transfer before
                the bridge that the facility only records (before_accept = "record")
+  fired        JSON list of {rule, response, at_ms, threshold, evidence}: every rule that fired
+               during the call and what was done (disconnect, warn, flag); evidence of the called
+               leg's audio is {event: ToneDetect, signature, offset_ms (into the call), duration_ms,
+               level_dbfs, detail}
+  responses    JSON {rule: response}: the call's effective responses (facility, then the number's
+               override, then the call's own: keys.number_rules, keys.call_rules)
+  responses_why  who set the call's own responses and why (keys.call_rules field "why")
   unit         the inmate's living unit when the call was placed
   privileged   1 for a registered attorney number: never recorded, never monitored
   recording    MixMonitor file, relative to the recordings dir (absent when privileged)
@@ -37,6 +44,13 @@ Fields (times are epoch ms, money integer cents):
   bridged_for_ms   bridged time: bridged_ms to the end of the call (or to cut_ms)
   recording_ms     audio in the recording file (from its data bytes)
   recording_short_ms  bridged time the recording lacks, set when flagged (over recordings.max_short_ms)
+  inmate_language called_language  what each party heard (ics.prompts codes); called_language is
+               the called party's last choice
+  language_switched  the called party's switches before choosing, e.g. "en>es"
+  line         relay / tty / free / unrecorded: a destination the facility treats apart
+               (agi/flows/inmate.py Line); free 1 = never billed (rate 0, nothing held); anytime 1 =
+               outside schedules and weekly quotas
+  rules_off rules_off_why  the audio rules (ami/rules.py AUDIO_RULES) off for this call, and why
 """
 
 from __future__ import annotations
@@ -58,6 +72,9 @@ FIELDS = (
     "rule", "rule_threshold", "cut_ms", "evidence", "paid_minutes",
     "unit", "privileged", "recording", "before_accept",
     "recording_check", "bridged_for_ms", "recording_ms", "recording_short_ms",
+    "fired", "responses", "responses_why",
+    "inmate_language", "called_language", "language_switched",
+    "line", "free", "anytime", "rules_off", "rules_off_why",
 )
 
 INT_FIELDS = {
@@ -92,19 +109,43 @@ def set_reason(r: redis.Redis, call_id: str, reason: str) -> bool:
 PLAIN_ENDS = ("called_hangup", "inmate_hangup")
 
 
+# One step, so no reader sees half a cut: cut_ms never after ended_ms (whichever of the listener's
+# cut and settlement's end, stamped by Asterisk's clock, is written first, each clamps against the
+# other); the reason replaces none or a plain hang-up; a system drop (ARGV[5] = 1) writes nothing
+# over another reason. ARGV[6..] are the plain ends.
+_CUT = """
+local k = KEYS[1]
+local reason = redis.call('HGET', k, 'reason')
+local plain = not reason
+for i = 6, #ARGV do if reason == ARGV[i] then plain = true end end
+if ARGV[5] == '1' and not plain then return 0 end
+local ended = tonumber(redis.call('HGET', k, 'ended_ms') or '')
+local at = tonumber(ARGV[1])
+if ended and ended < at then at = ended end
+redis.call('HSET', k, 'cut_ms', at, 'rule', ARGV[2], 'rule_threshold', ARGV[3], 'evidence', ARGV[4])
+if plain then redis.call('HSET', k, 'reason', ARGV[2]) end
+return 1
+"""
+_END_AT = """
+if redis.call('HSETNX', KEYS[1], 'ended_ms', ARGV[1]) == 1 then
+  local cut = tonumber(redis.call('HGET', KEYS[1], 'cut_ms') or '')
+  if cut and cut > tonumber(ARGV[1]) then redis.call('HSET', KEYS[1], 'cut_ms', ARGV[1]) end
+end
+"""
+
+
+def _cut(r: redis.Redis, call_id: str, reason: str, threshold: str, at_ms: int, events, system_drop: bool) -> bool:
+    return bool(r.eval(_CUT, 1, keys.call(call_id), at_ms, reason, threshold,
+                       json.dumps(list(events), separators=(",", ":")), int(system_drop), *PLAIN_ENDS))
+
+
 def record_cut(r: redis.Redis, call_id: str, reason: str, threshold: str, at_ms: int,
                events: list[dict] | tuple = ()) -> None:
     """A call ended on purpose (a rule of the AMI listener, a lockdown, an investigator):
     why, on what grounds, when billing stops, and the evidence. Written before the legs
     hear it. The first reason wins, except over a plain hang-up: a transfer can make
     Asterisk hang a leg up itself, and its hangup handler may settle the call first."""
-    ended = r.hget(keys.call(call_id), "ended_ms")
-    if ended and ended.isdigit():  # the call already ended on its own: a cut cannot come after
-        at_ms = min(at_ms, int(ended))
-    update(r, call_id, rule=reason, rule_threshold=threshold, cut_ms=at_ms,
-           evidence=json.dumps(list(events), separators=(",", ":")))
-    if not set_reason(r, call_id, reason) and r.hget(keys.call(call_id), "reason") in PLAIN_ENDS:
-        r.hset(keys.call(call_id), "reason", reason)
+    _cut(r, call_id, reason, threshold, at_ms, events, system_drop=False)
 
 
 def record_system_drop(r: redis.Redis, call_id: str, threshold: str, at_ms: int,
@@ -114,23 +155,39 @@ def record_system_drop(r: redis.Redis, call_id: str, threshold: str, at_ms: int,
     writes a rule's. It replaces nothing but a plain hang-up (which a settlement that could not
     know may have written first); a deliberate cut's reason and evidence stay. Whether settled
     before or after, settlement's auto credit then applies once (ics.store.auto_credit)."""
-    if r.hget(keys.call(call_id), "reason") not in (None, *PLAIN_ENDS):
-        return False
-    record_cut(r, call_id, "system_error", threshold, at_ms, events)
-    return True
+    return _cut(r, call_id, "system_error", threshold, at_ms, events, system_drop=True)
 
 
 def note_before_accept(r: redis.Redis, call_id: str, reason: str, events: list[dict] | tuple) -> None:
     """A fault before the bridge the facility only records: appended to the call's list."""
+    _append(r, call_id, "before_accept", {"reason": reason, "events": list(events)})
+
+
+def note_fired(r: redis.Redis, call_id: str, fired: dict) -> None:
+    """A rule fired during the call ({rule, response, at_ms, threshold, evidence}): appended to
+    the record's `fired` list, whatever was done about it."""
+    _append(r, call_id, "fired", fired)
+
+
+def alert(r: redis.Redis, call_id: str, fired: dict, info: dict) -> None:
+    """The investigators' alert stream (keys.ALERTS): a rule that warned or flagged."""
+    r.xadd(keys.ALERTS, {"call": call_id, **{k: info.get(k, "") for k in ("facility", "inmate", "number")},
+                         "rule": fired["rule"], "response": fired["response"], "at_ms": fired["at_ms"],
+                         "threshold": fired["threshold"],
+                         "evidence": json.dumps(fired["evidence"], separators=(",", ":"))},
+           maxlen=keys.ALERTS_MAXLEN, approximate=True)
+
+
+def _append(r: redis.Redis, call_id: str, field_name: str, item: dict) -> None:
     key = keys.call(call_id)
     with r.pipeline(transaction=True) as p:  # optimistic (WATCH): a concurrent note retries, none is lost
         while True:
             try:
                 p.watch(key)
-                noted = json.loads(p.hget(key, "before_accept") or "[]")
-                noted.append({"reason": reason, "events": list(events)})
+                noted = json.loads(p.hget(key, field_name) or "[]")
+                noted.append(item)
                 p.multi()
-                p.hset(key, "before_accept", json.dumps(noted, separators=(",", ":")))
+                p.hset(key, field_name, json.dumps(noted, separators=(",", ":")))
                 p.execute()
                 return
             except redis.WatchError:
@@ -139,7 +196,7 @@ def note_before_accept(r: redis.Redis, call_id: str, reason: str, events: list[d
 
 def mark_ended(r: redis.Redis, call_id: str, when_ms: int) -> None:
     """The first hang-up seen sets the end time; a duplicate cannot stretch the bill."""
-    r.hsetnx(keys.call(call_id), "ended_ms", when_ms)
+    r.eval(_END_AT, 1, keys.call(call_id), when_ms)
 
 
 def get(r: redis.Redis, call_id: str) -> dict | None:

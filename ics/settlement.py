@@ -116,8 +116,10 @@ def settle(store: Store, call_id: str, dialstatus: str = "", hangupsource: str =
             reason = "inmate_abandoned"
         bill = rating.Price(0, 0)
     records.set_reason(r, call_id, reason)
+    if not bridged and rec.get("line") == "courtesy":  # never talked: the free call is not used up
+        store.give_back_courtesy(rec.get("number", ""), call_id)
     week = None
-    if bridged and rec.get("inmate"):
+    if bridged and rec.get("inmate") and rec.get("anytime") != "1":  # a relay or free line: outside quotas
         # weekly quotas count accepted calls and billed minutes, in the facility's week,
         # in the settle script itself: once, with the charge
         fac = store.facility(rec.get("facility", ""))

@@ -71,6 +71,13 @@ ASTERISK_LOG_ALLOWED: list[tuple[str, str | None, str]] = [
     # alert pipe signalled and the wait returns at once (the flow then sees the channel gone).
     (r"channel\.c:\d+ ast_waitfordigit_full: The FD we were waiting for has something waiting\.",
      None, "the called leg redirected while the menu waited for a key"),
+    # The AMI listener killed by the test: the called leg's audio tap (an AudioSocket channel
+    # streaming to the listener, ami/audiotap.py) loses its server and ends; the restarted
+    # listener taps the call again.
+    (r"(res_audiosocket\.c:\d+ ast_audiosocket_receive_frame_with_hangup: Failed to read header from "
+     r"AudioSocket because: Connection reset by peer|chan_audiosocket\.c:\d+ audiosocket_read: Failed to "
+     r"receive frame from AudioSocket server '127\.0\.0\.1:4575')",
+     r"listener_killed|\[ami-", "the listener (the tap's AudioSocket server) killed by the test"),
 ]
 _LOG_PROBLEM = re.compile(r"\] (ERROR|WARNING)\[")
 

@@ -1,7 +1,11 @@
 """Called-party side, run by Dial's U() gosub once the outside phone answers.
 
 "This is a prepaid call from <name>, an inmate at <facility>. This call is
-subject to recording and monitoring." (not said on a privileged, attorney call,
+subject to recording and monitoring." in the called party's language (their
+number's, else their account's, else the facility's), first offering the others
+("Para español, oprima 8": the facility's lang_switch_digit, which switches and
+restarts the announcement, or the menu, in that language, any time before a choice;
+offered once, at the start: repeated before every menu it held up each choice) (not said on a privileged, attorney call,
 which is never recorded). Then the menu: accept, refuse, rate
 quote (then the menu again), block. No key or a wrong key: one reprompt, then
 goodbye. Only "accept" leaves GOSUB_RESULT unset, which lets Dial bridge.
@@ -28,7 +32,7 @@ import re
 
 import structlog
 
-from ics import prompts, rating, records
+from ics import destination, prompts, rating, records
 from ics.store import now_ms
 
 from .. import channelvars as V
@@ -52,9 +56,12 @@ class Menu:
     def __init__(self, s: Session, rec: dict):
         self.s = s
         self.inmate_channel = rec.get("channel", "")
-        self.notice_due = rec.get("privileged") != "1"   # an attorney call is never recorded
+        # an attorney's call, or a line the facility keeps unrecorded, is never recorded: no notice
+        self.notice_due = bool(rec.get("recording"))
         self.notice_heard = False
         self.notice_stopped_at: int | None = None  # where a key stopped the notice, until another prompt
+        self.announced = False   # the announcement was heard to its end (a language switch then replays the menu)
+        self.switches: list[str] = []  # language switches, "en>es"
 
     def check_inmate(self) -> None:
         if inmate_gone(self.s, self.inmate_channel):
@@ -66,12 +73,24 @@ class Menu:
         return self.s.agi.stream(sound, escape)
 
     def play(self, key: str, escape: str = "") -> str:
-        return self.stream(prompts.sound(key), escape)
+        return self.stream(self.s.sound(key), escape)
+
+    def offer_languages(self, switch: str, escape: str) -> str:
+        """'Para español, oprima 8': each other language offered in itself, its key said in it."""
+        if not switch:
+            return ""
+        for lang in prompts.LANGUAGES:
+            if lang != self.s.lang:
+                digit = (self.stream(prompts.sound("lang-offer", lang), escape)
+                         or self.stream(prompts.digit_sound(switch, lang), escape))
+                if digit:
+                    return digit
+        return ""
 
     def notice(self, escape: str) -> str:
         """The recording notice in the announcement; a key stops it (the key is the choice)."""
         self.check_inmate()
-        digit, endpos = self.s.agi.stream_at(prompts.sound("announce-recorded"), escape, 0)
+        digit, endpos = self.s.agi.stream_at(self.s.sound("announce-recorded"), escape, 0)
         if digit:
             self.notice_stopped_at = endpos
         else:
@@ -82,7 +101,7 @@ class Menu:
         """Before the bridge: the rest of the notice a key stopped just now (or all of it),
         with no escape digits, so that it is heard in full whatever is pressed."""
         self.check_inmate()
-        self.s.agi.stream_at(prompts.sound("announce-recorded"), "", self.notice_stopped_at or 0)
+        self.s.agi.stream_at(self.s.sound("announce-recorded"), "", self.notice_stopped_at or 0)
         self.notice_heard = True
 
 
@@ -106,6 +125,7 @@ def run(s: Session) -> None:
         raise LookupError(f"no call record {call_id}")
     facility = s.store.facility(rec["facility"])
     s.agi.set_variable(V.GOSUB_RESULT, "ABORT")  # fail closed until the key press says otherwise
+    s.set_language(rec.get("called_language") or facility["language"])
     records.update(s.r, call_id, answered_ms=now_ms(), outcome="announcing")
     log.info("callee.announce")
 
@@ -137,7 +157,11 @@ def run(s: Session) -> None:
         records.update(s.r, call_id, bridged_ms=now_ms())
         # Fail closed on money: without the listener holding the next minute (and
         # pushing this back), the called leg ends a little after the paid minute.
-        s.agi.set_variable(V.TIMEOUT, (rating.MINUTE_MS + rating.BACKSTOP_MS) // 1000)
+        # A free call holds no minutes: its backstop is the call's limit.
+        paid_ms = rating.MINUTE_MS if rec.get("held_cents") else rec.get("limit_s", 0) * 1000
+        s.agi.set_variable(V.TIMEOUT, (paid_ms + rating.BACKSTOP_MS) // 1000)
+        if rec.get("line") == "courtesy":  # its end tells how to open a prepaid account ([ics-cut])
+            s.agi.set_variable(V.COURTESY_END, destination.parse(facility["billing_phone"]).dial)
         s.agi.set_variable(V.GOSUB_RESULT, "")
         done(s)  # after GOSUB_RESULT: a fault before this is never bridged
         log.info("callee.accepted")
@@ -164,23 +188,36 @@ def done(s: Session) -> None:
     s.agi.set_variable(V.MENU_DONE, "1")
 
 
-def announce(m: Menu, facility: dict, rec: dict, escape: str) -> str:
+def announce(m: Menu, facility: dict, rec: dict, escape: str, switch: str = "") -> str:
     # A missing recording must not break the call (Asterisk answers -1 for a
     # missing file): fall back to a generic phrase, checked on disk first.
     # A key pressed early is the choice and ends the announcement; the recording notice is
     # still heard in full before any bridge (run()).
     sounds_dir = m.s.cfg.sounds_dir
+    digit = m.offer_languages(switch, escape)
+    if digit:
+        return digit
     name = prompts.name_sound(rec["inmate"])
     if not prompts.exists(sounds_dir, name):
-        name = prompts.sound("announce-unknown-name")
-    parts = [prompts.sound("announce-from"), name, prompts.sound("announce-at")]
+        name = m.s.sound("announce-unknown-name")
+    parts = [m.s.sound("announce-from"), name, m.s.sound("announce-at")]
     if prompts.exists(sounds_dir, prompts.facility_sound(facility["id"])):
         parts.append(prompts.facility_sound(facility["id"]))
+    parts.append(m.s.sound("announce-provider"))  # who provides the service (47 CFR 64.710)
     for part in parts:
         digit = m.stream(part, escape)
         if digit:
             return digit
-    return m.notice(escape) if m.notice_due else ""
+    if rec.get("line") == "courtesy":
+        digit = m.play("courtesy-offer", escape)
+        if not digit:
+            m.s.agi.say_number(rec.get("limit_s", 0) // 60)
+            digit = m.play("courtesy-minutes", escape)
+        if digit:
+            return digit
+    digit = m.notice(escape) if m.notice_due else ""
+    m.announced = not digit
+    return digit
 
 
 RECORD_OPTIONS = "b"  # MixMonitor: only while bridged, both directions mixed
@@ -202,19 +239,27 @@ def menu(m: Menu, facility: dict, rec: dict) -> str:
         facility["refuse_digit"]: "refuse",
         facility["quote_digit"]: "quote",
         facility["block_digit"]: "block",
+        facility["info_digit"]: "info",
     }
-    escape = "".join(keys)
-    digit = announce(m, facility, rec, escape)
+    # with more than one language, the switch key (never a menu key: ics.config)
+    switch = facility["lang_switch_digit"] if len(prompts.LANGUAGES) > 1 else ""
+    escape = "".join(keys) + switch
+    digit = announce(m, facility, rec, escape, switch)
     misses = quotes = 0
     while True:
+        if switch and digit == switch:
+            # the announcement or menu again, from its start, in the next language
+            switch_language(m, rec)
+            digit = announce(m, facility, rec, escape, switch) if not m.announced else ""
+            continue
         if not digit:
             digit = offer(m, facility, escape)
         choice = keys.get(digit)
         log.info("callee.key", digit=digit or None, choice=choice)
         digit = ""
-        if choice == "quote" and quotes < MAX_QUOTES:
+        if choice in ("quote", "info") and quotes < MAX_QUOTES:
             quotes += 1
-            digit = say_rate(m, rec, escape)
+            digit = say_rate(m, rec, escape) if choice == "quote" else say_info(m, facility, escape)
             continue
         if choice in ("accept", "refuse", "block"):
             return choice
@@ -224,10 +269,23 @@ def menu(m: Menu, facility: dict, rec: dict) -> str:
         m.play("menu-invalid", escape)
 
 
+def switch_language(m: Menu, rec: dict) -> None:
+    """The called party chose another language: everything they hear from now on (the quote,
+    warnings, a cut's reason, the reprompt) is in it, and the record says so."""
+    was = m.s.lang
+    langs = prompts.LANGUAGES
+    m.s.set_language(langs[(langs.index(was) + 1) % len(langs)])
+    m.notice_stopped_at = None
+    m.switches.append(f"{was}>{m.s.lang}")
+    records.update(m.s.r, rec["call_id"], called_language=m.s.lang, language_switched=",".join(m.switches))
+    log.info("callee.language", was=was, now=m.s.lang)
+
+
 def offer(m: Menu, facility: dict, escape: str) -> str:
     """The menu once, interruptible, then the facility's timeout for a key."""
     for key, digit_field in (("menu-accept", "accept_digit"), ("menu-refuse", "refuse_digit"),
-                             ("menu-quote", "quote_digit"), ("menu-block", "block_digit")):
+                             ("menu-quote", "quote_digit"), ("menu-block", "block_digit"),
+                             ("menu-info", "info_digit")):
         digit = m.play(key, escape) or m.stream(_digit_sound(facility[digit_field]), escape)
         if digit:
             return digit
@@ -259,6 +317,17 @@ def say_rate(m: Menu, rec: dict, escape: str) -> str:
     if not digit and tax_bps > 0:
         digit = m.play("rate-taxes", escape)
     return digit or m.play("rate-whole-minutes", escape)
+
+
+def say_info(m: Menu, facility: dict, escape: str) -> str:
+    """Billing and complaints: the provider's number, digit by digit, and how to hear the rate
+    (47 CFR 64.710)."""
+    log.info("callee.info")
+    digit = m.play("info-billing", escape)
+    if not digit:
+        m.s.agi.say_digits(destination.parse(facility["billing_phone"]).dial)
+        digit = m.play("info-rate", escape) or m.stream(_digit_sound(facility["quote_digit"]), escape)
+    return digit
 
 
 def _digit_sound(d: str) -> str:

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 import structlog
 
-from ics import capacity, destination, policy, prompts, rating, records
+from ami.rules import AUDIO_RULES
+from ics import capacity, config, destination, policy, prompts, rating, records
 from ics.destination import Destination, NumberError
 from ics.store import Account, AccountExpired, now_ms
 
@@ -55,11 +56,13 @@ def run(s: Session) -> None:
     s.agi.set_variable(V.CALL_ID, call_id)
     s.agi.set_variable(V.STATION, station)
     s.agi.set_variable(V.RESULT, "refused")
+    s.set_language(facility["language"])  # until the inmate is known
     log.info("call.start", facility=fid, number=d.e164 if d else destination.INVALID,
              kind=d.kind if d else destination.INVALID, region=d.region if d else None)
     s.agi.answer()
 
     try:
+        line = special_line(s, facility, d)
         if d is not None and d.kind == destination.EMERGENCY:
             # someone dialling 911 is told at once where help is, not asked for a PIN first
             raise destination_refused(d, facility)
@@ -67,7 +70,8 @@ def run(s: Session) -> None:
         inmate_id = identify(s, facility)
         records.update(s.r, call_id, inmate=inmate_id, outcome="checks")
         inmate = s.store.inmate(inmate_id)
-        go = check_call(s, facility, inmate_id, inmate, d, call_id)
+        s.set_language(inmate.get("language") or facility["language"])
+        go = check_call(s, facility, inmate_id, inmate, d, call_id, line)
         # first use: only an inmate whose call may go ahead records a name (never one
         # who is then refused); the first minute is held meanwhile, released if they hang up
         if inmate.get("name_recorded") != "1":
@@ -83,13 +87,20 @@ def run(s: Session) -> None:
         return
 
     limit_ms, held = go.limit_ms, go.held_cents
-    # An attorney's number is never recorded or monitored; every other call is.
+    # An attorney's number is never recorded or monitored, nor a line the facility marks so;
+    # every other call is.
     privileged = s.store.privileged(d) is not None
-    recording = "" if privileged else recording_name(facility, inmate_id, call_id)
+    recorded = not privileged and (line is None or line.recorded)
+    recording = recording_name(facility, inmate_id, call_id) if recorded else ""
+    called_lang = s.store.called_language(d, facility)
     records.update(s.r, call_id, account=go.account, rate_cents=go.rate_cents, tax_bps=go.tax_bps,
                    dest_class=go.dest_class, limit_s=limit_ms // 1000, held_cents=held, outcome="dialing",
                    unit=inmate.get("unit") or None,
-                   privileged="1" if privileged else "0", recording=recording or None)
+                   privileged="1" if privileged else "0", recording=recording or None,
+                   inmate_language=s.lang, called_language=called_lang)
+    if line is not None:
+        record_line(s, call_id, line, d, recorded)
+    s.agi.set_variable(V.CALLEE_PROMPTS, prompts.prompts_dir(called_lang))
     # digits only (a Destination's): nothing dialled can add a Dial target with "&"
     s.agi.set_variable(V.DIAL, dial_string(s.cfg["dial"]["template"], d))
     s.agi.set_variable(V.RING_S, s.cfg["dial"]["ring_timeout_s"])
@@ -177,8 +188,8 @@ def check_capacity(s: Session, at: str, admit: str = "") -> None:
 def identify(s: Session, facility: dict) -> str:
     """Inmate number then PIN; three wrong tries end the call, repeated failures lock the PIN."""
     for _ in range(facility["pin_max_tries"]):
-        inmate_id, _ = s.agi.read_digits(prompts.sound("enter-inmate-id"), DIGIT_TIMEOUT_MS, 10)
-        pin, _ = s.agi.read_digits(prompts.sound("enter-pin"), DIGIT_TIMEOUT_MS, 8)
+        inmate_id, _ = s.agi.read_digits(s.sound("enter-inmate-id"), DIGIT_TIMEOUT_MS, 10)
+        pin, _ = s.agi.read_digits(s.sound("enter-pin"), DIGIT_TIMEOUT_MS, 8)
         inmate = s.store.inmate(inmate_id) if inmate_id else None
         if inmate and inmate.get("facility") == facility["id"]:
             if inmate.get("pin_locked") == "1":
@@ -216,10 +227,63 @@ class Go:
     dest_class: str
 
 
-def check_policy(s: Session, facility: dict, inmate_id: str, inmate: dict, number: Destination | None) -> int:
+@dataclass(frozen=True)
+class Line:
+    """A destination the facility treats apart (config relay_numbers, icsctl numbers set):
+    relay (TRS, 711: 47 CFR 64.6040), a family TTY, or a free line (PREA, public defender)."""
+    kind: str            # relay | tty | free
+    free: bool           # never billed: rate 0, nothing held, no account needed
+    recorded: bool
+    rules_off: bool      # the audio rules (silence, digits, tones) would cut a TTY's normal call
+    listed: bool         # allowed whatever the approved list, blocks and number type say
+    anytime: bool        # outside schedules and weekly quotas
+
+
+RULES_OFF_WHY = {
+    "relay": "relay call (47 CFR 64.6040): TTY tones and long silences are normal",
+    "tty": "TTY number: Baudot tones and long silences are normal",
+}
+
+
+def special_line(s: Session, facility: dict, d: Destination | None) -> Line | None:
+    if d is None:
+        return None
+    if d.e164 in config.relay_numbers(facility["relay_numbers"]):
+        return Line("relay", free=True, recorded=facility["relay_recorded"], rules_off=True, listed=True,
+                    anytime=True)
+    if d.short:
+        return None  # numinfo is kept for whole numbers only
+    info = s.store.number_info(d)
+    if info.get("free") == "1":
+        return Line("free", free=True, recorded=info.get("unrecorded") != "1", rules_off=info.get("tty") == "1",
+                    listed=True, anytime=facility["free_lines_anytime"])
+    if info.get("tty") == "1":
+        return Line("tty", free=facility["tty_rate_cents"] == 0, recorded=info.get("unrecorded") != "1",
+                    rules_off=True, listed=False, anytime=False)
+    if info.get("unrecorded") == "1":
+        return Line("unrecorded", free=False, recorded=False, rules_off=False, listed=False, anytime=False)
+    return None
+
+
+def record_line(s: Session, call_id: str, line: Line, d: Destination, recorded: bool) -> None:
+    """On the record (and, for a free line, the audit stream, without any content): what kind of
+    line, whether it is recorded, and which rules are off and why."""
+    fields = {"line": line.kind, "free": "1" if line.free else "0", "anytime": "1" if line.anytime else "0"}
+    if line.rules_off:
+        fields.update(rules_off=",".join(sorted(AUDIO_RULES)), rules_off_why=RULES_OFF_WHY.get(line.kind, line.kind))
+    records.update(s.r, call_id, **fields)
+    if line.free or not recorded:
+        s.store.audit(f"{line.kind}_call", "call-flow", call_id,
+                      f"number={d.e164} free={int(line.free)} recorded={int(recorded)}")
+    log.info("call.special_line", line=line.kind, free=line.free, recorded=recorded, rules_off=line.rules_off)
+
+
+def check_policy(s: Session, facility: dict, inmate_id: str, inmate: dict, number: Destination | None,
+                 line: Line | None = None) -> int:
     """Facility policy before any money: status, lockdown, schedule, destination, the
     approved list and blocks, the weekly quota. Returns the time limit (s) the quota
-    leaves, at most the facility's."""
+    leaves, at most the facility's. A relay or free line (Line.listed) is allowed whatever
+    the list, blocks and number type say; with Line.anytime, outside schedules and quotas."""
     status = inmate.get("status") or "active"
     if status == "suspended":
         raise Refused("inmate_suspended", "inmate-suspended")
@@ -228,8 +292,11 @@ def check_policy(s: Session, facility: dict, inmate_id: str, inmate: dict, numbe
         log.info("call.lockdown", scope=lockdown["scope"])
         raise Refused("lockdown", "lockdown")
     now = now_ms()
-    if not s.store.schedule_for(facility, inmate).allows(policy.local_time(now, facility["timezone"])):
+    anytime = line is not None and line.anytime
+    if not anytime and not s.store.schedule_for(facility, inmate).allows(policy.local_time(now, facility["timezone"])):
         raise Refused("outside_schedule", "outside-schedule")
+    if line is not None and line.listed:
+        return facility["time_limit_s"]
     refused = destination_refused(number, facility)
     if refused:
         raise refused
@@ -242,7 +309,7 @@ def check_policy(s: Session, facility: dict, inmate_id: str, inmate: dict, numbe
     if blocked:
         raise Refused(blocked, blocked.replace("_", "-"))
     limit_s = facility["time_limit_s"]
-    if status == "restricted":
+    if status == "restricted" and not anytime:
         calls, minutes = s.store.week_usage(inmate_id, policy.week_of(now, facility["timezone"]))
         max_calls = int(inmate.get("quota_calls_week") or 0)
         max_minutes = int(inmate.get("quota_minutes_week") or 0)
@@ -255,17 +322,22 @@ def check_policy(s: Session, facility: dict, inmate_id: str, inmate: dict, numbe
 
 
 def check_call(s: Session, facility: dict, inmate_id: str, inmate: dict, number: Destination | None,
-               call_id: str) -> Go:
+               call_id: str, line: Line | None = None) -> Go:
     """Policy (check_policy), destination class and rate, who pays; holds the
-    first minute (tax included). Any Redis error raises: no call."""
-    limit_s = check_policy(s, facility, inmate_id, inmate, number)
+    first minute (tax included). A free line holds nothing and bills nothing. Any Redis
+    error raises: no call."""
+    limit_s = check_policy(s, facility, inmate_id, inmate, number, line)
     if not s.store.listener_alive():
         # fail closed: with the listener down nothing would cut a transfer, a three-way call
         # or hold the next minute; the caller is told, nothing is held
         raise listener_down()
+    if line is not None and line.free:
+        return Go("", 0, limit_s * 1000, 0, 0, line.kind)
     dest_class, rate = rating.rate_for(facility, number)
     if rate is None:  # a country the facility does not list
         raise Refused("international_not_allowed", "international-not-allowed")
+    if line is not None and line.kind == "tty":  # TTY-to-TTY: at most the facility's TTY rate
+        rate = min(rate, facility["tty_rate_cents"])
     tax = facility["tax_bps"]
     one_minute = rating.price(rate, rating.MINUTE_MS, tax).cents
 
@@ -274,7 +346,16 @@ def check_call(s: Session, facility: dict, inmate_id: str, inmate: dict, number:
     if debit is not None and debit.available_cents >= one_minute and choose_debit(s):
         account = debit
     if account is None:
-        account = payer_for(s, number)
+        try:
+            account = payer_for(s, number)
+        except Refused as refusal:
+            # nobody can pay: the facility may offer the number one short free call, once
+            courtesy = facility["courtesy_call_s"]
+            if refusal.reason != "needs_prepaid" or not courtesy or not s.store.take_courtesy(number, call_id):
+                raise
+            log.info("call.courtesy", seconds=min(courtesy, limit_s))
+            records.update(s.r, call_id, line="courtesy", free="1")
+            return Go("", 0, min(courtesy, limit_s) * 1000, 0, 0, "courtesy")
     for _ in range(2):  # a concurrent call on the same account may take funds in between
         limit_ms = rating.time_limit_ms(limit_s, account.available_cents, rate, tax)
         if limit_ms < rating.MINUTE_MS:
@@ -299,7 +380,7 @@ def check_call(s: Session, facility: dict, inmate_id: str, inmate: dict, number:
 
 def choose_debit(s: Session) -> bool:
     """The inmate has funds of their own: one short read, 1 = pay from them, else collect."""
-    digit, _ = s.agi.read_digits(prompts.sound("pay-choice"), PAY_CHOICE_TIMEOUT_MS, 1)
+    digit, _ = s.agi.read_digits(s.sound("pay-choice"), PAY_CHOICE_TIMEOUT_MS, 1)
     chosen = digit == PAY_FROM_DEBIT
     log.info("call.pay_choice", digit=digit or None, payer="inmate_debit" if chosen else "called_party")
     return chosen

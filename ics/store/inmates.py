@@ -14,7 +14,8 @@ import re
 import secrets
 from typing import Any, Mapping
 
-from .. import keys, policy, reasons
+from .. import keys, policy, prompts, reasons
+from ..config import parse_responses
 from ..destination import Destination
 from .base import Base, StoreError, check_id, dest, now_ms, stored
 
@@ -28,12 +29,17 @@ LINE_TYPES = ("landline", "wireless", "voip")
 LINE_BY_KIND = {"mobile": "wireless", "pager": "wireless", "voip": "voip"}  # LIDB fallback by number type
 
 
+def check_language(language: str) -> None:
+    if language and language not in prompts.TEXTS:
+        raise StoreError(f"language {language!r} has no prompts (known: {', '.join(prompts.LANGUAGES)})")
+
+
 def pin_hash(pin: str, salt: str) -> str:
     return hashlib.pbkdf2_hmac("sha256", pin.encode(), bytes.fromhex(salt), PIN_ITERATIONS).hex()
 
 
 class Inmates(Base):
-    LUA = {"_number_state": "number_state.lua"}
+    LUA = {"_number_state": "number_state.lua", "_give_back_courtesy": "give_back_courtesy.lua"}
 
     # --- inmates -----------------------------------------------------------
     def create_inmate(self, iid: str, facility: str, name: str, pin: str, replace: bool = False) -> bool:
@@ -162,6 +168,78 @@ class Inmates(Base):
         if by_inmate:
             return "blocked_inmate"
         return None
+
+    # --- what a number is to us: language, free, unrecorded, TTY (ics:numinfo) -----------
+    NUMBER_FLAGS = ("free", "unrecorded", "tty")
+
+    def set_number_info(self, number: Destination | str, *, language: str | None = None,
+                        note: str | None = None, **flags: bool) -> dict[str, str]:
+        """Set a number's language ("" clears it) and flags (free, unrecorded, tty)."""
+        d = dest(number)
+        fields: dict[str, Any] = {}
+        if language is not None:
+            check_language(language)
+            fields["language"] = language
+        for flag, on in flags.items():
+            if flag not in self.NUMBER_FLAGS:
+                raise StoreError(f"unknown number flag {flag!r} ({', '.join(self.NUMBER_FLAGS)})")
+            if on is not None:
+                fields[flag] = int(bool(on))
+        if note is not None:
+            if any(c in note for c in "\r\n\0"):
+                raise StoreError("note must be one line")
+            fields["note"] = note
+        if fields:
+            self.r.hset(keys.numinfo(d.e164), mapping=fields)
+        return self.number_info(d)
+
+    def number_info(self, number: Destination | str) -> dict[str, str]:
+        return self.r.hgetall(keys.numinfo(dest(number).e164))
+
+    def set_inmate_language(self, iid: str, language: str) -> None:
+        self._set_language(keys.inmate(iid), f"inmate {iid}", language)
+
+    def _set_language(self, key: str, what: str, language: str) -> None:
+        """language ("" = unset: the facility's) on an existing inmate or account hash."""
+        if not self.r.exists(key):
+            raise StoreError(f"no {what}")
+        check_language(language)
+        self.r.hset(key, "language", language)
+
+    def called_language(self, number: Destination | str, facility: Mapping[str, Any]) -> str:
+        """What the called party hears first: their number's language, else their account's,
+        else the facility's."""
+        lang = self.number_info(number).get("language")
+        if not lang:
+            aid = self.r.get(keys.number_account(dest(number).e164))
+            lang = self.r.hget(keys.account(aid), "language") if aid else None
+        return lang or facility["language"]
+
+    def take_courtesy(self, number: Destination | str, call_id: str) -> bool:
+        """The number's one free courtesy call, for call_id: False if it was used."""
+        return bool(self.r.set(keys.courtesy(dest(number).e164), call_id, nx=True))
+
+    def give_back_courtesy(self, number: Destination | str, call_id: str) -> bool:
+        """A courtesy call never bridged does not use it up (only call_id's own claim is removed)."""
+        return bool(self._give_back_courtesy(keys=[keys.courtesy(dest(number).e164)], args=[call_id]))
+
+    def set_number_rules(self, number: Destination | str, text: str) -> dict[str, str]:
+        """Responses for calls to number over its facility's ('dial_tone=flag, hold=off'; an
+        attorney's PBX with music on hold). "" clears them. Returns what is now stored."""
+        try:
+            wanted = parse_responses(text)
+        except ValueError as exc:
+            raise StoreError(str(exc)) from None
+        key = keys.number_rules(dest(number).e164)
+        with self.r.pipeline(transaction=True) as p:  # one key
+            p.delete(key)
+            if wanted:
+                p.hset(key, mapping=wanted)
+            p.execute()
+        return wanted
+
+    def number_rules(self, number: Destination | str) -> dict[str, str]:
+        return self.r.hgetall(keys.number_rules(dest(number).e164))
 
     # --- LIDB (line information, a local table standing in for a LIDB query) ----
     def set_lidb(self, number: Destination | str, line_type: str, collect_block: bool = False,

@@ -143,6 +143,9 @@ class Money(Base):
             p.execute()
         self.r.sadd(keys.ACCOUNTS, aid)
 
+    def set_account_language(self, aid: str, language: str) -> None:
+        self._set_language(keys.account(aid), f"account {aid}", language)
+
     def account(self, aid: str) -> Account | None:
         with self.r.pipeline(transaction=True) as p:
             p.hgetall(keys.account(aid))

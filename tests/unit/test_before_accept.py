@@ -177,7 +177,7 @@ def test_a_key_during_the_notice_is_the_choice_and_the_notice_plays_on_from_ther
     call_id = placed(port, store)
     cmds = callee(port, call_id, Caller(presses=[("announce-recorded", "1")]))
     notice = streams(cmds, "announce-recorded")
-    assert notice == ['STREAM FILE "ics/prompts/announce-recorded" "1239" "0"',
+    assert notice == ['STREAM FILE "ics/prompts/announce-recorded" "123908" "0"',  # the menu keys (info 0) and the language switch (8)
                       'STREAM FILE "ics/prompts/announce-recorded" "" "800"']  # on from endpos, once
     assert not streams(cmds, "menu-accept") and 'SET VARIABLE "GOSUB_RESULT" ""' in cmds
 
@@ -186,7 +186,7 @@ def test_refuse_during_the_notice_is_not_held_up_by_it(port, world):
     cfg, store = world
     call_id = placed(port, store)
     cmds = callee(port, call_id, Caller(presses=[("announce-recorded", "2")]))
-    assert streams(cmds, "announce-recorded") == ['STREAM FILE "ics/prompts/announce-recorded" "1239" "0"']
+    assert streams(cmds, "announce-recorded") == ['STREAM FILE "ics/prompts/announce-recorded" "123908" "0"']
     assert streams(cmds, "prompts/refused") and records.get(store.r, call_id)["reason"] == "refused"
 
 

@@ -54,6 +54,7 @@ def every_script(store: Store) -> None:
     store.expire_account(aid, now=now_ms() + 400 * 86_400_000)
     store.dispose_expired(aid, "unclaimed")
     capacity.check(store.r, 10, admit="1.1")
+    assert store.take_courtesy("3125550102", "c9") and store.give_back_courtesy("3125550102", "c9")
 
 
 def test_every_script_touches_one_slot(store, calls):

@@ -173,3 +173,16 @@ def test_a_cut_recorded_after_the_call_ended_is_dated_no_later_than_the_end(stor
     records.mark_ended(store.r, CALL_ID, 1_000)
     record_cut(store.r, CALL_ID, Cut("transfer", "rule_transfer=on", ({"event": "BlindTransfer"},), 1_001))
     assert records.get(store.r, CALL_ID)["cut_ms"] == 1_000
+
+
+def test_a_call_ended_after_a_later_dated_cut_was_written_clamps_the_cut_to_the_end(store):
+    """The other order: the listener wrote its cut (its clock) and Asterisk's earlier-stamped end
+    arrives after it (a transfer hangs a leg up itself): the cut still lies no later than the end."""
+    from ami.listener import record_cut
+    from ami.rules import Cut
+    records.create(store.r, CALL_ID, facility="main", number="3125550100")
+    record_cut(store.r, CALL_ID, Cut("transfer", "rule_transfer=on", ({"event": "BlindTransfer"},), 1_002))
+    records.mark_ended(store.r, CALL_ID, 1_000)
+    records.mark_ended(store.r, CALL_ID, 900)  # a duplicate hang-up moves nothing
+    rec = records.get(store.r, CALL_ID)
+    assert (rec["ended_ms"], rec["cut_ms"]) == (1_000, 1_000)

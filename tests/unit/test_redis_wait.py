@@ -18,7 +18,7 @@ from tests.unit.conftest import _start
 
 def store_on(url: str, tmp_path, replicas: int) -> Store:
     cfg = config.load(environ={"ICS_REDIS_URL": url, "ICS_SOUNDS_DIR": str(tmp_path),
-                               "ICS_REDIS_WAIT_REPLICAS": str(replicas), "ICS_REDIS_WAIT_TIMEOUT_MS": "300"})
+                               "ICS_REDIS_WAIT_REPLICAS": str(replicas), "ICS_REDIS_WAIT_TIMEOUT_MS": "1500"})
     return Store(connect(cfg), cfg)
 
 

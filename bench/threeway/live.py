@@ -1,0 +1,203 @@
+"""The labelled three-way corpus through the real detection path, many calls at once.
+
+    make threeway [CALLS=80 ATTEMPTS=300 BENIGN_MINUTES=1000 BENIGN_S=180]
+    (.venv/bin/python -m bench.threeway.live --calls 80 --attempts 300 --benign-minutes 1000)
+
+The capacity bench's far-end Asterisk (bench/capacity/) places inmate calls into ours; our call
+flow dials the called number back to it; its called party accepts and then, instead of echoing,
+plays a clip of the corpus (bench/threeway/corpus.py) as its line's audio ([clip]). Our listener
+taps the called leg and its rules act at the bench facility's defaults. Per clip label it prints
+the detection rate (the call disconnected, and by which rule), the latency from the signature's
+onset in the clip to the rule firing (p50/p99), false actions per 1,000 benign call-minutes, and
+CPU per live call of our Asterisk and of the listener (the detector runs in it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from collections import defaultdict
+
+import numpy as np
+
+from bench.capacity import capacity as cap
+from ics import config
+from ics.store import Store, connect
+from tests.support import load_stack_env, services
+
+from . import corpus
+
+CLIPS = "/var/lib/asterisk-farend/threeway"   # inside the root; Playback() names
+
+
+def make_clips(args, rng: random.Random) -> tuple[list[dict], list[dict]]:
+    d = cap.AST / CLIPS.lstrip("/")
+    d.mkdir(parents=True, exist_ok=True)
+    attempts, benign = [], []
+    for i in range(args.attempts):
+        kind = corpus.ATTEMPT_KINDS[i % len(corpus.ATTEMPT_KINDS)]
+        x, onset, rule = corpus.attempt(kind, rng, "na")
+        corpus.write(d / f"a{i:03d}.wav", np.concatenate([x, corpus.silence(3000)]))
+        attempts.append({"clip": f"{CLIPS}/a{i:03d}", "kind": kind, "rule": rule, "onset_s": onset})
+    for i in range(args.distinct_benign):
+        kind = corpus.BENIGN_KINDS[i % len(corpus.BENIGN_KINDS)]
+        # longer than the call: the clip never ends (into silence) while the call is up
+        corpus.write(d / f"b{i:03d}.wav", corpus.benign(kind, rng, args.benign_s + 20))
+        benign.append({"clip": f"{CLIPS}/b{i:03d}", "kind": kind, "rule": "", "onset_s": None})
+    cap.in_root("chown", "-R", "asterisk:asterisk", CLIPS)
+    return attempts, benign
+
+
+def run_batch(jobs: list[dict], far, store, args, sampler=None) -> dict[str, float]:
+    """Place the jobs' calls at once and wait them out; returns each process's CPU-s per
+    bridged call-second over the batch (with a sampler)."""
+    tap = far.tap
+    cap.wait_idle(far, 120)
+    mark = tap.mark()
+    t_first = time.time()
+    for i, job in enumerate(jobs):
+        num = cap.number("ours", i)
+        job["num"] = num
+        tap.action("Setvar", Variable=f"CLIP_{num}", Value=job["clip"])
+        tap.action("Originate", Channel=f"PJSIP/{num}@ours", Context="handset", Exten="s", Priority=1,
+                   Variable=[f"NUM={num}", f"INMATE={cap.inmate_id(i)}", f"PIN={cap.PIN}"], Async="true",
+                   Timeout=30000)
+        time.sleep(1 / args.rate)
+    deadline = time.time() + args.benign_s + 120
+    while time.time() < deadline:
+        legs = tap.events({"Event": "UserEvent", "UserEvent": "BenchLeg"}, since=mark)
+        if sum(e["Side"] == "handset" for e in legs) >= len(jobs):
+            break
+        time.sleep(1)
+    starts = {e["Num"]: float(e["Timestamp"]) for e in
+              tap.events({"Event": "UserEvent", "UserEvent": "ClipStart"}, since=mark)}
+    recs = cap.wait_records(store, {j["num"] for j in jobs}, t_first)
+    for job in jobs:
+        rec = recs.get(job["num"], {})
+        job["clip_start"] = starts.get(job["num"])
+        job["fired"] = json.loads(rec.get("fired") or "[]")
+        job["reason"] = rec.get("reason", "")
+        job["bridged_s"] = ((rec.get("ended_ms") or 0) - (rec.get("bridged_ms") or 0)) / 1000 \
+            if rec.get("bridged_ms") else 0
+    if sampler is None:
+        return {}
+    call_s = sum(j["bridged_s"] for j in jobs) or 1
+    return {k: sampler.cpu_s(k, t_first, time.time()) / call_s for k in ("asterisk", "ami")}
+
+
+def tap_cost(jobs, far, store, args) -> tuple[dict, dict]:
+    """The same benign batch with the listener's tap off, then on: CPU per call of each."""
+    out = []
+    for tap_on in ("false", "true"):
+        cap.os.environ["ICS_AMI_TAP"] = tap_on
+        services.kill("ami")
+        services.restart("ami")
+        time.sleep(2)
+        sampler = cap.Sampler(cap.service_pids(far))
+        sampler.start()
+        out.append(run_batch([dict(j) for j in jobs], far, store, args, sampler))
+        sampler.halt.set()
+        sampler.join()
+    return out[0], out[1]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--calls", type=int, default=80, help="calls at once")
+    ap.add_argument("--attempts", type=int, default=300)
+    ap.add_argument("--benign-minutes", type=int, default=1000)
+    ap.add_argument("--benign-s", type=int, default=180, help="length of a benign call")
+    ap.add_argument("--distinct-benign", type=int, default=20, help="benign clips synthesised (then reused)")
+    ap.add_argument("--rate", type=float, default=8, help="calls placed per second")
+    ap.add_argument("--seed", type=int, default=11)
+    ap.add_argument("--baseline", type=int, default=40, help="benign calls run with the tap off, then on (0: skip)")
+    args = ap.parse_args()
+    load_stack_env()
+    cfg = config.load()
+    store = Store(connect(cfg), cfg)
+    rng = random.Random(args.seed)
+    attempts, benign = make_clips(args, rng)
+    # about a minute of each call goes before the bridge or to the settling of the far end's legs
+    n_benign = -(-args.benign_minutes * 60 // max(args.benign_s - 60, 30))
+    # attempts first: their calls end at the disconnect, so their batches are short
+    shuffle = random.Random(args.seed).shuffle
+    a_jobs, b_jobs = [dict(a) for a in attempts], [dict(benign[i % len(benign)]) for i in range(n_benign)]
+    shuffle(a_jobs)
+    shuffle(b_jobs)
+    jobs = a_jobs + b_jobs
+    far = cap.FarEnd(args.benign_s)
+    cap.seed(store, cfg, args.calls, recording=False)
+    cap.install_overlay(args.calls)
+    t0 = time.time()
+    try:
+        far.start()
+        cap.set_globals(far, cfg, recording=False)
+        cost = tap_cost([dict(benign[i % len(benign)]) for i in range(args.baseline)], far, store, args) \
+            if args.baseline else None
+        pids = cap.service_pids(far)
+        sampler = cap.Sampler(pids)
+        sampler.start()
+        batches = [a_jobs[b:b + args.calls] for b in range(0, len(a_jobs), args.calls)] + \
+                  [b_jobs[b:b + args.calls] for b in range(0, len(b_jobs), args.calls)]
+        for n, batch in enumerate(batches):
+            run_batch(batch, far, store, args)
+            print(f"  batch {n + 1}/{len(batches)} ({len(batch)} calls) done at {time.time() - t0:.0f} s", flush=True)
+        sampler.halt.set()
+        sampler.join()
+    finally:
+        far.stop()
+        cap.subprocess.run(["bash", str(cap.ROOT / "docker" / "stack.sh"), "reload"], capture_output=True,
+                           timeout=120, check=False)
+    report(jobs, sampler, t0, cost, args)
+    return 0
+
+
+def report(jobs, sampler, t0, cost, args) -> None:
+    by, late, own = defaultdict(lambda: [0, 0]), defaultdict(list), defaultdict(int)
+    false = defaultdict(int)
+    benign_min = call_s = 0.0
+    for j in jobs:
+        call_s += j["bridged_s"]
+        cuts = [f for f in j["fired"] if f["response"] == "disconnect"]
+        if j["rule"]:
+            by[j["kind"]][1] += 1
+            if cuts:
+                by[j["kind"]][0] += 1
+                own[j["kind"]] += cuts[0]["rule"] == j["rule"]
+                if j.get("clip_start"):
+                    late[j["kind"]].append(cuts[0]["at_ms"] - (j["clip_start"] + j["onset_s"]) * 1000)
+        else:
+            benign_min += j["bridged_s"] / 60
+            for f in j["fired"]:
+                false[(j["kind"], f["rule"], f["response"])] += 1
+    print(f"{args.calls} calls at once; attempts {sum(v[1] for v in by.values())}, benign {benign_min:.0f} call-minutes "
+          f"({sum(1 for j in jobs if not j['rule'])} calls), {time.time() - t0:.0f} s")
+    print(f"{'signature':<12}{'caught':>10}{'own rule':>10}{'p50 ms':>9}{'p99 ms':>9}")
+    for k in sorted(by):
+        v = late[k]
+        p50 = np.percentile(v, 50) if v else float("nan")
+        p99 = np.percentile(v, 99) if v else float("nan")
+        print(f"{k:<12}{by[k][0]:>5}/{by[k][1]:<4}{own[k]:>10}{p50:>9.0f}{p99:>9.0f}")
+    for resp in ("disconnect", "warn", "flag"):
+        n = sum(v for (_, _, r), v in false.items() if r == resp)
+        print(f"false {resp}: {n} ({n / max(benign_min, 1e-9) * 1000:.2f} per 1,000 benign call-minutes)")
+    for key, v in sorted(false.items()):
+        print(f"  {key}: x{v}")
+    span = (sampler.samples[0][0], sampler.samples[-1][0])
+    for name in ("asterisk", "ami", "farend"):
+        cpu = sampler.cpu_s(name, *span)
+        print(f"CPU {name}: {cpu:.1f} s, {cpu / max(call_s, 1) * 100:.3f}% of a core per live call")
+    if cost:
+        off, on = cost
+        ast, lst = on["asterisk"] - off["asterisk"], on["ami"] - off["ami"]
+        print(f"tap off/on, same benign batch, % of a core per live call: Asterisk {off['asterisk'] * 100:.3f}"
+              f" / {on['asterisk'] * 100:.3f}, listener {off['ami'] * 100:.3f} / {on['ami'] * 100:.3f}")
+        print(f"detector cost (tap in Asterisk + listener): {(ast + lst) * 100:.3f}% of a core per live call, "
+              f"{(ast + lst) / max(off['asterisk'], 1e-9) * 100:.0f}% of Asterisk's own per call "
+              f"(Asterisk's share {ast * 100:.3f}, listener's {lst * 100:.3f})")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
