@@ -46,7 +46,7 @@ def every_script(store: Store) -> None:
     assert store.reserve(aid, cid, 25, minutes=1)
     assert store.extend_hold(aid, cid, 25, 1) == "held"
     records.update(store.r, cid, bridged_ms=end - 50_000, ended_ms=end)
-    records.set_reason(store.r, cid, "system_error")
+    records.record_system_drop(store.r, cid, "test", end - 1000)
     settlement.settle(store, cid)  # settle, count_week, synced, credit
     assert records.get(store.r, cid)["credited_cents"] > 0
     store.refund(aid, 100, "asked")
