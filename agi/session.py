@@ -60,9 +60,18 @@ class Session:
         self.agi.set_variable("CHANNEL(language)", self.lang)
 
     def send_to_fail(self) -> None:
-        self.agi.execute("SET CONTEXT", FAIL_CONTEXT)
-        self.agi.execute("SET EXTENSION", "s")
-        self.agi.execute("SET PRIORITY", "1")
+        refuse(self.agi)
+
+
+def refuse(agi: SafeAGI) -> None:
+    """Send the channel to the one fail context (it hears the system-error prompt and is hung up):
+    a flow error, or a new call a draining server does not take."""
+    try:
+        agi.execute("SET CONTEXT", FAIL_CONTEXT)
+        agi.execute("SET EXTENSION", "s")
+        agi.execute("SET PRIORITY", "1")
+    except ChannelGone:
+        pass
 
 
 Handler = Callable[[Session], None]

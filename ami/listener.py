@@ -25,7 +25,8 @@ Its heartbeat says calls are watched and how many inmate calls are live, which
 the inmate flow admits new calls against (capacity.max_calls, ics.capacity).
 
 Its AMI user (ami.listener_user, dialplan/manager.conf.in) reads only the call
-and dtmf classes, with an eventfilter for the events handled here.
+and dtmf classes, with an eventfilter for the events handled here. Metrics and
+/health (Redis answers, AMI logged in): ics.metrics, on ami.metrics_port.
 
 In a cluster each node runs its own listener against its own Asterisk (node.id): it
 enforces, counts and sweeps only the calls whose record names its node, so no call is
@@ -45,7 +46,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from ics import config as config_mod
-from ics import capacity, keys, logs, prompts, rating, recordings, records, settlement
+from ics import capacity, keys, logs, metrics, prompts, rating, recordings, records, settlement
 from ics.livecalls import cut_redirect
 from ics.rating import MINUTE_MS
 from ics.store import Store, connect
@@ -122,6 +123,10 @@ class Listener:
     # --- dispatch ----------------------------------------------------------------
     def on_event(self, manager, event):
         received = time.perf_counter()
+        metrics.AMI_EVENTS.inc()
+        stamped = event_ms(event)
+        if stamped:  # how far behind Asterisk the listener reads (its backlog)
+            metrics.AMI_LAG.observe(max(0.0, time.time() - stamped / 1000))
         name = event.get("Event", "")
         handler = getattr(self, f"on_{name.lower()}", None)
         cut_call = handler(event) if handler else None
@@ -131,10 +136,12 @@ class Listener:
     def spawn(self, coro) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
+        metrics.AMI_PENDING.set(len(self._tasks))
         task.add_done_callback(self._done)
 
     def _done(self, task: asyncio.Task) -> None:
         self._tasks.discard(task)
+        metrics.AMI_PENDING.set(len(self._tasks))
         if not task.cancelled() and task.exception() is not None:
             exc = task.exception()
             log.error("ami.event_error", error=repr(exc), exc_info=(type(exc), exc, exc.__traceback__))
@@ -307,7 +314,10 @@ class Listener:
                 or rec.get("rule")):  # a deliberate cut (rule, lockdown, cut-off) already sends the legs
             return
         await asyncio.to_thread(records.set_reason, self.store.r, call.call_id, INMATE_LEFT)
-        ok = await _succeeded(self.manager.send_action({"Action": "Redirect", **cut_redirect(legs, INMATE_LEFT)}))
+        sent = self.manager.send_action({"Action": "Redirect", **cut_redirect(legs, INMATE_LEFT)})
+        if event_ms(event):
+            metrics.ENFORCEMENT.labels(INMATE_LEFT).observe(max(0.0, time.time() - event_ms(event) / 1000))
+        ok = await _succeeded(sent)
         log.warning("enforce.inmate_left", call_id=call.call_id, legs=legs, redirected=ok,
                     evidence=evidence(event), latency_ms=round((time.perf_counter() - received) * 1000, 3))
         if not ok:
@@ -372,7 +382,8 @@ class Listener:
         except Exception as exc:  # Redis away: the facility's responses apply
             log.error("enforce.load_failed", call_id=call.call_id, error=repr(exc), where="responses")
             call.overrides.update({rule: "off" for rule in off})
-        if call.bridged and call.tap_id is None and self.cfg["ami"]["tap"]:
+        # an attorney's call is never recorded or monitored, by a machine either: no tap, no tone rule
+        if call.bridged and call.tap_id is None and self.cfg["ami"]["tap"] and rec.get("privileged") != "1":
             call.tap_id = ""  # once
             self.spawn(self.start_tap(call))
 
@@ -407,6 +418,8 @@ class Listener:
         written = asyncio.get_running_loop().create_task(
             asyncio.to_thread(record_cut, self.store.r, call.call_id, cut, call.info))
         sent = self.manager.send_action({"Action": "Redirect", **cut_redirect(legs, cut.reason)})
+        # from the time Asterisk stamped on the event that broke the rule (a clock rule: its deadline)
+        metrics.ENFORCEMENT.labels(cut.reason).observe(max(0.0, time.time() - cut.at_ms / 1000))
         latency = (time.perf_counter() - received) * 1000
         self.latencies_ms.append(latency)
         log.warning("enforce.disconnect", call_id=call.call_id, reason=cut.reason, threshold=cut.threshold,
@@ -474,6 +487,7 @@ class Listener:
             log.info("enforce.minute_held", call_id=call.call_id, paid_minutes=paid + 1, cents=amount)
             await self.push_timeout(call)
         elif outcome == "short":
+            metrics.HOLDS_REFUSED.labels("next").inc()
             call.funds_ran_short()
             log.warning("enforce.funds_short", call_id=call.call_id, paid_minutes=paid,
                         ends_in_s=round((call.bridged_ms + call.paid_ms - time.time() * 1000) / 1000))
@@ -931,6 +945,13 @@ def build(cfg: config_mod.Config, loop: asyncio.AbstractEventLoop) -> tuple[Guar
     return manager, Listener(cfg, Store(connect(cfg), cfg), manager)
 
 
+def health(manager: GuardedManager, store: Store) -> str | None:
+    """/health: the listener enforces nothing without AMI and settles nothing without Redis."""
+    if not manager.connected_event.is_set():
+        return f"ami: not logged in to {manager.config['host']}:{manager.config['port']}"
+    return metrics.redis_problem(store.r)
+
+
 def main() -> int:
     try:
         cfg = config_mod.load()
@@ -945,10 +966,18 @@ def main() -> int:
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     manager, listener = build(cfg, loop)
+    metrics.AMI_CONNECTED.set_function(lambda: 1 if manager.connected_event.is_set() else 0)
+    try:
+        metrics.serve(cfg["metrics"]["host"], cfg["ami"]["metrics_port"], lambda: health(manager, listener.store),
+                      "ami.metrics_port")
+    except metrics.PortTaken as exc:
+        log.error("service.config_error", error=str(exc))
+        return 2
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    log.info("service.start", service="ami", host=cfg["ami"]["host"], port=cfg["ami"]["port"], node=cfg["node"]["id"])
+    log.info("service.start", service="ami", host=cfg["ami"]["host"], port=cfg["ami"]["port"], node=cfg["node"]["id"],
+             metrics_port=cfg["ami"]["metrics_port"])
     if cfg["ami"]["tap"]:
         loop.run_until_complete(listener.tap.start())
     manager.connect()

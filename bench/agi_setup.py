@@ -27,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from ics import config, prompts  # noqa: E402
 from ics.store import Store, connect  # noqa: E402
+from tests.support import admin_redis  # noqa: E402
 
 INMATE, PIN, NUMBER = "123456", "4321", "3125550100"
 
@@ -111,7 +112,8 @@ def main() -> int:
 
     cfg = config.load()
     store = Store(connect(cfg), cfg)
-    store.r.flushdb()
+    with admin_redis() as admin:  # icsctl's Redis user may not flush (ics.redis_acl)
+        admin.flushdb()
     store.create_facility("main", "Bench Facility")
     store.create_inmate(INMATE, "main", "Bench", PIN)
     store.approve_number(INMATE, NUMBER)

@@ -41,6 +41,7 @@ from ami.connection import GuardedManager  # noqa: E402
 from ami.listener import Listener  # noqa: E402
 from ics import config, logs, records  # noqa: E402
 from ics.store import Store, connect  # noqa: E402
+from tests.support import read_stack_env, stack_dir, stack_setting  # noqa: E402
 
 STACK = Path(os.environ.get("ICS_STACK_DIR", ROOT / ".stack"))
 FACILITY = "bench"
@@ -107,10 +108,15 @@ class Bench:
         self.cfg, self.store, self.args = cfg, store, args
         loop = asyncio.get_running_loop()
         a = cfg["ami"]
-        self.ctl = GuardedManager(host=a["host"], port=a["port"], username=a["user"], secret=a["secret"],
+        # the load is driven as the lab's AMI user (CLI commands); the listener logs in as its own
+        # user with its own secret (docker/stack.sh: .stack/ami.env)
+        self.ctl = GuardedManager(host=a["host"], port=a["port"],
+                                  username=stack_setting("ICS_STACK_AMI_LAB_USER") or a["user"],
+                                  secret=stack_setting("ICS_STACK_AMI_LAB_SECRET") or a["secret"],
                                   loop=loop, reconnect_timeout=1)
+        listener_secret = read_stack_env(stack_dir() / "ami.env").get("ICS_AMI_SECRET") or a["secret"]
         self.mgr = GuardedManager(host=a["host"], port=a["port"], username=a["listener_user"],
-                                  secret=a["secret"], loop=loop, reconnect_timeout=1)
+                                  secret=listener_secret, loop=loop, reconnect_timeout=1)
         self.listener = Listener(cfg, store, self.mgr)
         self.lag_ms: list[float] = []
         self.capture: list[dict] = []

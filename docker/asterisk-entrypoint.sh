@@ -4,8 +4,9 @@
 # Asterisk in the foreground as the asterisk user.
 set -eu
 : "${ICS_AMI_SECRET:?set ICS_AMI_SECRET}"
+: "${ICS_AMI_LISTENER_SECRET:?set ICS_AMI_LISTENER_SECRET}"
 : "${ICS_SIP_PASSWORD:?set ICS_SIP_PASSWORD}"
-case "$ICS_AMI_SECRET$ICS_SIP_PASSWORD" in
+case "$ICS_AMI_SECRET$ICS_AMI_LISTENER_SECRET$ICS_SIP_PASSWORD" in
     *[!A-Za-z0-9]*) echo "secrets must be alphanumeric" >&2; exit 1 ;;
 esac
 src=/usr/share/ics/dialplan
@@ -13,7 +14,8 @@ find /etc/asterisk -maxdepth 1 -type f -name '*.conf' -delete
 for f in "$src"/*.conf "$src"/*.conf.in; do
     [ -f "$f" ] || continue
     name=$(basename "$f" .in)
-    sed -e "s/@AMI_SECRET@/$ICS_AMI_SECRET/g" -e "s/@SIP_PASSWORD@/$ICS_SIP_PASSWORD/g" "$f" > "/etc/asterisk/$name"
+    sed -e "s/@AMI_SECRET@/$ICS_AMI_SECRET/g" -e "s/@AMI_LISTENER_SECRET@/$ICS_AMI_LISTENER_SECRET/g" \
+        -e "s/@SIP_PASSWORD@/$ICS_SIP_PASSWORD/g" "$f" > "/etc/asterisk/$name"
 done
 if grep -q '@[A-Z_]*@' /etc/asterisk/*.conf; then
     echo "unrendered placeholder in /etc/asterisk" >&2; exit 1

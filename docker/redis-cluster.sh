@@ -8,6 +8,8 @@
 #                                            returns once every node says cluster_state:ok
 #   docker/redis-cluster.sh stop DIR         stop the six (TERM, then KILL after 5 s)
 #
+# ICS_REDIS_ACLFILE / ICS_REDIS_ADMIN_PASSWORD: each node loads the stack's ACL users
+# (docker/stack.sh render_redis_acl) and replicas log in to their masters as the admin.
 # ICS_REDIS_NODE_TIMEOUT_MS (1000): how long a master may be silent before its replica takes over.
 # ICS_REDIS_APPENDONLY (yes) / ICS_REDIS_APPENDFSYNC (everysec): durability (README, Redis Cluster).
 set -euo pipefail
@@ -17,6 +19,13 @@ APPENDONLY=${ICS_REDIS_APPENDONLY:-yes}
 APPENDFSYNC=${ICS_REDIS_APPENDFSYNC:-everysec}
 
 die() { echo "redis-cluster: $*" >&2; exit 1; }
+ACLFILE=${ICS_REDIS_ACLFILE:-}
+ACL_OPTS=()
+if [ -n "$ACLFILE" ]; then
+    [ -n "${ICS_REDIS_ADMIN_PASSWORD:-}" ] || { echo "redis-cluster: ICS_REDIS_ACLFILE needs ICS_REDIS_ADMIN_PASSWORD" >&2; exit 2; }
+    ACL_OPTS=(--aclfile "$ACLFILE" --masteruser default --masterauth "$ICS_REDIS_ADMIN_PASSWORD")
+    export REDISCLI_AUTH=$ICS_REDIS_ADMIN_PASSWORD
+fi
 cli() { redis-cli -h 127.0.0.1 -p "$1" "${@:2}" 2>/dev/null; }
 
 start() {
@@ -24,11 +33,15 @@ start() {
     for i in 0 1 2 3 4 5; do
         p=$((port + i)); nodes+=("127.0.0.1:$p")
         mkdir -p "$dir/$p"
-        if [ "$(cli "$p" ping)" = PONG ]; then continue; fi
+        if [ "$(cli "$p" ping)" = PONG ]; then  # running: it takes the users as written now
+            [ -z "$ACLFILE" ] || [ "$(cli "$p" acl load)" = OK ] || die "node $p refused ACL LOAD of $ACLFILE"
+            continue
+        fi
         redis-server --bind 127.0.0.1 --port "$p" --dir "$dir/$p" --daemonize yes \
             --pidfile "$dir/$p/redis.pid" --logfile "$dir/$p/redis.log" --save '' \
             --appendonly "$APPENDONLY" --appendfsync "$APPENDFSYNC" \
-            --cluster-enabled yes --cluster-config-file nodes.conf --cluster-node-timeout "$NODE_TIMEOUT_MS"
+            --cluster-enabled yes --cluster-config-file nodes.conf --cluster-node-timeout "$NODE_TIMEOUT_MS" \
+            "${ACL_OPTS[@]}"
     done
     for p in "${nodes[@]}"; do
         for i in $(seq 100); do [ "$(cli "${p#*:}" ping)" = PONG ] && break; sleep 0.05; done

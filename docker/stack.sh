@@ -191,21 +191,48 @@ provision_shim() {
 
 gen_secret() { "$PYTHON" -c 'import secrets; print(secrets.token_hex(16))'; }
 
+# every secret of the stack, generated once at set-up (never in the repo): AMI users (icsctl's ics,
+# the listener's ics-listener), SIP phones, Redis ACL users (ics/redis_acl.py). A secrets.env from
+# before a secret existed gets the missing ones added.
+SECRETS=(AMI_SECRET AMI_LISTENER_SECRET AMI_LAB_SECRET SIP_PASSWORD REDIS_FASTAGI_PASSWORD REDIS_LISTENER_PASSWORD
+         REDIS_ICSCTL_PASSWORD REDIS_ADMIN_PASSWORD)
+
 provision_secrets() {
-    [ -s "$STACK/secrets.env" ] && return 0
     mkdir -p "$STACK"
-    ( umask 077
-      { echo "AMI_SECRET=$(gen_secret)"; echo "SIP_PASSWORD=$(gen_secret)"; } > "$STACK/secrets.env.tmp" )
-    mv "$STACK/secrets.env.tmp" "$STACK/secrets.env"
-    log "secrets generated in $STACK/secrets.env"
+    local name added=
+    ( umask 077; touch "$STACK/secrets.env" )
+    for name in "${SECRETS[@]}"; do
+        grep -q "^$name=" "$STACK/secrets.env" && continue
+        echo "$name=$(gen_secret)" >> "$STACK/secrets.env"
+        added+=" $name"
+    done
+    [ -z "$added" ] || log "secrets generated in $STACK/secrets.env:$added"
 }
 
 load_secrets() {
-    AMI_SECRET=$(sed -n 's/^AMI_SECRET=//p' "$STACK/secrets.env")
-    SIP_PASSWORD=$(sed -n 's/^SIP_PASSWORD=//p' "$STACK/secrets.env")
-    [[ $AMI_SECRET =~ ^[A-Za-z0-9]+$ && $SIP_PASSWORD =~ ^[A-Za-z0-9]+$ ]] \
-        || die "$STACK/secrets.env is damaged; delete it and run provision again"
+    local name value
+    for name in "${SECRETS[@]}"; do
+        value=$(sed -n "s/^$name=//p" "$STACK/secrets.env")
+        [[ $value =~ ^[A-Za-z0-9]{16,}$ ]] \
+            || die "$STACK/secrets.env is damaged ($name); delete it and run provision again"
+        printf -v "$name" '%s' "$value"
+    done
 }
+
+# Redis ACL users (ics/redis_acl.py: fastagi / listener / icsctl with their keys and commands,
+# default = the admin with its own password, for ops and tests); the file redis-server loads (--aclfile)
+render_redis_acl() {
+    load_secrets
+    mkdir -p "$REDIS_DIR"
+    ( umask 077
+      ICS_REDIS_PASSWORD_FASTAGI=$REDIS_FASTAGI_PASSWORD ICS_REDIS_PASSWORD_LISTENER=$REDIS_LISTENER_PASSWORD \
+      ICS_REDIS_PASSWORD_ICSCTL=$REDIS_ICSCTL_PASSWORD ICS_REDIS_PASSWORD_ADMIN=$REDIS_ADMIN_PASSWORD \
+          "$VENV/bin/python" -m ics.redis_acl > "$REDIS_DIR/users.acl.tmp" ) \
+        || die "could not render the Redis ACL users (ics/redis_acl.py)"
+    mv "$REDIS_DIR/users.acl.tmp" "$REDIS_DIR/users.acl"
+}
+
+rcli() { REDISCLI_AUTH=$REDIS_ADMIN_PASSWORD redis-cli -h 127.0.0.1 -p "$REDIS_PORT" "$@"; }
 
 write_stack_env() {
     load_secrets
@@ -217,6 +244,11 @@ write_stack_env() {
       cat > "$STACK/stack.env.tmp" <<EOF
 ICS_REDIS_URL=$url
 ICS_REDIS_CLUSTER=$([ -n "$CLUSTER" ] && echo true || echo false)
+ICS_REDIS_USERNAME=icsctl
+ICS_REDIS_PASSWORD=$REDIS_ICSCTL_PASSWORD
+ICS_STACK_REDIS_ADMIN_URL=${url//redis:\/\//redis://default:$REDIS_ADMIN_PASSWORD@}
+ICS_STACK_AMI_LAB_USER=ics-lab
+ICS_STACK_AMI_LAB_SECRET=$AMI_LAB_SECRET
 ICS_AMI_HOST=127.0.0.1
 ICS_AMI_PORT=5038
 ICS_AMI_USER=ics
@@ -229,6 +261,11 @@ ICS_ASTERISK_ROOT=$AST
 EOF
     )
     mv "$STACK/stack.env.tmp" "$STACK/stack.env"
+    # each service's own credentials, read after stack.env (as a systemd unit's EnvironmentFile)
+    ( umask 077
+      printf 'ICS_REDIS_USERNAME=fastagi\nICS_REDIS_PASSWORD=%s\n' "$REDIS_FASTAGI_PASSWORD" > "$STACK/fastagi.env"
+      printf 'ICS_REDIS_USERNAME=listener\nICS_REDIS_PASSWORD=%s\nICS_AMI_SECRET=%s\n' \
+          "$REDIS_LISTENER_PASSWORD" "$AMI_LISTENER_SECRET" > "$STACK/ami.env" )
 }
 
 cmd_provision() {
@@ -241,6 +278,7 @@ cmd_provision() {
     provision_shim
     provision_secrets
     write_stack_env
+    render_redis_acl
 }
 
 # ---------------------------------------------------------------- processes
@@ -289,7 +327,8 @@ render_configs() {   # render_configs [ETC, default the root's /etc/asterisk]
         [ -f "$f" ] || continue
         name=$(basename "$f")
         case $name in
-            *.conf.in) sed -e "s/@AMI_SECRET@/$AMI_SECRET/g" -e "s/@SIP_PASSWORD@/$SIP_PASSWORD/g" \
+            *.conf.in) sed -e "s/@AMI_SECRET@/$AMI_SECRET/g" -e "s/@AMI_LISTENER_SECRET@/$AMI_LISTENER_SECRET/g" \
+                           -e "s/@SIP_PASSWORD@/$SIP_PASSWORD/g" \
                            "$f" > "$etc/${name%.in}" ;;
             *.conf)    cp "$f" "$etc/$name" ;;
         esac
@@ -304,6 +343,9 @@ exten => _X.,1,Dial(PJSIP/${EXTEN},20)
 exten => _X.,1,Hangup()
 EOF
     fi
+    # the lab's AMI user for the tests' tap and the demo (every event, CLI commands): lab only
+    printf '[ics-lab]\nsecret = %s\ndeny = 0.0.0.0/0.0.0.0\npermit = 127.0.0.1/255.255.255.255\nread = all\nwrite = all\n' \
+        "$AMI_LAB_SECRET" > "$etc/manager_lab.conf"
     if grep -q '@[A-Z_]*@' "$etc"/*.conf; then
         die "unrendered placeholder in: $(grep -l '@[A-Z_]*@' "$etc"/*.conf | xargs -n1 basename | tr '\n' ' ')"
     fi
@@ -368,18 +410,21 @@ start_asterisk() {   # start_asterisk [NODE]: the single box's, or a cluster nod
 start_redis() {
     if [ -n "$CLUSTER" ]; then
         log "starting a Redis Cluster (3 masters, 3 replicas) on 127.0.0.1:$CLUSTER_PORT-$((CLUSTER_PORT + 5))"
-        bash "$CLUSTER_SH" start "$STACK/redis-cluster" "$CLUSTER_PORT"
+        render_redis_acl
+        ICS_REDIS_ACLFILE=$REDIS_DIR/users.acl ICS_REDIS_ADMIN_PASSWORD=$REDIS_ADMIN_PASSWORD \
+            bash "$CLUSTER_SH" start "$STACK/redis-cluster" "$CLUSTER_PORT"
         return 0
     fi
     if alive redis; then return 0; fi
     mkdir -p "$REDIS_DIR"
     log "starting redis-server on 127.0.0.1:$REDIS_PORT"
-    redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --dir "$REDIS_DIR" \
+    render_redis_acl
+    redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --dir "$REDIS_DIR" --aclfile "$REDIS_DIR/users.acl" \
         --appendonly yes --appendfsync everysec --save '' \
         --daemonize yes --pidfile "$RUNDIR/redis.pid" --logfile "$LOGDIR/redis.log"
     local i
     for i in $(seq 50); do
-        [ "$(redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping 2>/dev/null)" = PONG ] && return 0
+        [ "$(rcli ping 2>/dev/null)" = PONG ] && return 0
         sleep 0.1
     done
     die "redis-server did not answer on 127.0.0.1:$REDIS_PORT (log: $LOGDIR/redis.log)"
@@ -390,7 +435,11 @@ start_service() {   # start_service NAME EXECUTABLE [ENV FILE, default stack.env
     if [ ! -x "$exe" ]; then log "$2 not installed yet: not started"; return 0; fi
     if alive "$name"; then return 0; fi
     log "starting $name ($2)"
-    setsid bash -c 'set -a; . "$1"; set +a; shift; exec "$@"' _ "$env" "$exe" \
+    # then the service's own credentials (fastagi.env, ami.env: its Redis user, the listener's AMI
+    # secret), read after the stack's or node's env as a systemd unit's EnvironmentFile
+    local own=$STACK/${name%%-*}.env
+    [ -f "$own" ] || own=/dev/null
+    setsid bash -c 'set -a; . "$1"; . "$2"; set +a; shift 2; exec "$@"' _ "$env" "$own" "$exe" \
         </dev/null >>"$LOGDIR/$name.log" 2>&1 &
     echo $! > "$RUNDIR/$name.pid"
 }
@@ -494,6 +543,7 @@ render_node() {   # render_node NODE ADDRESS
         '[kamailio](outside-endpoint)' '' '[kamailio-only]' 'type = acl' 'deny = 0.0.0.0/0.0.0.0' \
         "permit = $KAMAILIO_ADDR/255.255.255.255" >> "$etc/pjsip.conf"
     sed -i "s/^bindaddr = 127\.0\.0\.1\$/bindaddr = $addr/" "$etc/manager.conf"
+    sed -i "s/^bindaddr = 127\.0\.0\.1\$/bindaddr = $addr/" "$etc/http.conf"   # res_prometheus
     sed -i "s#^ICS_AGI=agi://127\.0\.0\.1:#ICS_AGI=agi://$addr:#" "$etc/extensions.conf"
     printf 'load = res_pjsip_acl.so         ; SIP only from Kamailio (docker/stack.sh render_node)\n' \
         >> "$etc/modules.conf"
@@ -511,6 +561,7 @@ render_node() {   # render_node NODE ADDRESS
         echo "ICS_FASTAGI_HOST=$addr"
         echo "ICS_AMI_TAP_HOST=$addr"  # the three-way audio tap: each listener on its own node
         echo "ICS_CAPACITY_RTP_CONF=$etc/rtp.conf"
+        echo "ICS_METRICS_HOST=$addr"   # /metrics and /health of the node's services on its address
         echo "ICS_NODE_ADDRESS=$addr"; } > "$STACK/node-$node.env" )
 }
 

@@ -31,7 +31,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     },
     "redis": {
         # one URL: a single Redis; several, comma-separated (or cluster = true): the nodes a Redis
-        # Cluster client starts from (it learns the rest from them)
+        # Cluster client starts from (it learns the rest from them); rediss://... for TLS (tls_ca
+        # then names the CA to trust)
         "url": "redis://127.0.0.1:6380/0",
         "cluster": False,
         "timeout_ms": 2000,
@@ -39,11 +40,20 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         # most wait_timeout_ms; a write no replica confirmed in time is logged (redis.wait_short)
         "wait_replicas": 0,
         "wait_timeout_ms": 200,
+        # each service logs in as its own Redis ACL user (docker/redis-acl.py writes the users and
+        # their rights; ICS_REDIS_USERNAME / ICS_REDIS_PASSWORD per service); "" = the default user
+        "username": "",
+        "password": "",
+        "tls_ca": "",  # CA file a rediss:// server's certificate must chain to
     },
     "fastagi": {
-        "host": "127.0.0.1",
+        "host": "127.0.0.1",  # the node's own address across hosts (Asterisk on it is the only client)
         "port": 4573,
         "max_sessions": 400,
+        "metrics_port": 9573,  # /metrics and /health (ics.metrics); 0 = not served
+        # asked to stop (SIGTERM) it takes no new AGI session and waits this long at most for the ones
+        # it serves (a call's settlement runs in one): the longest call plus its backstop and hang-up
+        "drain_timeout_s": 930,
     },
     "ami": {
         "host": "127.0.0.1",
@@ -64,6 +74,10 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "tap": True,
         "tap_host": "127.0.0.1",
         "tap_port": 4575,
+        "metrics_port": 9574,  # the listener's /metrics and /health (ics.metrics); 0 = not served
+    },
+    "metrics": {
+        "host": "127.0.0.1",  # where both services serve /metrics and /health: never a public address
     },
     "recordings": {
         # Host path of Asterisk's monitor directory: MixMonitor files live under
@@ -540,6 +554,11 @@ def load(path: str | None = None, environ: Mapping[str, str] | None = None) -> C
     short = values["recordings"]["max_short_ms"]
     if not MIN_SHORT_MS <= short <= MAX_SHORT_MS:
         raise ConfigError(f"recordings.max_short_ms must be {MIN_SHORT_MS} to {MAX_SHORT_MS} ms, got {short}")
+    for where, key in (("fastagi", "metrics_port"), ("ami", "metrics_port")):
+        if not 0 <= values[where][key] <= 65535:
+            raise ConfigError(f"{where}.{key} must be a port (1-65535) or 0 (not served), got {values[where][key]}")
+    if values["fastagi"]["drain_timeout_s"] < 0:
+        raise ConfigError(f"fastagi.drain_timeout_s must not be negative, got {values['fastagi']['drain_timeout_s']}")
     for key in ("settle_retry_ms", "settle_retry_max_s", "orphan_scan_s"):
         if values["ami"][key] <= 0:  # 0 would make the listener's upkeep loop spin
             raise ConfigError(f"ami.{key} must be greater than 0, got {values['ami'][key]}")

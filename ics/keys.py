@@ -269,3 +269,34 @@ def call_rules(cid: str) -> str:
 NUMBER_HASHES = (f"{PREFIX}:inmate:*:approved", PRIVILEGED)
 NUMBER_SETS = (f"{PREFIX}:block:inmate:*", f"{PREFIX}:block:facility:*", f"{PREFIX}:account:*:numbers")
 NUMBER_KEY_PREFIXES = (f"{PREFIX}:number:", f"{PREFIX}:lidb:", f"{PREFIX}:numinfo:", f"{PREFIX}:courtesy:")
+
+
+# Who may write which keys: the Redis ACL users (ics.redis_acl renders them; docker/stack.sh
+# writes the ACL file at set-up). Every service reads every ics:* key; these are the only ones
+# each may change (a script's KEYS count as written, Redis checks them before it runs).
+_ANY = "*"
+WRITES: dict[str, tuple[str, ...]] = {
+    # the call flow: the call record and its money (holds, the settle script's ledger and counts),
+    # the caller's PIN state and name, the called party's block (9), admission; at start-up it
+    # rewrites stored numbers as E.164 (Store.migrate_numbers: lists, blocks, number and LIDB keys)
+    # (a * in a pattern spans ":": inmate(*)* covers its pin_failures, approved and week keys,
+    # account(*)* its holds and its calls' money)
+    "fastagi": (call(_ANY), CALLS, inmate(_ANY) + _ANY, account(_ANY) + _ANY, ledger(_ANY), number_account(_ANY), lidb(_ANY),
+                block_inmate(_ANY), block_facility(_ANY),
+                PRIVILEGED, live_calls(_ANY), calls_setting_up(_ANY), RECORDINGS_FLAGGED_COUNT,
+                RECORDINGS_FLAGGED, RECORDINGS_PENDING,
+                # a free line's use is audited (13); a courtesy call claims its number's one free call
+                # (given back if it never bridged); the E.164 rewrite covers numinfo and courtesy keys
+                AUDIT, numinfo(_ANY), courtesy(_ANY)),
+    # the listener: its node's heartbeat and where to reach it (node(*) covers a dead peer's sweep
+    # lock), the rules' cuts and drops on call records, next-minute holds, settlement when the
+    # hangup handler could not (ledger, monthly and weekly counts), recordings
+    "listener": (call(_ANY), account(_ANY) + _ANY, ledger(_ANY),
+                 inmate_week(_ANY, _ANY), listener_alive(_ANY), live_calls(_ANY), calls_setting_up(_ANY),
+                 NODES, node(_ANY), RECORDINGS_FLAGGED_COUNT, RECORDINGS_FLAGGED, RECORDINGS_PENDING,
+                 # a rule that warned or flagged (11); settlement gives back an unused courtesy call
+                 ALERTS, courtesy(_ANY)),
+    # icsctl administers everything of ours
+    "icsctl": (f"{PREFIX}:*",),
+}
+READS = f"{PREFIX}:*"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import structlog
 
-from . import policy, rating, recordings, records
+from . import metrics, policy, rating, recordings, records
 from .store import Store, now_ms
 
 log = structlog.get_logger("ics")
@@ -129,6 +129,7 @@ def settle(store: Store, call_id: str, dialstatus: str = "", hangupsource: str =
     credited = store.auto_credit(call_id)  # system_error in the first minute: credited in full, once
     rec = records.get(r, call_id)
     if first:
+        metrics.CALLS.labels(rec.get("outcome") or "", rec.get("reason") or "").inc()
         log.info("call.settled", call_id=call_id, reason=rec.get("reason"), bridged_ms=duration,
                  billed_minutes=minutes, billed_cents=cents)
     else:

@@ -7,7 +7,7 @@ Nothing here runs unless a test asks for it: unit tests never need the stack.
                    returns stack.env as a dict
     phones         session: tests.support.phones.Harness
     ami            session: tests.support.ami_tap.AmiTap, logged in as ics
-    redis_client   function: redis.Redis on ICS_REDIS_URL (a RedisCluster on the cluster lab),
+    redis_client   function: the lab's Redis as its admin user (a RedisCluster on the cluster lab),
                    flushed before the test
 
 Under pytest-xdist every worker (gwN) first moves into its own network
@@ -194,9 +194,9 @@ def ami(stack):
 
 @pytest.fixture(scope="session")
 def _redis_session(stack):
-    from ics import config
-    from ics.store import connect
-    client = connect(config.load(environ={k: v for k, v in stack.items() if k.startswith("ICS_REDIS_")}))
+    from tests.support import admin_redis
+    # as the lab's admin user (it flushes): the services and icsctl log in as their own ACL users
+    client = admin_redis(stack)
     try:
         yield client
     finally:
@@ -248,6 +248,25 @@ def _stack_env(request):
         if _harness is not None:
             _harness.hangup_all()
     _check_asterisk_log(log, start, request.node.nodeid)
+    _check_redis_acl_log(request.node.nodeid)
+
+
+def _check_redis_acl_log(nodeid: str) -> None:
+    """Fail on a Redis command or key a service's ACL user was refused during the test
+    (ics.redis_acl: each has only what it uses; a refusal there is a call that failed).
+    A test that provokes refusals on purpose resets the log itself."""
+    from tests.support import admin_redis
+    try:
+        with admin_redis() as admin:
+            denied = admin.acl_log()
+            admin.acl_log_reset()
+    except Exception:
+        return  # Redis down at the end of a fault test: nothing to read
+    denied = [d for d in denied if d.get("username") != "default"]
+    if denied:
+        pytest.fail(f"Redis refused {len(denied)} command(s) to a service's ACL user during {nodeid}:\n"
+                    + "\n".join(f"{d.get('username')}: {d.get('reason')} {d.get('object')} "
+                                 f"({d.get('client-info', '')[-60:]})" for d in denied[:10]), pytrace=False)
 
 
 _asterisk_pid: int | None = None

@@ -8,12 +8,13 @@ Money is integer cents; the rate, tax, hold and limit all come from ics.rating.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import structlog
 
 from ami.rules import AUDIO_RULES
-from ics import capacity, config, destination, policy, prompts, rating, records
+from ics import capacity, config, destination, metrics, policy, prompts, rating, records
 from ics.destination import Destination, NumberError
 from ics.store import Account, AccountExpired, now_ms
 
@@ -68,6 +69,7 @@ def run(s: Session) -> None:
             raise destination_refused(d, facility)
         check_capacity(s, "start")  # all lines busy: said before the inmate keys in a PIN
         inmate_id = identify(s, facility)
+        checks_from = time.perf_counter()  # set-up latency: ours from here to the dial, the caller's keys excluded
         records.update(s.r, call_id, inmate=inmate_id, outcome="checks")
         inmate = s.store.inmate(inmate_id)
         s.set_language(inmate.get("language") or facility["language"])
@@ -75,7 +77,9 @@ def run(s: Session) -> None:
         # first use: only an inmate whose call may go ahead records a name (never one
         # who is then refused); the first minute is held meanwhile, released if they hang up
         if inmate.get("name_recorded") != "1":
+            naming = time.perf_counter()
             record_name(s, inmate_id)
+            checks_from += time.perf_counter() - naming  # the caller speaking is not set-up
         # again right before the dial (lines fill while the inmate keys in), admitting the call:
         # it counts from here on (the first minute's hold is released by settlement if refused)
         check_capacity(s, "dial", admit=s.env.get("agi_uniqueid") or call_id)
@@ -113,6 +117,7 @@ def run(s: Session) -> None:
     s.agi.set_variable("CALLERID(name)", facility["name"][:CALLER_NAME_MAX])
     s.agi.set_variable("CALLERID(num)", destination.parse(facility["caller_id"]).dial
                        if facility["caller_id"] else "anonymous")
+    metrics.SETUP.observe(time.perf_counter() - checks_from)
     log.info("call.dialing", limit_s=limit_ms // 1000, held_cents=held, account=go.account,
              dest_class=go.dest_class, rate_cents=go.rate_cents)
     s.play("please-hold")
@@ -367,10 +372,12 @@ def check_call(s: Session, facility: dict, inmate_id: str, inmate: dict, number:
             if s.store.reserve(account.id, call_id, one_minute, minutes=1):
                 return Go(account.id, one_minute, limit_ms, rate, tax, dest_class)
         except AccountExpired:
+            metrics.HOLDS_REFUSED.labels("first").inc()
             raise Refused("account_expired", "account-expired") from None
         account = s.store.account(account.id)
         if account is None:
             raise LookupError("the paying account vanished while the call was checked")
+    metrics.HOLDS_REFUSED.labels("first").inc()
     if s.store.account_usable(account) == "account_expired":  # too little to try a hold, and expired
         raise Refused("account_expired", "account-expired")
     if account.type == "direct_bill":

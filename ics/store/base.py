@@ -15,7 +15,7 @@ from redis.cluster import ClusterNode, RedisCluster
 from redis.exceptions import RedisClusterException
 from redis.connection import parse_url
 
-from .. import destination
+from .. import destination, metrics
 from ..config import Config, redis_urls
 from ..destination import Destination, NumberError
 
@@ -68,21 +68,52 @@ def one_line(kind: str, value: str) -> str:
     return value
 
 
+class _Counted:
+    """Counts failed commands (ics_redis_errors_total). A script missing from the cache
+    (NOSCRIPT: redis-py loads it and retries) is no failure."""
+
+    def execute_command(self, *args, **options):
+        try:
+            return super().execute_command(*args, **options)
+        except redis.exceptions.NoScriptError:
+            raise
+        except redis.RedisError as exc:
+            metrics.REDIS_ERRORS.labels(type(exc).__name__).inc()
+            raise
+
+
+class CountedRedis(_Counted, redis.Redis):
+    pass
+
+
+class CountedRedisCluster(_Counted, RedisCluster):
+    pass
+
+
 def connect(cfg: Config) -> redis.Redis:
-    """A Redis client, or a RedisCluster client when redis.cluster is set or redis.url lists
-    several nodes (any of them will do: the client learns the others from them)."""
-    timeout = cfg["redis"]["timeout_ms"] / 1000
+    """The service's Redis client, as its own ACL user (redis.username / password) when set, over
+    TLS for rediss:// urls (redis.tls_ca). A RedisCluster client when redis.cluster is set or
+    redis.url lists several nodes (any of them will do: the client learns the others from them)."""
+    c = cfg["redis"]
+    timeout = c["timeout_ms"] / 1000
     opts: dict[str, Any] = dict(decode_responses=True, socket_timeout=timeout, socket_connect_timeout=timeout)
-    urls = redis_urls(cfg["redis"]["url"])
-    if cfg["redis"]["cluster"] or len(urls) > 1:
+    if c["username"] or c["password"]:
+        opts.update(username=c["username"] or None, password=c["password"] or None)
+    urls = redis_urls(c["url"])
+    tls = urls[0].startswith("rediss://")
+    if tls:
+        opts.update(ssl_cert_reqs="required", ssl_ca_certs=c["tls_ca"] or None)
+    if c["cluster"] or len(urls) > 1:
         given = [parse_url(u) for u in urls]
         nodes = [ClusterNode(g["host"], g.get("port", 6379)) for g in given]
-        auth = {k: given[0][k] for k in ("username", "password") if given[0].get(k)}
+        for k in ("username", "password"):
+            if given[0].get(k) and k not in opts:
+                opts[k] = given[0][k]
         try:  # (a cluster client asks the nodes for the slot map at once)
-            return RedisCluster(startup_nodes=nodes, **auth, **opts)
+            return CountedRedisCluster(startup_nodes=nodes, ssl=tls, **opts)
         except RedisClusterException as exc:
             raise redis.ConnectionError(f"Redis Cluster at {', '.join(g['host'] + ':' + str(g.get('port', 6379)) for g in given)}: {exc}") from None
-    return redis.Redis.from_url(urls[0], **opts)
+    return CountedRedis.from_url(urls[0], **opts)
 
 
 def as_entries(raw: list) -> list[tuple[str, dict[str, str]]]:

@@ -90,16 +90,6 @@ def heard_in_full(ami, mark, key: str, world) -> list[str]:
     return streamed
 
 
-def wait_call_settled(world, call_id: str, timeout: float = 15) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        rec = records.get(world.store.r, call_id) or {}
-        if rec.get("settled") == "1":
-            return rec
-        time.sleep(0.1)
-    raise AssertionError(f"call {call_id} not settled within {timeout}s: {records.get(world.store.r, call_id)}")
-
-
 def test_a_call_past_max_calls_hears_busy_and_is_never_dialled(ami, lines, one_line):
     inmate, inmate2, family, other = lines
     world = make_world(balance_cents=500)
@@ -122,7 +112,7 @@ def test_a_call_past_max_calls_hears_busy_and_is_never_dialled(ami, lines, one_l
     assert heard_in_full(ami, m2, "all-lines-busy", world) == ["all-lines-busy"]
     rec = latest_call(world)
     assert rec["call_id"] != first_id
-    rec = wait_call_settled(world, rec["call_id"])
+    rec = wait_settled(world, call_id=rec["call_id"])
     assert (rec["reason"], rec["outcome"]) == ("capacity_full", "refused"), rec
     assert "inmate" not in rec and rec["billed_cents"] == 0
     refused = services.log_events("fastagi", "call.capacity_full", rec["call_id"])
@@ -137,7 +127,7 @@ def test_a_call_past_max_calls_hears_busy_and_is_never_dialled(ami, lines, one_l
     # the live call went on, and settles as usual
     assert not call.disconnected and not callee.disconnected
     callee.hangup()
-    first = wait_call_settled(world, first_id)
+    first = wait_settled(world, call_id=first_id)
     assert first["reason"] == "called_hangup" and first["billed_minutes"] == 1
     call.wait_disconnected(10)
 

@@ -8,12 +8,15 @@ list and the schedule say, never billed or recorded, and every use is audited wi
 from __future__ import annotations
 
 import array
+import json
 import math
 import random
 import time
 import wave
 
 import pytest
+
+from ami.rules import AUDIO_RULES
 
 from tests.e2e.test_policy import _other_day
 from tests.support.callflow import INMATE, NUMBER, login, make_world, press_when, wait_settled
@@ -94,7 +97,10 @@ def test_relay_call_with_baudot_tones_and_a_minute_of_silence_is_not_cut_and_cos
     assert rec.get("account", "") == ""
     assert world.store.account("fam1").balance_cents == before
     # why no audio rule applied, on the record
-    assert rec["rules_off"] == "extra_digits,silence"
+    assert rec["rules_off"] == ",".join(sorted(AUDIO_RULES))
+    responses = json.loads(rec["responses"])  # what the listener applied: every audio rule off
+    assert all(responses[rule] == "off" for rule in AUDIO_RULES) and responses["hold"] == "disconnect"
+    assert "64.6040" in rec["rules_off_why"] and "64.6040" in rec["responses_why"]
     assert "64.6040" in rec["rules_off_why"] and "TTY tones" in rec["rules_off_why"]
     # recorded per the facility's policy (relay_recorded, on by default)
     assert rec["recording"]
@@ -139,5 +145,5 @@ def test_tty_to_tty_call_is_billed_at_most_the_facilitys_tty_rate(ami, stack, ph
     # one minute at the TTY rate (3), not the voice rate (11); the audio rules off, and why
     assert (rec["line"], rec["rate_cents"], rec["billed_minutes"], rec["billed_cents"]) == ("tty", 3, 1, 3)
     assert world.store.account("fam1").balance_cents == 500 - 3
-    assert rec["rules_off"] == "extra_digits,silence" and "TTY" in rec["rules_off_why"]
+    assert rec["rules_off"] == ",".join(sorted(AUDIO_RULES)) and "TTY" in rec["rules_off_why"]
     call.wait_disconnected(10)

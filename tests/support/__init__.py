@@ -51,3 +51,15 @@ def seed_week(store, iid: str, week: str, calls: int, minutes: int) -> None:
     """An inmate's weekly quota usage as settlement would have counted it (tests only)."""
     from ics import keys
     store.r.hset(keys.inmate_week(iid, week), mapping={"calls": calls, "minutes": minutes})
+
+
+def admin_redis(stack: dict | None = None):
+    """The lab Redis as its admin ACL user (docker/stack.sh: ICS_STACK_REDIS_ADMIN_URL, one URL or
+    the cluster's nodes): what only a test may do, such as flushing the database. The services and
+    icsctl have their own users."""
+    from ics import config
+    from ics.store import connect
+    get = (lambda k: stack.get(k)) if stack is not None else stack_setting
+    url = get("ICS_STACK_REDIS_ADMIN_URL") or get("ICS_REDIS_URL")
+    return connect(config.load(environ={"ICS_REDIS_URL": url, "ICS_REDIS_CLUSTER": get("ICS_REDIS_CLUSTER") or "false",
+                                        "ICS_REDIS_TIMEOUT_MS": "5000"}))

@@ -127,10 +127,12 @@ class AmiTap:
 
     @classmethod
     def from_env(cls, **kw) -> "AmiTap":
+        # the lab's own AMI user (docker/stack.sh: every event, CLI commands), not icsctl's least-privilege ics
         return cls(host=stack_setting("ICS_AMI_HOST", "127.0.0.1"),
                    port=int(stack_setting("ICS_AMI_PORT", "5038")),
-                   user=stack_setting("ICS_AMI_USER", "ics"),
-                   secret=stack_setting("ICS_AMI_SECRET", "") or "", **kw)
+                   user=stack_setting("ICS_STACK_AMI_LAB_USER", "") or stack_setting("ICS_AMI_USER", "ics"),
+                   secret=stack_setting("ICS_STACK_AMI_LAB_SECRET", "") or stack_setting("ICS_AMI_SECRET", "") or "",
+                   **kw)
 
     # ---- reading
     def _read_line(self, timeout: float) -> str:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ics import audio, config, records
 from ics.store import Store, connect
+from tests.support import admin_redis
 
 FACILITY = "main"  # the inmate phones' ICS_FACILITY (dialplan/pjsip.conf.in)
 INMATE = "123456"
@@ -32,8 +33,9 @@ class World:
 
 def make_world(balance_cents: int = 500, **facility) -> World:
     cfg = config.load()
-    store = Store(connect(cfg), cfg)
-    store.r.flushdb()
+    store = Store(connect(cfg), cfg)  # as icsctl's Redis user, as an operator sets a facility up
+    with admin_redis() as admin:
+        admin.flushdb()
     # a jail of ADP 100-349: FCC 25-75 caps its rates at 13 cents/min (the e2e tests use 11 and 13)
     settings = dict(menu_timeout_s=2, rate_cents_per_min=11, time_limit_s=900, type="jail", adp=200)
     settings.update(facility)
@@ -88,14 +90,21 @@ def latest_call(world: World) -> dict:
     return recs[0]
 
 
-def wait_settled(world: World, timeout: float = 15) -> dict:
+def wait_settled(world: World, timeout: float = 15, *, call_id: str | None = None) -> dict:
+    """The call record once settled: call_id's, or the newest call's."""
+    def current() -> dict:
+        if call_id is not None:
+            return records.get(world.store.r, call_id) or {}
+        recs = records.recent(world.store.r, 1)
+        return recs[0] if recs else {}
+
     deadline = time.time() + timeout
     while time.time() < deadline:
-        recs = records.recent(world.store.r, 1)
-        if recs and recs[0].get("settled") == "1":
-            return recs[0]
+        rec = current()
+        if rec.get("settled") == "1":
+            return rec
         time.sleep(0.1)
-    raise AssertionError(f"call not settled within {timeout}s: {records.recent(world.store.r, 1)}")
+    raise AssertionError(f"call {call_id or '(newest)'} not settled within {timeout}s: {current()}")
 
 
 def balance(world: World) -> int:

@@ -57,8 +57,10 @@ class Taps:
         taps = {}
         for node in nodes:
             env = node_env(node)
+            # the lab's AMI user (every event), not icsctl's least-privilege ics (docker/stack.sh)
             taps[node] = AmiTap(host=env["ICS_AMI_HOST"], port=int(env.get("ICS_AMI_PORT", "5038")),
-                                user=env.get("ICS_AMI_USER", "ics"), secret=env["ICS_AMI_SECRET"])
+                                user=env.get("ICS_STACK_AMI_LAB_USER") or env.get("ICS_AMI_USER", "ics"),
+                                secret=env.get("ICS_STACK_AMI_LAB_SECRET") or env["ICS_AMI_SECRET"])
         return cls(taps)
 
     def mark(self) -> dict[str, int]:

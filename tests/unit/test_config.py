@@ -65,3 +65,19 @@ def test_facility_overrides_are_validated():
     assert config.facility_settings(d, {"accept_digit": "5"}, "f")["accept_digit"] == "5"
     with pytest.raises(config.ConfigError):
         config.facility_settings(d, {"accept_digit": "9"}, "f")  # clashes with block
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"ICS_FASTAGI_METRICS_PORT": "70000"}, "fastagi.metrics_port must be a port"),
+    ({"ICS_AMI_METRICS_PORT": "-1"}, "ami.metrics_port must be a port"),
+    ({"ICS_FASTAGI_DRAIN_TIMEOUT_S": "-5"}, "fastagi.drain_timeout_s must not be negative"),
+])
+def test_metrics_ports_and_drain_timeout_are_checked(env, message):
+    with pytest.raises(config.ConfigError, match=message):
+        config.load(environ=env)
+
+
+def test_metrics_port_0_turns_the_endpoint_off_and_redis_credentials_load():
+    cfg = config.load(environ={"ICS_FASTAGI_METRICS_PORT": "0", "ICS_REDIS_USERNAME": "fastagi",
+                               "ICS_REDIS_PASSWORD": "x" * 32})
+    assert cfg["fastagi"]["metrics_port"] == 0 and cfg["redis"]["username"] == "fastagi"
