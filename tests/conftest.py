@@ -96,7 +96,9 @@ def pytest_configure(config):
         from tests.support import netns
         _stack_base = base = stack_dir()
         _netns_name = netns.enter(_WORKER)
-        os.environ["ICS_STACK_DIR"] = str(base / _WORKER)
+        # (the Redis Cluster run has its own worker directories: make test runs both at once)
+        cluster = os.environ.get("ICS_REDIS_CLUSTER", "").lower() in ("1", "true", "yes", "on")
+        os.environ["ICS_STACK_DIR"] = str(base / (f"cluster-{_WORKER}" if cluster else _WORKER))
 
 
 def pytest_unconfigure(config):
