@@ -256,12 +256,16 @@ class Money(Base):
         money = self.r.hgetall(keys.call_money(aid, call_id))
         if not money:
             return
-        self.r.hset(keys.call(call_id), mapping={**{k: v for k, v in money.items() if k in COPIED},
+        self.r.hset(keys.call(call_id), mapping={**{k: v for k, v in money.items() if k in COPIED and k != "settled"},
                                                  "account": aid})
         if money.get("settled") == "1" and money.get("week"):
             iid, week = money["week"].split(" ", 1)
             self._count_week(keys=[keys.inmate_week(iid, week)], args=[call_id, money.get("billed_minutes", 0)])
         self._synced(keys=[keys.account_unsynced(aid)], args=[call_id, money.get("v", "0")])
+        # last: a record that says settled is settled everywhere; cut short before this, the call
+        # still looks unsettled and is settled again (the listener's retry or orphan scan)
+        if money.get("settled") == "1":
+            self.r.hset(keys.call(call_id), "settled", "1")
 
     def unsynced(self, aid: str) -> dict[str, str]:
         """Calls of the account whose second step is still to do: call id -> money version."""
