@@ -209,7 +209,9 @@ def test_sigterm_drains_fastagi_the_live_call_settles_a_new_call_is_refused(ami,
 # --- security: each service refuses a client without its credentials -----------------------------
 
 def stack_redis(**kw) -> redis.Redis:
-    return redis.Redis(host="127.0.0.1", port=6380, socket_timeout=5, decode_responses=True, **kw)
+    ca = read_stack_env().get("ICS_REDIS_TLS_CA")  # a stack up with ICS_STACK_REDIS_TLS=1
+    tls = dict(ssl=True, ssl_cert_reqs="required", ssl_ca_certs=ca) if ca else {}
+    return redis.Redis(host="127.0.0.1", port=6380, socket_timeout=5, decode_responses=True, **tls, **kw)
 
 
 def test_redis_refuses_clients_without_credentials_and_each_user_its_keys(stack):
