@@ -75,13 +75,13 @@ CLUSTER_OUT := .stack/log/test-redis-cluster.out
 test: provision
 	@mkdir -p .stack/log; rc=0; \
 	ICS_REDIS_CLUSTER=1 $(PYTEST) > $(CLUSTER_OUT) 2>&1 & cluster=$$!; \
-	ICS_REDIS_CLUSTER= $(PYTEST) || rc=$$?; \
+	env -u ICS_REDIS_CLUSTER $(PYTEST) || rc=$$?; \
 	if wait $$cluster; then echo "== the same suite on the Redis Cluster lab: $$(tail -n 1 $(CLUSTER_OUT))"; \
 	else rc=1; echo "== the same suite on the Redis Cluster lab FAILED:"; cat $(CLUSTER_OUT); fi; \
 	exit $$rc
 
 test-single: provision
-	ICS_REDIS_CLUSTER= $(PYTEST)
+	env -u ICS_REDIS_CLUSTER $(PYTEST)
 
 # the suite on a 3-master, 3-replica Redis Cluster (docker/redis-cluster.sh): each worker's
 # unit-test session and stack start one on loopback (tests/e2e/test_redis_failover.py runs only here)

@@ -87,7 +87,14 @@ class CountedRedis(_Counted, redis.Redis):
 
 
 class CountedRedisCluster(_Counted, RedisCluster):
-    pass
+    def execute_command(self, *args, **options):
+        try:
+            return super().execute_command(*args, **options)
+        except RedisClusterException as exc:
+            # no node reachable: redis-py raises this outside RedisError; callers fail closed on
+            # ConnectionError as with a single Redis
+            metrics.REDIS_ERRORS.labels("ConnectionError").inc()
+            raise redis.ConnectionError(f"Redis Cluster: {exc}") from exc
 
 
 def connect(cfg: Config) -> redis.Redis:

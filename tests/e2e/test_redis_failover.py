@@ -27,13 +27,17 @@ pytestmark = [pytest.mark.e2e,
 CLUSTER_DIR = stack_dir() / "redis-cluster"
 FIRST_PORT = 7000  # docker/stack.sh CLUSTER_PORT
 FAILOVER_MAX_S = 10
-ADMIN_PASSWORD = parse_url((stack_setting("ICS_STACK_REDIS_ADMIN_URL") or "redis://x").split(",")[0]).get("password")
+
+
+def admin_password() -> str:
+    """(read when the test runs: the worker's stack.env is written when its stack starts)"""
+    return parse_url(stack_setting("ICS_STACK_REDIS_ADMIN_URL").split(",")[0])["password"]
 
 
 def master_port(slot: int, ask: int) -> int | None:
     """The port of the master serving slot, as node `ask` sees it (None while it has none)."""
     try:
-        slots = redis.Redis(port=ask, password=ADMIN_PASSWORD, socket_timeout=1, decode_responses=True).execute_command("CLUSTER SLOTS")
+        slots = redis.Redis(port=ask, password=admin_password(), socket_timeout=1, decode_responses=True).execute_command("CLUSTER SLOTS")
     except redis.RedisError:
         return None
     for lo, hi, primary, *_replicas in slots:  # [[first, last, [host, port, id], replicas...], ...]
@@ -71,7 +75,7 @@ def test_a_master_killed_mid_call_fails_over_and_the_call_is_settled_once(ami, l
         subprocess.run(["bash", str(REPO / "docker" / "redis-cluster.sh"), "start", str(CLUSTER_DIR),
                         str(FIRST_PORT)], check=True, timeout=60,
                        env={**os.environ, "ICS_REDIS_ACLFILE": str(stack_dir() / "redis" / "users.acl"),
-                            "ICS_REDIS_ADMIN_PASSWORD": ADMIN_PASSWORD or ""})
+                            "ICS_REDIS_ADMIN_PASSWORD": admin_password()})
     assert (rec["reason"], rec["billed_minutes"], rec["billed_cents"]) == ("inmate_hangup", 1, 11)
     assert [int(e["amount_cents"]) for e in charges(world, call_id)] == [11]
     assert balance(world) == 500 - 11 and world.store.account(world.account).held_cents == 0
