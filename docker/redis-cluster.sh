@@ -26,7 +26,20 @@ if [ -n "$ACLFILE" ]; then
     ACL_OPTS=(--aclfile "$ACLFILE" --masteruser default --masterauth "$ICS_REDIS_ADMIN_PASSWORD")
     export REDISCLI_AUTH=$ICS_REDIS_ADMIN_PASSWORD
 fi
-cli() { redis-cli -h 127.0.0.1 -p "$1" "${@:2}" 2>/dev/null; }
+# ICS_REDIS_TLS_DIR (docker/stack.sh, ICS_STACK_REDIS_TLS): its ca.crt / redis.crt / redis.key; every node
+# then serves clients, its replicas and the cluster bus over TLS only
+TLS_DIR=${ICS_REDIS_TLS_DIR:-}
+CLI_TLS=()
+[ -z "$TLS_DIR" ] || CLI_TLS=(--tls --cacert "$TLS_DIR/ca.crt")
+listen() {
+    if [ -n "$TLS_DIR" ]; then
+        echo --port 0 --tls-port "$1" --tls-cert-file "$TLS_DIR/redis.crt" --tls-key-file "$TLS_DIR/redis.key" \
+            --tls-ca-cert-file "$TLS_DIR/ca.crt" --tls-auth-clients no --tls-replication yes --tls-cluster yes
+    else
+        echo --port "$1"
+    fi
+}
+cli() { redis-cli "${CLI_TLS[@]}" -h 127.0.0.1 -p "$1" "${@:2}" 2>/dev/null; }
 
 start() {
     local dir=$1 port=$2 p i nodes=()
@@ -37,7 +50,8 @@ start() {
             [ -z "$ACLFILE" ] || [ "$(cli "$p" acl load)" = OK ] || die "node $p refused ACL LOAD of $ACLFILE"
             continue
         fi
-        redis-server --bind 127.0.0.1 --port "$p" --dir "$dir/$p" --daemonize yes \
+        # shellcheck disable=SC2046  # (paths without spaces)
+        redis-server --bind 127.0.0.1 $(listen "$p") --dir "$dir/$p" --daemonize yes \
             --pidfile "$dir/$p/redis.pid" --logfile "$dir/$p/redis.log" --save '' \
             --appendonly "$APPENDONLY" --appendfsync "$APPENDFSYNC" \
             --cluster-enabled yes --cluster-config-file nodes.conf --cluster-node-timeout "$NODE_TIMEOUT_MS" \
@@ -48,7 +62,7 @@ start() {
         [ "$(cli "${p#*:}" ping)" = PONG ] || die "node $p did not answer (log: $dir/${p#*:}/redis.log)"
     done
     if [ "$(cli "$port" cluster info | tr -d '\r' | sed -n 's/^cluster_known_nodes://p')" != 6 ]; then
-        redis-cli --cluster create "${nodes[@]}" --cluster-replicas 1 --cluster-yes >"$dir/create.log" 2>&1 \
+        redis-cli "${CLI_TLS[@]}" --cluster create "${nodes[@]}" --cluster-replicas 1 --cluster-yes >"$dir/create.log" 2>&1 \
             || { tail -n 5 "$dir/create.log" >&2; die "redis-cli --cluster create failed"; }
     fi
     for p in "${nodes[@]}"; do

@@ -30,6 +30,11 @@ REDIS_PORT=${ICS_REDIS_PORT:-6380}
 # (docker/redis-cluster.sh; make test-redis-cluster)
 case ${ICS_REDIS_CLUSTER:-} in 1|true|yes|on) CLUSTER=1 ;; *) CLUSTER= ;; esac
 CLUSTER_PORT=7000
+# ICS_STACK_REDIS_TLS=1: Redis serves only TLS (README, Security): a CA and Redis's certificate made at
+# provision under $STACK/tls (keys mode 600, never in the repo); rediss:// urls and ICS_REDIS_TLS_CA
+# in stack.env; no client certificates (each service proves itself with its ACL user's password)
+case ${ICS_STACK_REDIS_TLS:-} in 1|true|yes|on) TLS=1 ;; *) TLS= ;; esac
+TLS_DIR=$STACK/tls
 CLUSTER_SH=$REPO/docker/redis-cluster.sh
 VENV=$REPO/.venv
 PYTHON=${ICS_PYTHON:-python3.11}
@@ -232,21 +237,56 @@ render_redis_acl() {
     mv "$REDIS_DIR/users.acl.tmp" "$REDIS_DIR/users.acl"
 }
 
-rcli() { REDISCLI_AUTH=$REDIS_ADMIN_PASSWORD redis-cli -h 127.0.0.1 -p "$REDIS_PORT" "$@"; }
+# the CA and Redis's certificate (IP 127.0.0.1: every Redis of the lab listens there), made
+# once; a certificate within a day of its end is made again
+provision_tls() {
+    [ -n "$TLS" ] || return 0
+    if [ -s "$TLS_DIR/redis.crt" ] && openssl x509 -checkend 86400 -noout -in "$TLS_DIR/redis.crt" >/dev/null 2>&1; then
+        return 0
+    fi
+    log "making a CA and Redis's certificate in $TLS_DIR"
+    mkdir -p "$TLS_DIR"
+    ( cd "$TLS_DIR" && umask 077
+      openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout ca.key -out ca.crt \
+          -days 825 -subj "/CN=ICS Redis CA"
+      openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout redis.key -out redis.csr \
+          -subj "/CN=redis"
+      printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' > redis.ext
+      openssl x509 -req -in redis.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out redis.crt -days 825 \
+          -extfile redis.ext
+      rm -f redis.csr redis.ext ca.srl
+      chmod 644 ca.crt redis.crt ) >"$STACK/tls.log" 2>&1 || die "openssl failed (log: $STACK/tls.log)"
+}
+
+# redis-server's listening options for PORT: plaintext, or (ICS_STACK_REDIS_TLS) TLS only
+redis_listen() {
+    if [ -n "$TLS" ]; then
+        echo --port 0 --tls-port "$1" --tls-cert-file "$TLS_DIR/redis.crt" --tls-key-file "$TLS_DIR/redis.key" \
+            --tls-ca-cert-file "$TLS_DIR/ca.crt" --tls-auth-clients no --tls-replication yes
+    else
+        echo --port "$1"
+    fi
+}
+REDIS_CLI_TLS=()
+[ -z "$TLS" ] || REDIS_CLI_TLS=(--tls --cacert "$TLS_DIR/ca.crt")
+
+rcli() { REDISCLI_AUTH=$REDIS_ADMIN_PASSWORD redis-cli "${REDIS_CLI_TLS[@]}" -h 127.0.0.1 -p "$REDIS_PORT" "$@"; }
 
 write_stack_env() {
     load_secrets
     ( umask 077
-      local url=redis://127.0.0.1:$REDIS_PORT/0 p
+      local scheme=redis${TLS:+s} url p
+      url=$scheme://127.0.0.1:$REDIS_PORT/0
       if [ -n "$CLUSTER" ]; then
-          url=; for p in 0 1 2 3 4 5; do url+=${url:+,}redis://127.0.0.1:$((CLUSTER_PORT + p)); done
+          url=; for p in 0 1 2 3 4 5; do url+=${url:+,}$scheme://127.0.0.1:$((CLUSTER_PORT + p)); done
       fi
       cat > "$STACK/stack.env.tmp" <<EOF
 ICS_REDIS_URL=$url
 ICS_REDIS_CLUSTER=$([ -n "$CLUSTER" ] && echo true || echo false)
 ICS_REDIS_USERNAME=icsctl
 ICS_REDIS_PASSWORD=$REDIS_ICSCTL_PASSWORD
-ICS_STACK_REDIS_ADMIN_URL=${url//redis:\/\//redis://default:$REDIS_ADMIN_PASSWORD@}
+ICS_REDIS_TLS_CA=${TLS:+$TLS_DIR/ca.crt}
+ICS_STACK_REDIS_ADMIN_URL=${url//:\/\//://default:$REDIS_ADMIN_PASSWORD@}
 ICS_STACK_AMI_LAB_USER=ics-lab
 ICS_STACK_AMI_LAB_SECRET=$AMI_LAB_SECRET
 ICS_AMI_HOST=127.0.0.1
@@ -277,6 +317,7 @@ cmd_provision() {
     provision_root_sounds
     provision_shim
     provision_secrets
+    provision_tls
     write_stack_env
     render_redis_acl
 }
@@ -412,14 +453,15 @@ start_redis() {
         log "starting a Redis Cluster (3 masters, 3 replicas) on 127.0.0.1:$CLUSTER_PORT-$((CLUSTER_PORT + 5))"
         render_redis_acl
         ICS_REDIS_ACLFILE=$REDIS_DIR/users.acl ICS_REDIS_ADMIN_PASSWORD=$REDIS_ADMIN_PASSWORD \
-            bash "$CLUSTER_SH" start "$STACK/redis-cluster" "$CLUSTER_PORT"
+            ICS_REDIS_TLS_DIR=${TLS:+$TLS_DIR} bash "$CLUSTER_SH" start "$STACK/redis-cluster" "$CLUSTER_PORT"
         return 0
     fi
     if alive redis; then return 0; fi
     mkdir -p "$REDIS_DIR"
-    log "starting redis-server on 127.0.0.1:$REDIS_PORT"
+    log "starting redis-server on 127.0.0.1:$REDIS_PORT${TLS:+ (TLS only)}"
     render_redis_acl
-    redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --dir "$REDIS_DIR" --aclfile "$REDIS_DIR/users.acl" \
+    # shellcheck disable=SC2046  # (paths under $STACK: no spaces)
+    redis-server --bind 127.0.0.1 $(redis_listen "$REDIS_PORT") --dir "$REDIS_DIR" --aclfile "$REDIS_DIR/users.acl" \
         --appendonly yes --appendfsync everysec --save '' \
         --daemonize yes --pidfile "$RUNDIR/redis.pid" --logfile "$LOGDIR/redis.log"
     local i

@@ -215,8 +215,11 @@ def redis_ports() -> list[int]:
 
 
 def stack_redis(**kw) -> redis.Redis:
-    """One Redis node of the stack (the first of a cluster), plain: what a stranger would reach."""
-    return redis.Redis(host="127.0.0.1", port=redis_ports()[0], socket_timeout=5, decode_responses=True, **kw)
+    """One Redis node of the stack (the first of a cluster) without credentials: what a stranger
+    would reach (over TLS with the stack's CA when it runs ICS_STACK_REDIS_TLS=1)."""
+    ca = read_stack_env().get("ICS_REDIS_TLS_CA")
+    tls = dict(ssl=True, ssl_cert_reqs="required", ssl_ca_certs=ca) if ca else {}
+    return redis.Redis(host="127.0.0.1", port=redis_ports()[0], socket_timeout=5, decode_responses=True, **tls, **kw)
 
 
 def service_redis(user: str, password: str) -> redis.Redis:
@@ -224,6 +227,7 @@ def service_redis(user: str, password: str) -> redis.Redis:
     env = read_stack_env()
     return connect(config.load(environ={"ICS_REDIS_URL": env["ICS_REDIS_URL"], "ICS_REDIS_USERNAME": user,
                                         "ICS_REDIS_PASSWORD": password,
+                                        "ICS_REDIS_TLS_CA": env.get("ICS_REDIS_TLS_CA", ""),
                                         "ICS_REDIS_CLUSTER": env.get("ICS_REDIS_CLUSTER", "false")}))
 
 

@@ -55,11 +55,12 @@ def seed_week(store, iid: str, week: str, calls: int, minutes: int) -> None:
 
 def admin_redis(stack: dict | None = None):
     """The lab Redis as its admin ACL user (docker/stack.sh: ICS_STACK_REDIS_ADMIN_URL, one URL or
-    the cluster's nodes): what only a test may do, such as flushing the database. The services and
+    the cluster's nodes; over TLS with ICS_REDIS_TLS_CA): what only a test may do, such as flushing the database. The services and
     icsctl have their own users."""
     from ics import config
     from ics.store import connect
     get = (lambda k: stack.get(k)) if stack is not None else stack_setting
     url = get("ICS_STACK_REDIS_ADMIN_URL") or get("ICS_REDIS_URL")
     return connect(config.load(environ={"ICS_REDIS_URL": url, "ICS_REDIS_CLUSTER": get("ICS_REDIS_CLUSTER") or "false",
+                                        "ICS_REDIS_TLS_CA": get("ICS_REDIS_TLS_CA") or "",
                                         "ICS_REDIS_TIMEOUT_MS": "5000"}))
