@@ -30,7 +30,7 @@ VENV=$REPO/.venv
 PYTHON=${ICS_PYTHON:-python3.11}
 SUITE=${ICS_DEBIAN_SUITE:-sid}
 FASTAGI_PORT=4573
-RECORDER_PORT=4575   # ics-recorder (recordings.recorder_port)
+RECORDER_PORT=4577   # ics-recorder (recordings.recorder_port)
 SOUNDS=$AST/var/lib/asterisk/sounds/ics
 # kamailio: the cluster's SIP front; sip-tester (SIPp): the farm bench's handsets
 HOST_PACKAGES=(debootstrap redis-server espeak-ng python3.11-venv kamailio sip-tester)

@@ -86,7 +86,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         # ics-recorder: where the call flow reaches it (loopback) and the interface it captures on
         # (the one Asterisk's RTP crosses: lo in the lab, the facility network's in production)
         "recorder_host": "127.0.0.1",
-        "recorder_port": 4575,
+        "recorder_port": 4577,
         "capture_device": "lo",
     },
     "capacity": {
