@@ -102,9 +102,12 @@ class Recorder:
         self.lock = threading.Lock()
         self.stopping = threading.Event()
         self.dropped = 0
+        self.refuse = ""  # why no call can be recorded here (idle: MixMonitor is the method)
 
     # -- the call flow's request --------------------------------------------------------
     def start(self, req: dict) -> None:
+        if self.refuse:
+            raise RuntimeError(self.refuse)
         call_id, name = req["call_id"], req["file"]
         if not records.CALL_ID_RE.match(call_id) or ".." in name or name.startswith("/"):
             raise ValueError(f"bad request {req!r}")
@@ -287,12 +290,17 @@ def main() -> int:
                                 name="capture", daemon=True),
                threading.Thread(target=rec.finisher, name="finisher", daemon=True),
                threading.Thread(target=server.serve_forever, name="control", daemon=True)]
+    capturing = cfg["recordings"]["method"] == "capture"
+    if not capturing:  # MixMonitor records: no packet is copied for nothing (and no call asks)
+        log.info("recorder.idle", method=cfg["recordings"]["method"])
+        rec.refuse = f"recordings.method is {cfg['recordings']['method']}"
+        threads = threads[2:]
     for t in threads:
         t.start()
     signal.signal(signal.SIGTERM, lambda *_: rec.stopping.set())
     signal.signal(signal.SIGINT, lambda *_: rec.stopping.set())
     while not rec.stopping.wait(1):
-        if not threads[0].is_alive():
+        if capturing and not threads[0].is_alive():
             log.error("recorder.capture_stopped")
             return 1
     server.shutdown()
