@@ -53,7 +53,8 @@ SNAPLEN = 2048           # an RTP packet of G.711 at 20 ms is 214 bytes on the w
 BATCH = 1024             # packets taken from the kernel per wake-up
 CAPTURE_TIMEOUT_MS = 100  # the kernel hands over a block at least this often
 RING_BYTES = 32 << 20    # the kernel's capture ring: seconds of every call's packets
-SETTLE_GRACE_S = 0.3     # after the call ended: packets still in the ring reach their call
+SETTLE_GRACE_MS = 100    # packets this long after the call's end handled before its file is written
+CATCH_UP_MAX_MS = 30_000  # a capture that far behind: the file is written with what arrived
 POLL_S = 0.25            # how often the finisher looks for ended calls
 START_TIMEOUT_S = 2.0    # the call flow's wait for "ok"
 RESYNC_MS = 200          # an RTP timestamp this far from the arrival clock starts a new stream
@@ -102,6 +103,7 @@ class Recorder:
         self.lock = threading.Lock()
         self.stopping = threading.Event()
         self.dropped = 0
+        self.caught_up_ms = 0.0  # every packet captured before this (epoch ms) has reached its call
         self.refuse = ""  # why no call can be recorded here (idle: MixMonitor is the method)
 
     # -- the call flow's request --------------------------------------------------------
@@ -142,8 +144,10 @@ class Recorder:
         log.info("recorder.capturing", device=dev, filter=bpf)
         unpack = struct.unpack_from
         while not self.stopping.is_set():
+            asked_ms = time.time() * 1000
             data, meta = cap.next_batch(BATCH)
-            if not meta:
+            if not meta:  # the ring is empty: every packet up to a block's timeout before asking is in
+                self.caught_up_ms = asked_ms - CAPTURE_TIMEOUT_MS
                 continue
             flows = self.flows
             for i in range(0, len(meta), 16):
@@ -161,6 +165,7 @@ class Recorder:
                 body = rtp + 12 + 4 * cc
                 hit[0].packets[hit[1]].append(
                     (sec * 1000 + usec / 1000, b1 & 0x7F, ssrc, ts, data[body:off + caplen]))
+            self.caught_up_ms = sec * 1000 + usec / 1000  # the newest packet handled
             stats = cap.stats()
             if stats[1] > self.dropped:  # the kernel ring overran: calls lose audio (flagged short)
                 log.error("recorder.dropped", packets=stats[1] - self.dropped)
@@ -174,7 +179,9 @@ class Recorder:
             rec = records.get(self.r, call.call_id)
             if rec is None or not isinstance(rec.get("ended_ms"), int):
                 continue
-            if time.time() * 1000 - rec["ended_ms"] < SETTLE_GRACE_S * 1000:
+            # the call's last packets handled first: the capture thread can run behind under load
+            late = time.time() * 1000 - rec["ended_ms"]
+            if self.caught_up_ms < rec["ended_ms"] + SETTLE_GRACE_MS and late < CATCH_UP_MAX_MS:
                 continue
             with self.lock:
                 self.calls.pop(call.call_id, None)
