@@ -4,7 +4,7 @@ out short and is flagged); and the recordings.method setting."""
 
 import pytest
 
-from ics import config, recorder, recordings
+from ics import config, recorder, recordings, records
 
 START = 1_000_000  # bridged_ms
 ULAW_ZERO = 0xFF   # G.711 mu-law silence
@@ -97,3 +97,36 @@ def test_a_request_naming_a_file_outside_the_recordings_dir_is_refused(tmp_path)
     wav = recordings.measure(tmp_path / ok["file"])
     assert wav == recordings.Wav(0, 16_000, False)  # open, as MixMonitor leaves a file it writes
     assert len(rec.flows) == 2
+
+
+def test_the_file_is_written_once_the_capture_has_passed_the_calls_end(store):
+    """Settlement's check (ics.recordings) sees an open file until the recorder has handled every
+    packet up to the call's end, then the whole recording: a capture behind under load never cuts
+    a call's last seconds off."""
+    cid = "20261130023000-0123abcd"
+    name = f"ics/main/i1/2026-11-30/{cid}.wav"
+    rec = recorder.Recorder(store.cfg, store.r)
+    rec.start(dict(call_id=cid, file=name, local="127.0.0.1:20000", remote="127.0.0.1:40000"))
+    call = rec.calls[cid]
+    ended = int(recorder.time.time() * 1000) - 500
+    bridged = ended - 2000
+    call.packets[0].extend(frames(bridged, 100, 0x90))
+    records.create(store.r, cid, bridged_ms=bridged, ended_ms=ended, recording=name, privileged="0")
+    rec.caught_up_ms = ended - 50  # the capture thread is still behind the end
+    rec.finish_ended()
+    path = store.cfg.recordings_dir / name
+    assert recordings.measure(path) == recordings.Wav(0, 16_000, False) and cid in rec.calls
+    rec.caught_up_ms = ended + recorder.SETTLE_GRACE_MS
+    rec.finish_ended()
+    assert recordings.measure(path) == recordings.Wav(2 * 16_000, 16_000, True) and not rec.flows
+
+
+def test_a_call_never_bridged_leaves_no_file(store):
+    cid = "20261130023000-0123abce"
+    name = f"ics/main/i1/2026-11-30/{cid}.wav"
+    rec = recorder.Recorder(store.cfg, store.r)
+    rec.start(dict(call_id=cid, file=name, local="127.0.0.1:20002", remote="127.0.0.1:40002"))
+    records.create(store.r, cid, ended_ms=int(recorder.time.time() * 1000) - 1000, recording=name)
+    rec.caught_up_ms = recorder.time.time() * 1000
+    rec.finish_ended()
+    assert not (store.cfg.recordings_dir / name).exists() and not rec.calls
