@@ -137,6 +137,7 @@ class Recorder:
         cap.set_buffer_size(RING_BYTES)
         cap.activate()
         cap.setfilter(bpf)
+        self.dropped = cap.stats()[1]  # lo's traffic before the filter was set: no call's
         link = cap.datalink()
         l2 = {pcapy.DLT_EN10MB: 14, pcapy.DLT_LINUX_SLL: 16, pcapy.DLT_RAW: 0}.get(link)
         if l2 is None:
