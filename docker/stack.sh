@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The ICS lab stack on this machine, without a Docker engine:
 #   Asterisk 22 (Debian sid) in a debootstrap chroot, run as the asterisk user;
-#   redis-server on 127.0.0.1:6380; the Python services ics-fastagi and ics-ami.
+#   redis-server on 127.0.0.1:6380; the Python services ics-fastagi, ics-ami and ics-recorder.
 # Everything binds to 127.0.0.1.
 #
 #   docker/stack.sh venv        .venv with pip install -e '.[test]' only
@@ -40,6 +40,7 @@ VENV=$REPO/.venv
 PYTHON=${ICS_PYTHON:-python3.11}
 SUITE=${ICS_DEBIAN_SUITE:-sid}
 FASTAGI_PORT=4573
+RECORDER_PORT=4577   # ics-recorder (recordings.recorder_port)
 SOUNDS=$AST/var/lib/asterisk/sounds/ics
 # kamailio: the cluster's SIP front; sip-tester (SIPp): the farm bench's handsets
 HOST_PACKAGES=(debootstrap redis-server espeak-ng python3.11-venv kamailio sip-tester)
@@ -200,7 +201,7 @@ gen_secret() { "$PYTHON" -c 'import secrets; print(secrets.token_hex(16))'; }
 # the listener's ics-listener), SIP phones, Redis ACL users (ics/redis_acl.py). A secrets.env from
 # before a secret existed gets the missing ones added.
 SECRETS=(AMI_SECRET AMI_LISTENER_SECRET AMI_LAB_SECRET SIP_PASSWORD REDIS_FASTAGI_PASSWORD REDIS_LISTENER_PASSWORD
-         REDIS_ICSCTL_PASSWORD REDIS_ADMIN_PASSWORD)
+         REDIS_ICSCTL_PASSWORD REDIS_ADMIN_PASSWORD REDIS_RECORDER_PASSWORD)
 
 provision_secrets() {
     mkdir -p "$STACK"
@@ -231,6 +232,7 @@ render_redis_acl() {
     mkdir -p "$REDIS_DIR"
     ( umask 077
       ICS_REDIS_PASSWORD_FASTAGI=$REDIS_FASTAGI_PASSWORD ICS_REDIS_PASSWORD_LISTENER=$REDIS_LISTENER_PASSWORD \
+      ICS_REDIS_PASSWORD_RECORDER=$REDIS_RECORDER_PASSWORD \
       ICS_REDIS_PASSWORD_ICSCTL=$REDIS_ICSCTL_PASSWORD ICS_REDIS_PASSWORD_ADMIN=$REDIS_ADMIN_PASSWORD \
           "$VENV/bin/python" -m ics.redis_acl > "$REDIS_DIR/users.acl.tmp" ) \
         || die "could not render the Redis ACL users (ics/redis_acl.py)"
@@ -305,7 +307,8 @@ EOF
     ( umask 077
       printf 'ICS_REDIS_USERNAME=fastagi\nICS_REDIS_PASSWORD=%s\n' "$REDIS_FASTAGI_PASSWORD" > "$STACK/fastagi.env"
       printf 'ICS_REDIS_USERNAME=listener\nICS_REDIS_PASSWORD=%s\nICS_AMI_SECRET=%s\n' \
-          "$REDIS_LISTENER_PASSWORD" "$AMI_LISTENER_SECRET" > "$STACK/ami.env" )
+          "$REDIS_LISTENER_PASSWORD" "$AMI_LISTENER_SECRET" > "$STACK/ami.env"
+      printf 'ICS_REDIS_USERNAME=recorder\nICS_REDIS_PASSWORD=%s\n' "$REDIS_RECORDER_PASSWORD" > "$STACK/recorder.env" )
 }
 
 cmd_provision() {
@@ -497,6 +500,17 @@ wait_fastagi() {   # wait_fastagi [NAME ADDRESS, default fastagi 127.0.0.1]
     die "$name did not listen on $addr:$FASTAGI_PORT in 20 s"
 }
 
+wait_recorder() {   # wait_recorder [NAME ADDRESS, default recorder 127.0.0.1]: its port answers
+    local name=${1:-recorder} addr=${2:-127.0.0.1} i
+    [ -f "$RUNDIR/$name.pid" ] || return 0
+    for i in $(seq 100); do
+        port_listening "$RECORDER_PORT" "$addr" && return 0
+        alive "$name" || { tail -n 20 "$LOGDIR/$name.log" >&2; die "$name exited (log: $LOGDIR/$name.log)"; }
+        sleep 0.2
+    done
+    die "$name did not listen on $addr:$RECORDER_PORT in 20 s"
+}
+
 cmd_up() {
     need_root
     local t0=$SECONDS
@@ -507,9 +521,11 @@ cmd_up() {
     generate_prompts
     start_redis
     start_asterisk
+    start_service recorder ics-recorder   # before the first call: a recorded call needs it
     start_service fastagi ics-fastagi
     start_service ami ics-ami
     wait_fastagi
+    wait_recorder
     if [ -f "$RUNDIR/ami.pid" ]; then
         sleep 0.5
         alive ami || { tail -n 20 "$LOGDIR/ami.log" >&2; die "ics-ami exited (log: $LOGDIR/ami.log)"; }
@@ -522,6 +538,7 @@ cmd_down() {
     stop_cluster
     stop_pid ami
     stop_pid fastagi
+    stop_pid recorder
     if alive asterisk; then
         ast_cli "core stop now" >/dev/null 2>&1 || true
         local i p; p=$(pid_of asterisk)
@@ -535,10 +552,10 @@ cmd_down() {
 
 cmd_status() {
     local rc=0 name exe
-    local services="asterisk redis fastagi ami"
-    [ -n "$CLUSTER" ] && services="asterisk fastagi ami"
+    local services="asterisk redis fastagi ami recorder"
+    [ -n "$CLUSTER" ] && services="asterisk fastagi ami recorder"
     for name in $services; do
-        case $name in fastagi) exe=$VENV/bin/ics-fastagi ;; ami) exe=$VENV/bin/ics-ami ;; *) exe= ;; esac
+        case $name in fastagi | ami | recorder) exe=$VENV/bin/ics-$name ;; *) exe= ;; esac
         if alive "$name"; then
             printf '%-9s running (pid %s)\n' "$name" "$(pid_of "$name")"
         elif [ -n "$exe" ] && [ ! -x "$exe" ]; then
@@ -601,6 +618,7 @@ render_node() {   # render_node NODE ADDRESS
         echo "ICS_NODE_ID=$node"
         echo "ICS_AMI_HOST=$addr"
         echo "ICS_FASTAGI_HOST=$addr"
+        echo "ICS_RECORDINGS_RECORDER_HOST=$addr"
         echo "ICS_AMI_TAP_HOST=$addr"  # the three-way audio tap: each listener on its own node
         echo "ICS_CAPACITY_RTP_CONF=$etc/rtp.conf"
         echo "ICS_METRICS_HOST=$addr"   # /metrics and /health of the node's services on its address
@@ -654,10 +672,14 @@ cmd_up_cluster() {
         node=${entry%%:*} addr=${entry#*:}
         render_node "$node" "$addr"
         start_asterisk "$node"
+        start_service "recorder-$node" ics-recorder "$STACK/node-$node.env"
         start_service "fastagi-$node" ics-fastagi "$STACK/node-$node.env"
         start_service "ami-$node" ics-ami "$STACK/node-$node.env"
     done
-    for entry in $CLUSTER_NODES; do wait_fastagi "fastagi-${entry%%:*}" "${entry#*:}"; done
+    for entry in $CLUSTER_NODES; do
+        wait_fastagi "fastagi-${entry%%:*}" "${entry#*:}"
+        wait_recorder "recorder-${entry%%:*}" "${entry#*:}"
+    done
     render_kamailio
     start_kamailio
     log "cluster up in $((SECONDS - t0)) s: Kamailio $KAMAILIO_ADDR:5060, nodes $CLUSTER_NODES; env: $STACK/node-*.env"
@@ -667,7 +689,7 @@ cmd_up_cluster() {
 stop_cluster() {
     local f name node i p
     stop_pid kamailio
-    for f in "$RUNDIR"/ami-*.pid "$RUNDIR"/fastagi-*.pid; do
+    for f in "$RUNDIR"/ami-*.pid "$RUNDIR"/fastagi-*.pid "$RUNDIR"/recorder-*.pid; do
         if [ -e "$f" ]; then stop_pid "$(basename "$f" .pid)"; fi
     done
     for f in "$RUNDIR"/asterisk-*.pid; do
@@ -692,7 +714,7 @@ cmd_status_cluster() {
     local rc=0 entry node name
     for entry in $CLUSTER_NODES; do
         node=${entry%%:*}
-        for name in "asterisk-$node" "fastagi-$node" "ami-$node"; do
+        for name in "asterisk-$node" "fastagi-$node" "ami-$node" "recorder-$node"; do
             if alive "$name"; then printf '%-12s running (pid %s)\n' "$name" "$(pid_of "$name")"
             else printf '%-12s stopped\n' "$name"; rc=3; fi
         done

@@ -86,6 +86,16 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         # a recording this much shorter than the call's bridged time is flagged as audio lost
         # (ics.recordings): normal calls measure within about 20 ms of the bridge
         "max_short_ms": 1000,
+        # who records a non-privileged call (README, Recording): "capture", ics-recorder copying the
+        # called leg's RTP from the kernel and writing the WAV after the call (ics/recorder.py), off
+        # Asterisk's per-frame path; or "mixmonitor", Asterisk's MixMonitor on the called channel
+        # (a thread per call waking every frame: about a third of a recorded call's Asterisk CPU)
+        "method": "capture",
+        # ics-recorder: where the call flow reaches it (loopback) and the interface it captures on
+        # (the one Asterisk's RTP crosses: lo in the lab, the facility network's in production)
+        "recorder_host": "127.0.0.1",
+        "recorder_port": 4577,
+        "capture_device": "lo",
     },
     "capacity": {
         # inmate calls this box carries at once: a new one past them is refused with the busy prompt
@@ -332,6 +342,7 @@ def relay_numbers(text: str) -> set[str]:
 # recordings.max_short_ms: below 200 ms the normal jitter of a bridge's start and end would flag
 # good recordings; above a minute a lost minute of evidence would go unflagged
 MIN_SHORT_MS, MAX_SHORT_MS = 200, 60_000
+RECORDING_METHODS = ("capture", "mixmonitor")
 MIN_NOTICE_INTERVAL_S = 15  # a shorter interval would talk over the whole call
 
 
@@ -551,6 +562,11 @@ def load(path: str | None = None, environ: Mapping[str, str] | None = None) -> C
         raise ConfigError(f"capacity.max_calls must be 1 to {MAX_CALLS_LIMIT}, got {values['capacity']['max_calls']}")
     if not NODE_ID_RE.match(values["node"]["id"]):
         raise ConfigError(f"node.id must be 1 to 16 lower-case letters, digits or '-', got {values['node']['id']!r}")
+    if values["recordings"]["method"] not in RECORDING_METHODS:
+        raise ConfigError(f"recordings.method must be {' or '.join(RECORDING_METHODS)}, "
+                          f"got {values['recordings']['method']!r}")
+    if not 1 <= values["recordings"]["recorder_port"] <= 65535:
+        raise ConfigError(f"recordings.recorder_port must be a port (1-65535), got {values['recordings']['recorder_port']}")
     short = values["recordings"]["max_short_ms"]
     if not MIN_SHORT_MS <= short <= MAX_SHORT_MS:
         raise ConfigError(f"recordings.max_short_ms must be {MIN_SHORT_MS} to {MAX_SHORT_MS} ms, got {short}")

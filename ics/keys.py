@@ -296,6 +296,8 @@ WRITES: dict[str, tuple[str, ...]] = {
                  NODES, node(_ANY), RECORDINGS_FLAGGED_COUNT, RECORDINGS_FLAGGED, RECORDINGS_PENDING,
                  # a rule that warned or flagged (11); settlement gives back an unused courtesy call
                  ALERTS, courtesy(_ANY)),
+    # ics-recorder reads call records (when a call was bridged and ended) and writes nothing
+    "recorder": (),
     # icsctl administers everything of ours
     "icsctl": (f"{PREFIX}:*",),
 }

@@ -36,6 +36,13 @@ Event names (the `event` field):
   recording.missing         ERROR: a bridged, non-privileged call has no recording file; flagged and counted
   recording.pending         the file was still being written at settlement: the AMI listener checks it later
   recording.check_failed    the check itself failed (Redis away, unreadable file): retried by the listener
+  callee.recording          a recording started on the called channel: file, method (capture / mixmonitor)
+  recorder.capturing / recorder.idle   ics-recorder up: capturing (device, filter), or idle (MixMonitor records)
+  recorder.started          ics-recorder took a call: file, local and remote RTP addresses
+  recorder.written          the call's WAV written after its end: ms of audio, packets per direction
+  recorder.not_bridged      the call ended unbridged: its open file removed, nothing recorded
+  recorder.dropped          ERROR: the kernel's capture ring overran (packets): audio lost, flagged at settlement
+  recorder.start_failed / recorder.finish_failed / recorder.capture_stopped   ERROR: as said
   ami.connected / ami.disconnected / ami.login_failed / ami.event_error / ami.ping_timeout
   ami.action_dropped        an action left unanswered by a lost connection (never re-sent)
   ami.settle_sweep          the listener settled a hung-up call its hangup handler missed

@@ -56,6 +56,7 @@ Fields (times are epoch ms, money integer cents):
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import time
 
@@ -82,6 +83,9 @@ INT_FIELDS = {
     "held_cents", "billed_minutes", "billed_cents", "tax_cents", "credited_cents", "cut_ms", "paid_minutes",
     "bridged_for_ms", "recording_ms", "recording_short_ms",
 }
+
+
+CALL_ID_RE = re.compile(r"^[0-9]{14}-[0-9a-f]{8}$")  # what new_call_id makes
 
 
 def new_call_id() -> str:

@@ -23,7 +23,7 @@ import time
 
 from tests.support import REPO, stack_dir, stack_setting
 
-NAMES = {"fastagi", "ami", "redis", "asterisk"}
+NAMES = {"fastagi", "ami", "recorder", "redis", "asterisk"}
 last_up_at = 0.0  # epoch s when the last restart's docker/stack.sh up returned (the part is ready)
 
 
@@ -105,13 +105,14 @@ def log_events(name: str, event: str, call_id: str) -> list[dict]:
     return out
 
 
-def restart(name: str, timeout: float = 30) -> int:
-    """Start the service again with docker/stack.sh up; returns its new pid once it is ready."""
+def restart(name: str, timeout: float = 30, env: dict[str, str] | None = None) -> int:
+    """Start the service again with docker/stack.sh up; returns its new pid once it is ready.
+    env: settings for what starts (ICS_*, over the defaults; stack.env still wins)."""
     if name not in NAMES:
         raise ValueError(f"not a restartable service: {name!r}")
     logins = _events("ami", "ami.connected")
     subprocess.run(["bash", str(REPO / "docker" / "stack.sh"), "up"], check=True, timeout=timeout,
-                   capture_output=True)
+                   capture_output=True, env={**os.environ, **(env or {})})
     global last_up_at
     last_up_at = time.time()
     p = pid(name)
