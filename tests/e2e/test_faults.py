@@ -83,7 +83,12 @@ def _probe(cell: Cell, ami, phones) -> None:
     sent: set[str] = set()
     deadline = time.monotonic() + (0 if cell.component == "asterisk" else 30)
     p = cell.probe
-    while time.monotonic() < deadline and not call.disconnected:
+    gone_at = None
+    while time.monotonic() < deadline:
+        if call.disconnected:  # (under load its last events reach the tap after the handset saw the hang-up)
+            gone_at = gone_at or time.monotonic()
+            if p.get("refused") or cell.component == "asterisk" or time.monotonic() - gone_at > 2:
+                break
         if other.drain_incoming():
             p["rang"] = True
             break
