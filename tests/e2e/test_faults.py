@@ -99,6 +99,7 @@ def _probe(cell: Cell, ami, phones) -> None:
                 ch = e.get("Channel", "")
                 if not ch.startswith(PROBE_LEG):
                     continue
+                p.setdefault("events", []).append(e.get("Event"))
                 if e.get("Event") == "TestEvent" and e.get("State") == "PLAYBACK":
                     p.setdefault("heard", []).append(e.get("Message"))
                     if e.get("Message") in faults.REFUSAL_PROMPTS:
@@ -125,7 +126,8 @@ def _probe(cell: Cell, ami, phones) -> None:
         p["refused"] = call.state != "CONFIRMED" and call.last_status_code != 200
         p["seen"] = f"SIP {call.state} {call.last_status_code} {call.last_reason}"
     elif not p.get("refused"):
-        p["seen"] = f"heard {p.get('heard', [])}, state {call.state}"
+        p["seen"] = (f"heard {p.get('heard', [])}, state {call.state}, SIP {call.last_status_code} "
+                     f"{call.last_reason}, {len(p.get('events', []))} events on its channel: {p.get('events', [])[:12]}")
     if not call.disconnected:
         call.hangup()
         call.wait_disconnected(10)

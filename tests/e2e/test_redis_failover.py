@@ -5,6 +5,7 @@ no hold left, `ledger check` passes (nothing lost or doubled)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -46,11 +47,11 @@ def master_port(slot: int, ask: int) -> int | None:
     return None
 
 
-def test_a_master_killed_mid_call_fails_over_and_the_call_is_settled_once(ami, lines):  # noqa: F811
-    inmate, family, _ = lines
-    world = make_world(balance_cents=500, rule_silence=False)
-    call, callee = accept(ami, inmate, family)
-    call_id = latest_call(world)["call_id"]
+@contextlib.contextmanager
+def account_master_killed(world):
+    """SIGKILL the master holding the world's account; returns once its replica serves the
+    slot (seconds it took); afterwards the killed node comes back, a replica of the new master,
+    with the stack's ACL users."""
     slot = key_slot(keys.account(world.account).encode())
     killed = world.store.r.get_node_from_key(keys.account(world.account)).port
     other = next(p for p in range(FIRST_PORT, FIRST_PORT + 6) if p != killed)
@@ -66,16 +67,25 @@ def test_a_master_killed_mid_call_fails_over_and_the_call_is_settled_once(ami, l
         took = time.monotonic() - t0
         assert new not in (None, killed), f"no replica took over slot {slot} within {FAILOVER_MAX_S}s"
         print(f"failover of slot {slot}: {killed} -> {new} in {took:.1f}s")
+        yield took
+    finally:
+        subprocess.run(["bash", str(REPO / "docker" / "redis-cluster.sh"), "start", str(CLUSTER_DIR),
+                        str(FIRST_PORT)], check=True, timeout=60,
+                       env={**os.environ, "ICS_REDIS_ACLFILE": str(stack_dir() / "redis" / "users.acl"),
+                            "ICS_REDIS_ADMIN_PASSWORD": admin_password()})
+
+
+def test_a_master_killed_mid_call_fails_over_and_the_call_is_settled_once(ami, lines):  # noqa: F811
+    inmate, family, _ = lines
+    world = make_world(balance_cents=500, rule_silence=False)
+    call, callee = accept(ami, inmate, family)
+    call_id = latest_call(world)["call_id"]
+    with account_master_killed(world):
         time.sleep(2)
         assert not call.disconnected and not callee.disconnected  # the call goes on
         call.hangup()
         callee.wait_disconnected(10)
         rec = wait_settled(world, timeout=30)
-    finally:  # the killed node comes back as a replica of the new master, with the stack's ACL users
-        subprocess.run(["bash", str(REPO / "docker" / "redis-cluster.sh"), "start", str(CLUSTER_DIR),
-                        str(FIRST_PORT)], check=True, timeout=60,
-                       env={**os.environ, "ICS_REDIS_ACLFILE": str(stack_dir() / "redis" / "users.acl"),
-                            "ICS_REDIS_ADMIN_PASSWORD": admin_password()})
     assert (rec["reason"], rec["billed_minutes"], rec["billed_cents"]) == ("inmate_hangup", 1, 11)
     assert [int(e["amount_cents"]) for e in charges(world, call_id)] == [11]
     assert balance(world) == 500 - 11 and world.store.account(world.account).held_cents == 0
