@@ -99,7 +99,9 @@ def _probe(cell: Cell, ami, phones) -> None:
                 ch = e.get("Channel", "")
                 if not ch.startswith(PROBE_LEG):
                     continue
-                p.setdefault("events", []).append(e.get("Event"))
+                p.setdefault("events", []).append(" ".join(str(e.get(k)) for k in (
+                    "Event", "Context", "Exten", "Priority", "AppData", "Variable", "Value", "Cause", "State", "Message")
+                    if e.get(k) is not None))
                 if e.get("Event") == "TestEvent" and e.get("State") == "PLAYBACK":
                     p.setdefault("heard", []).append(e.get("Message"))
                     if e.get("Message") in faults.REFUSAL_PROMPTS:
