@@ -76,11 +76,21 @@ def kill(name: str, timeout: float = 5) -> int:
     for q in every:
         os.kill(q, signal.SIGKILL)
     deadline = time.monotonic() + timeout
-    while any(alive(q) for q in every):
+    while not all(gone(q) for q in every):
         if time.monotonic() > deadline:
             raise RuntimeError(f"{name} (pid {p}) still alive {timeout}s after SIGKILL")
         time.sleep(0.05)
     return p
+
+
+def gone(p: int) -> bool:
+    """Dead with every thread: a killed process's leader turns zombie while its other threads
+    still exit holding its sockets (a FastAGI's listening one took connections then)."""
+    try:
+        tasks = os.listdir(f"/proc/{p}/task")
+    except FileNotFoundError:
+        return True
+    return not alive(p) and len(tasks) <= 1
 
 
 def _events(name: str, event: str) -> int:
