@@ -78,7 +78,7 @@ ASTERISK_LOG_ALLOWED: list[tuple[str, str | None, str]] = [
      r"AudioSocket because: Connection reset by peer|chan_audiosocket\.c:\d+ audiosocket_read: Failed to "
      r"receive frame from AudioSocket server '127\.0\.0\.1:4575'|chan_audiosocket\.c:\d+ audiosocket_write: "
      r"Failed to forward frame from channel '\S+' to AudioSocket server '127\.0\.0\.1:4575')",
-     r"listener_killed|\[ami-", "the listener (the tap's AudioSocket server) killed by the test"),
+     r"listener_killed|listener_down|\[ami-", "the listener (the tap's AudioSocket server) killed by the test"),
 ]
 _LOG_PROBLEM = re.compile(r"\] (ERROR|WARNING)\[")
 
