@@ -489,26 +489,15 @@ start_service() {   # start_service NAME EXECUTABLE [ENV FILE, default stack.env
     echo $! > "$RUNDIR/$name.pid"
 }
 
-wait_fastagi() {   # wait_fastagi [NAME ADDRESS, default fastagi 127.0.0.1]
-    local name=${1:-fastagi} addr=${2:-127.0.0.1} i
+wait_listening() {   # wait_listening NAME PORT [ADDRESS, default 127.0.0.1]: the service's port answers
+    local name=$1 port=$2 addr=${3:-127.0.0.1} i
     [ -f "$RUNDIR/$name.pid" ] || return 0
     for i in $(seq 100); do
-        port_listening "$FASTAGI_PORT" "$addr" && return 0
+        port_listening "$port" "$addr" && return 0
         alive "$name" || { tail -n 20 "$LOGDIR/$name.log" >&2; die "$name exited (log: $LOGDIR/$name.log)"; }
         sleep 0.2
     done
-    die "$name did not listen on $addr:$FASTAGI_PORT in 20 s"
-}
-
-wait_recorder() {   # wait_recorder [NAME ADDRESS, default recorder 127.0.0.1]: its port answers
-    local name=${1:-recorder} addr=${2:-127.0.0.1} i
-    [ -f "$RUNDIR/$name.pid" ] || return 0
-    for i in $(seq 100); do
-        port_listening "$RECORDER_PORT" "$addr" && return 0
-        alive "$name" || { tail -n 20 "$LOGDIR/$name.log" >&2; die "$name exited (log: $LOGDIR/$name.log)"; }
-        sleep 0.2
-    done
-    die "$name did not listen on $addr:$RECORDER_PORT in 20 s"
+    die "$name did not listen on $addr:$port in 20 s"
 }
 
 cmd_up() {
@@ -524,8 +513,8 @@ cmd_up() {
     start_service recorder ics-recorder   # before the first call: a recorded call needs it
     start_service fastagi ics-fastagi
     start_service ami ics-ami
-    wait_fastagi
-    wait_recorder
+    wait_listening fastagi "$FASTAGI_PORT"
+    wait_listening recorder "$RECORDER_PORT"
     if [ -f "$RUNDIR/ami.pid" ]; then
         sleep 0.5
         alive ami || { tail -n 20 "$LOGDIR/ami.log" >&2; die "ics-ami exited (log: $LOGDIR/ami.log)"; }
@@ -677,8 +666,8 @@ cmd_up_cluster() {
         start_service "ami-$node" ics-ami "$STACK/node-$node.env"
     done
     for entry in $CLUSTER_NODES; do
-        wait_fastagi "fastagi-${entry%%:*}" "${entry#*:}"
-        wait_recorder "recorder-${entry%%:*}" "${entry#*:}"
+        wait_listening "fastagi-${entry%%:*}" "$FASTAGI_PORT" "${entry#*:}"
+        wait_listening "recorder-${entry%%:*}" "$RECORDER_PORT" "${entry#*:}"
     done
     render_kamailio
     start_kamailio
