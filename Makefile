@@ -2,7 +2,9 @@
 # Redis, the FastAGI and AMI services. docker/stack.sh does the work.
 #
 #   make test      provision, then the whole suite in parallel (each xdist worker
-#                  starts its own stack in its own network namespace)
+#                  starts its own stack in its own network namespace), on a single Redis
+#                  and, side by side, on a Redis Cluster (make test-single /
+#                  test-redis-cluster: one of them)
 #   make demo      up, one collect call between two softphones, down
 #   make up / down / status / provision / venv / bench
 #   make up-cluster / down-cluster / status-cluster   Kamailio in front of two call nodes
@@ -20,7 +22,7 @@ WITH_ENV := set -a; . "$(STACK_ENV)"; set +a;
 # others sharing the machine and timing windows room. TEST_WORKERS=0: one process.
 TEST_WORKERS ?= 6
 
-.PHONY: venv provision up down status reload demo test bench capacity up-cluster down-cluster status-cluster farm threeway
+.PHONY: venv provision up down status reload demo test test-single test-redis-cluster bench capacity up-cluster down-cluster status-cluster farm threeway
 
 # make capacity: our platform against Asterisk alone (bench/capacity/capacity.py), N calls
 # per run, each bridged SECONDS; not in make bench (about 16 min with these defaults)
@@ -65,8 +67,26 @@ FARM_HOLD ?= 5
 farm: provision
 	$(PY) bench/farm/farm.py --calls $(FARM_CALLS) --rate $(FARM_RATE) --hold $(FARM_HOLD)
 
+PYTEST := $(PY) -m pytest -q --durations=10 -n $(TEST_WORKERS) --dist worksteal tests
+CLUSTER_OUT := .stack/log/test-redis-cluster.out
+
+# both Redis topologies at once (the suite mostly waits on calls): the Redis Cluster run's output
+# goes to $(CLUSTER_OUT), shown whole if it failed
 test: provision
-	$(PY) -m pytest -q --durations=10 -n $(TEST_WORKERS) --dist worksteal tests
+	@mkdir -p .stack/log; rc=0; \
+	ICS_REDIS_CLUSTER=1 $(PYTEST) > $(CLUSTER_OUT) 2>&1 & cluster=$$!; \
+	env -u ICS_REDIS_CLUSTER $(PYTEST) || rc=$$?; \
+	if wait $$cluster; then echo "== the same suite on the Redis Cluster lab: $$(tail -n 1 $(CLUSTER_OUT))"; \
+	else rc=1; echo "== the same suite on the Redis Cluster lab FAILED:"; cat $(CLUSTER_OUT); fi; \
+	exit $$rc
+
+test-single: provision
+	env -u ICS_REDIS_CLUSTER $(PYTEST)
+
+# the suite on a 3-master, 3-replica Redis Cluster (docker/redis-cluster.sh): each worker's
+# unit-test session and stack start one on loopback (tests/e2e/test_redis_failover.py runs only here)
+test-redis-cluster: provision
+	ICS_REDIS_CLUSTER=1 $(PYTEST)
 
 demo: up
 	@$(WITH_ENV) rc=0; $(PY) -m tests.support.demo || rc=$$?; $(STACK) down; exit $$rc

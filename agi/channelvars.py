@@ -2,6 +2,8 @@
 
 Read by the call flow:
   ICS_FACILITY    facility id of the inmate phone (pjsip.conf endpoint set_var)
+  CHANNEL(rtp,src), CHANNEL(rtp,dest)  the called channel's RTP addresses (Asterisk's, the
+                  phone's), read on accept for ics-recorder (recordings.method "capture")
 Set by the call flow for the dialplan (dialplan/extensions.conf):
   ICS_CALL_ID     our call id; passed to the called-party gosub and to settlement
   ICS_STATION     the handset's caller ID name, as received (for CDRs)

@@ -508,8 +508,8 @@ class Listener:
         try:
             outcome = await asyncio.to_thread(self.store.extend_hold, call.account, call.call_id, amount, paid)
             if outcome == "stale":  # another listener (before a restart) already held it
-                rec = await asyncio.to_thread(records.get, self.store.r, call.call_id) or {}
-                call.paid_ms = rec.get("paid_minutes", 0) * MINUTE_MS
+                money = await asyncio.to_thread(self.store.call_money, call.account, call.call_id)
+                call.paid_ms = money.get("paid_minutes", 0) * MINUTE_MS
         except Exception as exc:  # Redis away: fail closed, the call ends with what it paid
             log.error("enforce.hold_failed", call_id=call.call_id, error=repr(exc))
             outcome = "short"

@@ -1,10 +1,11 @@
 """Atomic money operations per second against one local Redis: the money path of one call.
 
 One operation is what a two-minute accepted call costs the money path: the
-_RESERVE Lua script (hold the first minute before ringing), the _EXTEND script
-(the listener holds the second minute before it starts) and the _SETTLE script
-(release the hold, charge, append the ledger entry): three round trips, through
-ics.store. Workers (processes by default, each with its own connection) run
+reserve Lua script (hold the first minute before ringing), the extend script
+(the listener holds the second minute before it starts) and the settle script
+(release the hold, charge, append the ledger entry), each in the account's slot and
+each followed by its second step (the copy to the call record: read, write, mark
+done), through ics.store: 14 round trips. Workers (processes by default, each with its own connection) run
 them in a loop for --seconds against one shared prepaid account; the figures
 are calls/s over all workers and the p50/p99 latency of one call's three
 scripts. At the end the ledger check proves the account still balances.
@@ -129,14 +130,16 @@ def start_redis(workdir: str) -> tuple[subprocess.Popen, str]:
 
 def cleanup(r: redis.Redis) -> None:
     batch = []
-    for k in r.scan_iter(match=keys.call("bench-*"), count=1000):
+    for k in [*r.scan_iter(match=keys.call("bench-*"), count=1000),
+              *r.scan_iter(match=keys.call_money(ACCOUNT, "*"), count=1000)]:
         batch.append(k)
         if len(batch) >= 1000:
             r.delete(*batch)
             batch.clear()
     if batch:
         r.delete(*batch)
-    r.delete(keys.account(ACCOUNT), keys.ledger(ACCOUNT), keys.account_numbers(ACCOUNT))
+    r.delete(keys.account(ACCOUNT), keys.ledger(ACCOUNT), keys.account_numbers(ACCOUNT),
+             keys.account_holds(ACCOUNT), keys.account_unsynced(ACCOUNT))
     r.srem(keys.ACCOUNTS, ACCOUNT)
 
 
@@ -162,7 +165,8 @@ def main() -> int:
         print(f"redis {info['redis_version']} at {url.split('@')[-1]}, appendonly={info['aof_enabled']} "
               f"({'own server, appendfsync everysec' if proc else 'ICS_REDIS_URL'}); {os.cpu_count()} CPUs; "
               f"{a.mode}, {a.seconds:g} s per level")
-        print("one op = reserve (Lua) + next-minute hold (Lua) + settle (Lua, ledger XADD): 3 round trips")
+        print("one op = reserve + next-minute hold + settle (Lua, ledger XADD), each with its copy to the "
+              "call record: 14 round trips")
         print(f"{'workers':>8} {'ops/s':>10} {'scripts/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'ops':>8}")
         for w in levels:
             rate, lats = run_level(url, w, a.seconds, a.mode)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The ICS lab stack on this machine, without a Docker engine:
 #   Asterisk 22 (Debian sid) in a debootstrap chroot, run as the asterisk user;
-#   redis-server on 127.0.0.1:6380; the Python services ics-fastagi and ics-ami.
+#   redis-server on 127.0.0.1:6380; the Python services ics-fastagi, ics-ami and ics-recorder.
 # Everything binds to 127.0.0.1.
 #
 #   docker/stack.sh venv        .venv with pip install -e '.[test]' only
@@ -26,10 +26,21 @@ LOGDIR=$STACK/log
 RUNDIR=$STACK/run
 REDIS_DIR=$STACK/redis
 REDIS_PORT=${ICS_REDIS_PORT:-6380}
+# ICS_REDIS_CLUSTER=1: a 3-master, 3-replica Redis Cluster on 127.0.0.1:7000-7005 instead
+# (docker/redis-cluster.sh; make test-redis-cluster)
+case ${ICS_REDIS_CLUSTER:-} in 1|true|yes|on) CLUSTER=1 ;; *) CLUSTER= ;; esac
+CLUSTER_PORT=7000
+# ICS_STACK_REDIS_TLS=1: Redis serves only TLS (README, Security): a CA and Redis's certificate made at
+# provision under $STACK/tls (keys mode 600, never in the repo); rediss:// urls and ICS_REDIS_TLS_CA
+# in stack.env; no client certificates (each service proves itself with its ACL user's password)
+case ${ICS_STACK_REDIS_TLS:-} in 1|true|yes|on) TLS=1 ;; *) TLS= ;; esac
+TLS_DIR=$STACK/tls
+CLUSTER_SH=$REPO/docker/redis-cluster.sh
 VENV=$REPO/.venv
 PYTHON=${ICS_PYTHON:-python3.11}
 SUITE=${ICS_DEBIAN_SUITE:-sid}
 FASTAGI_PORT=4573
+RECORDER_PORT=4577   # ics-recorder (recordings.recorder_port)
 SOUNDS=$AST/var/lib/asterisk/sounds/ics
 # kamailio: the cluster's SIP front; sip-tester (SIPp): the farm bench's handsets
 HOST_PACKAGES=(debootstrap redis-server espeak-ng python3.11-venv kamailio sip-tester)
@@ -213,7 +224,7 @@ gen_secret() { "$PYTHON" -c 'import secrets; print(secrets.token_hex(16))'; }
 # the listener's ics-listener), SIP phones, Redis ACL users (ics/redis_acl.py). A secrets.env from
 # before a secret existed gets the missing ones added.
 SECRETS=(AMI_SECRET AMI_LISTENER_SECRET AMI_LAB_SECRET SIP_PASSWORD REDIS_FASTAGI_PASSWORD REDIS_LISTENER_PASSWORD
-         REDIS_ICSCTL_PASSWORD REDIS_ADMIN_PASSWORD)
+         REDIS_ICSCTL_PASSWORD REDIS_ADMIN_PASSWORD REDIS_RECORDER_PASSWORD)
 
 provision_secrets() {
     mkdir -p "$STACK"
@@ -244,22 +255,63 @@ render_redis_acl() {
     mkdir -p "$REDIS_DIR"
     ( umask 077
       ICS_REDIS_PASSWORD_FASTAGI=$REDIS_FASTAGI_PASSWORD ICS_REDIS_PASSWORD_LISTENER=$REDIS_LISTENER_PASSWORD \
+      ICS_REDIS_PASSWORD_RECORDER=$REDIS_RECORDER_PASSWORD \
       ICS_REDIS_PASSWORD_ICSCTL=$REDIS_ICSCTL_PASSWORD ICS_REDIS_PASSWORD_ADMIN=$REDIS_ADMIN_PASSWORD \
           "$VENV/bin/python" -m ics.redis_acl > "$REDIS_DIR/users.acl.tmp" ) \
         || die "could not render the Redis ACL users (ics/redis_acl.py)"
     mv "$REDIS_DIR/users.acl.tmp" "$REDIS_DIR/users.acl"
 }
 
-rcli() { REDISCLI_AUTH=$REDIS_ADMIN_PASSWORD redis-cli -h 127.0.0.1 -p "$REDIS_PORT" "$@"; }
+# the CA and Redis's certificate (IP 127.0.0.1: every Redis of the lab listens there), made
+# once; a certificate within a day of its end is made again
+provision_tls() {
+    [ -n "$TLS" ] || return 0
+    if [ -s "$TLS_DIR/redis.crt" ] && openssl x509 -checkend 86400 -noout -in "$TLS_DIR/redis.crt" >/dev/null 2>&1; then
+        return 0
+    fi
+    log "making a CA and Redis's certificate in $TLS_DIR"
+    mkdir -p "$TLS_DIR"
+    ( cd "$TLS_DIR" && umask 077
+      openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout ca.key -out ca.crt \
+          -days 825 -subj "/CN=ICS Redis CA"
+      openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout redis.key -out redis.csr \
+          -subj "/CN=redis"
+      printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' > redis.ext
+      openssl x509 -req -in redis.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out redis.crt -days 825 \
+          -extfile redis.ext
+      rm -f redis.csr redis.ext ca.srl
+      chmod 644 ca.crt redis.crt ) >"$STACK/tls.log" 2>&1 || die "openssl failed (log: $STACK/tls.log)"
+}
+
+# redis-server's listening options for PORT: plaintext, or (ICS_STACK_REDIS_TLS) TLS only
+redis_listen() {
+    if [ -n "$TLS" ]; then
+        echo --port 0 --tls-port "$1" --tls-cert-file "$TLS_DIR/redis.crt" --tls-key-file "$TLS_DIR/redis.key" \
+            --tls-ca-cert-file "$TLS_DIR/ca.crt" --tls-auth-clients no --tls-replication yes
+    else
+        echo --port "$1"
+    fi
+}
+REDIS_CLI_TLS=()
+[ -z "$TLS" ] || REDIS_CLI_TLS=(--tls --cacert "$TLS_DIR/ca.crt")
+
+rcli() { REDISCLI_AUTH=$REDIS_ADMIN_PASSWORD redis-cli "${REDIS_CLI_TLS[@]}" -h 127.0.0.1 -p "$REDIS_PORT" "$@"; }
 
 write_stack_env() {
     load_secrets
     ( umask 077
+      local scheme=redis${TLS:+s} url p
+      url=$scheme://127.0.0.1:$REDIS_PORT/0
+      if [ -n "$CLUSTER" ]; then
+          url=; for p in 0 1 2 3 4 5; do url+=${url:+,}$scheme://127.0.0.1:$((CLUSTER_PORT + p)); done
+      fi
       cat > "$STACK/stack.env.tmp" <<EOF
-ICS_REDIS_URL=redis://127.0.0.1:$REDIS_PORT/0
+ICS_REDIS_URL=$url
+ICS_REDIS_CLUSTER=$([ -n "$CLUSTER" ] && echo true || echo false)
 ICS_REDIS_USERNAME=icsctl
 ICS_REDIS_PASSWORD=$REDIS_ICSCTL_PASSWORD
-ICS_STACK_REDIS_ADMIN_URL=redis://default:$REDIS_ADMIN_PASSWORD@127.0.0.1:$REDIS_PORT/0
+ICS_REDIS_TLS_CA=${TLS:+$TLS_DIR/ca.crt}
+ICS_STACK_REDIS_ADMIN_URL=${url//:\/\//://default:$REDIS_ADMIN_PASSWORD@}
 ICS_STACK_AMI_LAB_USER=ics-lab
 ICS_STACK_AMI_LAB_SECRET=$AMI_LAB_SECRET
 ICS_AMI_HOST=127.0.0.1
@@ -278,7 +330,8 @@ EOF
     ( umask 077
       printf 'ICS_REDIS_USERNAME=fastagi\nICS_REDIS_PASSWORD=%s\n' "$REDIS_FASTAGI_PASSWORD" > "$STACK/fastagi.env"
       printf 'ICS_REDIS_USERNAME=listener\nICS_REDIS_PASSWORD=%s\nICS_AMI_SECRET=%s\n' \
-          "$REDIS_LISTENER_PASSWORD" "$AMI_LISTENER_SECRET" > "$STACK/ami.env" )
+          "$REDIS_LISTENER_PASSWORD" "$AMI_LISTENER_SECRET" > "$STACK/ami.env"
+      printf 'ICS_REDIS_USERNAME=recorder\nICS_REDIS_PASSWORD=%s\n' "$REDIS_RECORDER_PASSWORD" > "$STACK/recorder.env" )
 }
 
 cmd_provision() {
@@ -291,6 +344,7 @@ cmd_provision() {
     provision_shim
     provision_tonewatch
     provision_secrets
+    provision_tls
     write_stack_env
     render_redis_acl
 }
@@ -422,11 +476,19 @@ start_asterisk() {   # start_asterisk [NODE]: the single box's, or a cluster nod
 }
 
 start_redis() {
+    if [ -n "$CLUSTER" ]; then
+        log "starting a Redis Cluster (3 masters, 3 replicas) on 127.0.0.1:$CLUSTER_PORT-$((CLUSTER_PORT + 5))"
+        render_redis_acl
+        ICS_REDIS_ACLFILE=$REDIS_DIR/users.acl ICS_REDIS_ADMIN_PASSWORD=$REDIS_ADMIN_PASSWORD \
+            ICS_REDIS_TLS_DIR=${TLS:+$TLS_DIR} bash "$CLUSTER_SH" start "$STACK/redis-cluster" "$CLUSTER_PORT"
+        return 0
+    fi
     if alive redis; then return 0; fi
     mkdir -p "$REDIS_DIR"
-    log "starting redis-server on 127.0.0.1:$REDIS_PORT"
+    log "starting redis-server on 127.0.0.1:$REDIS_PORT${TLS:+ (TLS only)}"
     render_redis_acl
-    redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --dir "$REDIS_DIR" --aclfile "$REDIS_DIR/users.acl" \
+    # shellcheck disable=SC2046  # (paths under $STACK: no spaces)
+    redis-server --bind 127.0.0.1 $(redis_listen "$REDIS_PORT") --dir "$REDIS_DIR" --aclfile "$REDIS_DIR/users.acl" \
         --appendonly yes --appendfsync everysec --save '' \
         --daemonize yes --pidfile "$RUNDIR/redis.pid" --logfile "$LOGDIR/redis.log"
     local i
@@ -451,15 +513,15 @@ start_service() {   # start_service NAME EXECUTABLE [ENV FILE, default stack.env
     echo $! > "$RUNDIR/$name.pid"
 }
 
-wait_fastagi() {   # wait_fastagi [NAME ADDRESS, default fastagi 127.0.0.1]
-    local name=${1:-fastagi} addr=${2:-127.0.0.1} i
+wait_listening() {   # wait_listening NAME PORT [ADDRESS, default 127.0.0.1]: the service's port answers
+    local name=$1 port=$2 addr=${3:-127.0.0.1} i
     [ -f "$RUNDIR/$name.pid" ] || return 0
     for i in $(seq 100); do
-        port_listening "$FASTAGI_PORT" "$addr" && return 0
+        port_listening "$port" "$addr" && return 0
         alive "$name" || { tail -n 20 "$LOGDIR/$name.log" >&2; die "$name exited (log: $LOGDIR/$name.log)"; }
         sleep 0.2
     done
-    die "$name did not listen on $addr:$FASTAGI_PORT in 20 s"
+    die "$name did not listen on $addr:$port in 20 s"
 }
 
 cmd_up() {
@@ -472,9 +534,11 @@ cmd_up() {
     generate_prompts
     start_redis
     start_asterisk
+    start_service recorder ics-recorder   # before the first call: a recorded call needs it
     start_service fastagi ics-fastagi
     start_service ami ics-ami
-    wait_fastagi
+    wait_listening fastagi "$FASTAGI_PORT"
+    wait_listening recorder "$RECORDER_PORT"
     if [ -f "$RUNDIR/ami.pid" ]; then
         sleep 0.5
         alive ami || { tail -n 20 "$LOGDIR/ami.log" >&2; die "ics-ami exited (log: $LOGDIR/ami.log)"; }
@@ -487,6 +551,7 @@ cmd_down() {
     stop_cluster
     stop_pid ami
     stop_pid fastagi
+    stop_pid recorder
     if alive asterisk; then
         ast_cli "core stop now" >/dev/null 2>&1 || true
         local i p; p=$(pid_of asterisk)
@@ -494,13 +559,16 @@ cmd_down() {
     fi
     stop_pid asterisk
     stop_pid redis
+    [ -d "$STACK/redis-cluster" ] && bash "$CLUSTER_SH" stop "$STACK/redis-cluster"
     log "down"
 }
 
 cmd_status() {
     local rc=0 name exe
-    for name in asterisk redis fastagi ami; do
-        case $name in fastagi) exe=$VENV/bin/ics-fastagi ;; ami) exe=$VENV/bin/ics-ami ;; *) exe= ;; esac
+    local services="asterisk redis fastagi ami recorder"
+    [ -n "$CLUSTER" ] && services="asterisk fastagi ami recorder"
+    for name in $services; do
+        case $name in fastagi | ami | recorder) exe=$VENV/bin/ics-$name ;; *) exe= ;; esac
         if alive "$name"; then
             printf '%-9s running (pid %s)\n' "$name" "$(pid_of "$name")"
         elif [ -n "$exe" ] && [ ! -x "$exe" ]; then
@@ -513,7 +581,7 @@ cmd_status() {
         ast_cli "pjsip show contacts" 2>/dev/null | grep -E '^ *Contact:' | grep -v '<Aor/ContactUri' || true
     fi
     # the listener's heartbeat and live calls / capacity.max_calls (informational: rc unchanged)
-    if alive redis && [ -x "$VENV/bin/icsctl" ] && [ -f "$STACK/stack.env" ]; then
+    if { alive redis || [ -n "$CLUSTER" ]; } && [ -x "$VENV/bin/icsctl" ] && [ -f "$STACK/stack.env" ]; then
         stack_env "$VENV/bin/icsctl" status 2>/dev/null || true
     fi
     return $rc
@@ -563,6 +631,7 @@ render_node() {   # render_node NODE ADDRESS
         echo "ICS_NODE_ID=$node"
         echo "ICS_AMI_HOST=$addr"
         echo "ICS_FASTAGI_HOST=$addr"
+        echo "ICS_RECORDINGS_RECORDER_HOST=$addr"
         echo "ICS_AMI_TAP_HOST=$addr"  # the three-way audio tap: each listener on its own node
         echo "ICS_CAPACITY_RTP_CONF=$etc/rtp.conf"
         echo "ICS_METRICS_HOST=$addr"   # /metrics and /health of the node's services on its address
@@ -616,10 +685,14 @@ cmd_up_cluster() {
         node=${entry%%:*} addr=${entry#*:}
         render_node "$node" "$addr"
         start_asterisk "$node"
+        start_service "recorder-$node" ics-recorder "$STACK/node-$node.env"
         start_service "fastagi-$node" ics-fastagi "$STACK/node-$node.env"
         start_service "ami-$node" ics-ami "$STACK/node-$node.env"
     done
-    for entry in $CLUSTER_NODES; do wait_fastagi "fastagi-${entry%%:*}" "${entry#*:}"; done
+    for entry in $CLUSTER_NODES; do
+        wait_listening "fastagi-${entry%%:*}" "$FASTAGI_PORT" "${entry#*:}"
+        wait_listening "recorder-${entry%%:*}" "$RECORDER_PORT" "${entry#*:}"
+    done
     render_kamailio
     start_kamailio
     log "cluster up in $((SECONDS - t0)) s: Kamailio $KAMAILIO_ADDR:5060, nodes $CLUSTER_NODES; env: $STACK/node-*.env"
@@ -629,7 +702,7 @@ cmd_up_cluster() {
 stop_cluster() {
     local f name node i p
     stop_pid kamailio
-    for f in "$RUNDIR"/ami-*.pid "$RUNDIR"/fastagi-*.pid; do
+    for f in "$RUNDIR"/ami-*.pid "$RUNDIR"/fastagi-*.pid "$RUNDIR"/recorder-*.pid; do
         if [ -e "$f" ]; then stop_pid "$(basename "$f" .pid)"; fi
     done
     for f in "$RUNDIR"/asterisk-*.pid; do
@@ -654,7 +727,7 @@ cmd_status_cluster() {
     local rc=0 entry node name
     for entry in $CLUSTER_NODES; do
         node=${entry%%:*}
-        for name in "asterisk-$node" "fastagi-$node" "ami-$node"; do
+        for name in "asterisk-$node" "fastagi-$node" "ami-$node" "recorder-$node"; do
             if alive "$name"; then printf '%-12s running (pid %s)\n' "$name" "$(pid_of "$name")"
             else printf '%-12s stopped\n' "$name"; rc=3; fi
         done

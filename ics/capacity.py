@@ -33,27 +33,11 @@ from dataclasses import dataclass
 import redis
 
 from . import keys
-from .store import now_ms
+from .store import Lua, now_ms
 
 SETTING_UP_MAX_MS = 20_000  # admitted, never seen placed: dropped after this (the dial takes ~3 s)
 GONE_GRACE_MS = 2_000       # an admitted call whose inmate channel the listener does not know
 
-# KEYS[1] the live count (listener), KEYS[2] the calls setting up (zset member -> admitted ms)
-# ARGV[1] now ms, ARGV[2] max_calls, ARGV[3] member to admit ('' = only look), ARGV[4] oldest kept
-# Returns {decision, live, setting_up}: decision -1 no count (the listener is away), 0 full, 1 room
-# (and the member admitted).
-_ADMIT = """
-local live = redis.call('GET', KEYS[1])
-if not live then return {-1, 0, 0} end
-live = tonumber(live)
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[4])
-local member = ARGV[3]
-local pending = redis.call('ZCARD', KEYS[2])
-if member ~= '' and redis.call('ZSCORE', KEYS[2], member) then pending = pending - 1 end
-if live + pending >= tonumber(ARGV[2]) then return {0, live, pending} end
-if member ~= '' then redis.call('ZADD', KEYS[2], ARGV[1], member) end
-return {1, live, pending}
-"""
 
 
 @dataclass(frozen=True)
@@ -73,7 +57,7 @@ def check(r: redis.Redis, max_calls: int, admit: str = "", node: str = keys.DEFA
     channel's Uniqueid, the Linkedid the listener keys the call by), the call is admitted in the
     same step: it counts from now on (setting up, then live)."""
     now = now_ms()
-    decision, live, pending = r.register_script(_ADMIT)(
+    decision, live, pending = Lua(r, "admit.lua")(
         keys=[keys.live_calls(node), keys.calls_setting_up(node)],
         args=[now, max_calls, admit, now - SETTING_UP_MAX_MS])
     return Load(None if decision == -1 else bool(decision), int(live), int(pending))
@@ -95,11 +79,13 @@ def beat(r: redis.Redis, live: Collection[str], known: Collection[str], admitted
     with r.pipeline(transaction=True) as p:
         p.set(keys.listener_alive(node), now, px=keys.LISTENER_ALIVE_MS)
         p.set(keys.live_calls(node), len(live), px=keys.LISTENER_ALIVE_MS)
-        # where the node's AMI is (icsctl, peers) and its last beat, kept: dates its death (ami.peers)
-        p.hset(keys.node(node), mapping={"beat_ms": now, **(where or {})})
-        p.sadd(keys.NODES, node)
         if done:
             p.zrem(keys.calls_setting_up(node), *done)
+        p.execute()  # (the node's {n:<node>} slot: one transaction on a Redis Cluster too)
+    # where the node's AMI is (icsctl, peers) and its last beat, kept: dates its death (ami.peers)
+    with r.pipeline(transaction=False) as p:
+        p.hset(keys.node(node), mapping={"beat_ms": now, **(where or {})})
+        p.sadd(keys.NODES, node)
         p.execute()
 
 

@@ -20,15 +20,14 @@ from typing import Any, Callable
 
 import redis
 
-from . import (audio, capacity, config, destination, keys, ledger, livecalls, logs, policy, prompts, rating,
-               reasons, recordings, records, statements)
+from . import (audio, capacity, config, destination, ledger, livecalls, logs, policy, prompts, rating,
+               reasons, recordings, records, settlement, statements)
 from .amiclient import AmiError
-from .config import ConfigError, facility_settings
-from .store import (ACCOUNT_TYPES, INACTIVITY_MS, INMATE_ID_RE, INMATE_STATUSES, LINE_TYPES, Store, StoreError,
-                    check_id, connect, now_ms)
+from .config import ConfigError
+from .store import (ACCOUNT_TYPES, INACTIVITY_MS, INMATE_STATUSES, LINE_TYPES, Store, StoreError, connect, dollars,
+                    now_ms)
 
 PROG = "icsctl"
-MAX_DEPOSIT_CENTS = 100_000_00  # $100,000.00 in one deposit is a typo, not a family topping up
 MAX_CALLS_LIMIT = 10_000
 NAME_MAX_S = 10  # longest imported name recording (ics.audio.import_file truncates)
 SETTINGS = tuple(config.DEFAULTS["facility_defaults"])
@@ -82,9 +81,6 @@ class UsageError(Exception):
 
 # --- formatting ----------------------------------------------------------------
 
-def dollars(cents: int) -> str:
-    sign = "-" if cents < 0 else ""
-    return f"{sign}${abs(cents) // 100:,}.{abs(cents) % 100:02d}"
 
 
 def iso(ms: int | None) -> str | None:
@@ -162,7 +158,7 @@ def one_line(what: str, text: str) -> str:
     return text
 
 
-def cents_from_args(cents: str | None, amount: str | None, limit: int | None = MAX_DEPOSIT_CENTS) -> int:
+def cents_from_args(cents: str | None, amount: str | None) -> int:
     """--cents N (whole cents) or --amount D.DD (dollars, exact): a positive whole number of cents."""
     if cents is not None:
         if re.fullmatch(r"\s*-.*", cents):
@@ -182,8 +178,6 @@ def cents_from_args(cents: str | None, amount: str | None, limit: int | None = M
         value = int(exact)
     if value <= 0:
         raise CliError("amount must be more than zero")
-    if limit is not None and value > limit:
-        raise CliError(f"amount {dollars(value)} is over the {dollars(MAX_DEPOSIT_CENTS)} limit for one deposit")
     return value
 
 
@@ -225,14 +219,9 @@ def facility_sound_path(cfg: config.Config, fid: str) -> Path:
 
 
 def facility_create(store: Store, a) -> int:
-    fid = check_id("facility id", a.fid)
-    name = one_line("facility name", a.name)
-    if fid in store.facilities():
-        raise CliError(f"facility {fid} already exists")
+    fid, name = a.fid, a.name
     overrides = {k: getattr(a, k) for k in SETTINGS if getattr(a, k) is not None}
-    # every setting is checked before anything is rendered or written
-    facility_settings(store.cfg["facility_defaults"], {k: str(v) for k, v in overrides.items()},
-                      f"facility {fid}")
+    store.check_facility(fid, name, **overrides)  # everything is checked before the name is rendered
     wav = facility_sound_path(store.cfg, fid)
     if not a.no_audio:
         try:
@@ -352,9 +341,7 @@ def facility_show(store: Store, a) -> int:
 # --- inmates -----------------------------------------------------------------------
 
 def inmate_create(store: Store, a) -> int:
-    check_id("inmate number", a.iid, INMATE_ID_RE)
-    name = one_line("inmate name", a.name)
-    need_facility(store, a.facility)
+    name = a.name
     replaced = store.create_inmate(a.iid, a.facility, name, a.pin, replace=a.replace)  # refuses an existing id
     log.info("ops.inmate_create", inmate=a.iid, facility=a.facility, name=name, replaced=replaced)
     out(f"{'replaced' if replaced else 'created'} inmate {a.iid} ({name}) at facility {a.facility}")
@@ -583,10 +570,8 @@ def account_create(store: Store, a) -> int:
             raise CliError("an inmate_debit account needs --inmate IID (its id is debit-IID)")
         owner = one_line("account owner", a.owner) if a.owner else need_inmate(store, a.inmate).get("name", a.inmate)
     else:
-        if a.owner is None:
-            raise CliError(f"a {a.type} account needs --owner")
-        owner = one_line("account owner", a.owner)
-        if not numbers:
+        owner = a.owner or ""
+        if not numbers:  # (the store takes a prepaid account without numbers; icsctl would leave it useless)
             raise CliError(f"a {a.type} account needs at least one --number")
     store.create_account(a.aid, owner, numbers, a.type, monthly_limit_cents=a.monthly_limit_cents,
                          inmate=a.inmate)
@@ -722,7 +707,7 @@ def account_ledger(store: Store, a) -> int:
 def account_refund(store: Store, a) -> int:
     need_account(store, a.aid)
     note = one_line("note", a.note)
-    cents = None if a.all else cents_from_args(a.cents, a.amount, limit=None)
+    cents = None if a.all else cents_from_args(a.cents, a.amount)
     refunded, balance = store.refund(a.aid, cents, note)
     acct = store.account(a.aid)
     log.info("ops.refund", account=a.aid, amount_cents=refunded, balance_cents=balance, note=note)
@@ -876,6 +861,20 @@ def calls_list(store: Store, a) -> int:
     return 0
 
 
+def calls_settle(store: Store, a) -> int:
+    rec = records.get(store.r, a.call_id)
+    if rec is None:
+        raise CliError(f"no such call {a.call_id}")
+    money = store.call_money(rec.get("account", ""), a.call_id)
+    if not rec.get("ended_ms") and money.get("settled") != 1:
+        raise CliError(f"call {a.call_id} has not ended: it is settled when it hangs up")
+    rec = settlement.settle(store, a.call_id)
+    log.info("ops.calls_settle", call_id=a.call_id, billed_cents=rec.get("billed_cents"))
+    out(f"call {a.call_id} settled: {dollars(rec.get('billed_cents') or 0)}, "
+        f"{rec.get('billed_minutes') or 0} min, reason {rec.get('reason')}")
+    return 0
+
+
 def calls_show(store: Store, a) -> int:
     rec = records.get(store.r, a.call_id)
     if rec is None:
@@ -952,9 +951,7 @@ def evidence_line(ev: Any) -> str:
 
 def unit_create(store: Store, a) -> int:
     need_facility(store, a.fid)
-    if store.unit(a.fid, a.uid):
-        raise CliError(f"unit {a.uid} already exists at facility {a.fid}")
-    store.create_unit(a.fid, a.uid, one_line("unit name", a.name), a.schedule or "")
+    store.create_unit(a.fid, a.uid, a.name, a.schedule or "")  # refuses an existing unit
     log.info("ops.unit_create", facility=a.fid, unit=a.uid, schedule=a.schedule or "")
     out(f"created unit {a.uid} at facility {a.fid}; schedule: {a.schedule or 'the facility schedule'}")
     return 0
@@ -974,7 +971,7 @@ def unit_list(store: Store, a) -> int:
     for uid in store.units(a.fid):
         u = store.unit(a.fid, uid) or {}
         docs.append({"id": uid, "name": u.get("name"), "schedule": u.get("schedule") or None,
-                     "lockdown": store.r.exists(keys.lockdown(a.fid, uid)) == 1})
+                     "lockdown": store.in_lockdown(a.fid, uid)})
     if a.json:
         emit_json({"facility": a.fid, "timezone": fac["timezone"], "schedule": fac["schedule"] or None,
                    "units": docs})
@@ -1388,6 +1385,9 @@ def build_parser() -> Parser:
     c = command(cl, "list", calls_list, "most recent calls first", json_out=True)
     c.add_argument("--limit", type=positive_int, default=20, metavar="N")
     c = command(cl, "show", calls_show, "every field of one call", json_out=True)
+    c.add_argument("call_id", metavar="CALL_ID")
+    c = command(cl, "settle", calls_settle, "settle an ended call again (idempotent): completes a "
+                "settlement left half-done (icsctl ledger check)")
     c.add_argument("call_id", metavar="CALL_ID")
     return p
 

@@ -30,8 +30,16 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "id": "main",
     },
     "redis": {
-        "url": "redis://127.0.0.1:6380/0",  # rediss://... for TLS (tls_ca then names the CA to trust)
+        # one URL: a single Redis; several, comma-separated (or cluster = true): the nodes a Redis
+        # Cluster client starts from (it learns the rest from them); rediss://... for TLS (tls_ca
+        # then names the CA to trust)
+        "url": "redis://127.0.0.1:6380/0",
+        "cluster": False,
         "timeout_ms": 2000,
+        # after every money script, WAIT until this many replicas have it (0 = do not wait), at
+        # most wait_timeout_ms; a write no replica confirmed in time is logged (redis.wait_short)
+        "wait_replicas": 0,
+        "wait_timeout_ms": 200,
         # each service logs in as its own Redis ACL user (docker/redis-acl.py writes the users and
         # their rights; ICS_REDIS_USERNAME / ICS_REDIS_PASSWORD per service); "" = the default user
         "username": "",
@@ -82,6 +90,16 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         # a recording this much shorter than the call's bridged time is flagged as audio lost
         # (ics.recordings): normal calls measure within about 20 ms of the bridge
         "max_short_ms": 1000,
+        # who records a non-privileged call (README, Recording): "capture", ics-recorder copying the
+        # called leg's RTP from the kernel and writing the WAV after the call (ics/recorder.py), off
+        # Asterisk's per-frame path; or "mixmonitor", Asterisk's MixMonitor on the called channel
+        # (a thread per call waking every frame: about a third of a recorded call's Asterisk CPU)
+        "method": "capture",
+        # ics-recorder: where the call flow reaches it (loopback) and the interface it captures on
+        # (the one Asterisk's RTP crosses: lo in the lab, the facility network's in production)
+        "recorder_host": "127.0.0.1",
+        "recorder_port": 4577,
+        "capture_device": "lo",
     },
     "capacity": {
         # inmate calls this box carries at once: a new one past them is refused with the busy prompt
@@ -329,6 +347,7 @@ def relay_numbers(text: str) -> set[str]:
 # recordings.max_short_ms: below 200 ms the normal jitter of a bridge's start and end would flag
 # good recordings; above a minute a lost minute of evidence would go unflagged
 MIN_SHORT_MS, MAX_SHORT_MS = 200, 60_000
+RECORDING_METHODS = ("capture", "mixmonitor")
 MIN_NOTICE_INTERVAL_S = 15  # a shorter interval would talk over the whole call
 
 
@@ -540,6 +559,7 @@ def load(path: str | None = None, environ: Mapping[str, str] | None = None) -> C
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     _check_facility(values["facility_defaults"], "facility_defaults")
+    _check_redis(values["redis"])
     if values["log"]["format"] not in ("auto", "json", "console"):
         raise ConfigError(f"log.format must be auto, json or console, got {values['log']['format']!r}")
     check_dial_template(values["dial"]["template"])
@@ -547,6 +567,11 @@ def load(path: str | None = None, environ: Mapping[str, str] | None = None) -> C
         raise ConfigError(f"capacity.max_calls must be 1 to {MAX_CALLS_LIMIT}, got {values['capacity']['max_calls']}")
     if not NODE_ID_RE.match(values["node"]["id"]):
         raise ConfigError(f"node.id must be 1 to 16 lower-case letters, digits or '-', got {values['node']['id']!r}")
+    if values["recordings"]["method"] not in RECORDING_METHODS:
+        raise ConfigError(f"recordings.method must be {' or '.join(RECORDING_METHODS)}, "
+                          f"got {values['recordings']['method']!r}")
+    if not 1 <= values["recordings"]["recorder_port"] <= 65535:
+        raise ConfigError(f"recordings.recorder_port must be a port (1-65535), got {values['recordings']['recorder_port']}")
     short = values["recordings"]["max_short_ms"]
     if not MIN_SHORT_MS <= short <= MAX_SHORT_MS:
         raise ConfigError(f"recordings.max_short_ms must be {MIN_SHORT_MS} to {MAX_SHORT_MS} ms, got {short}")
@@ -561,6 +586,21 @@ def load(path: str | None = None, environ: Mapping[str, str] | None = None) -> C
         if values["ami"][key] <= 0:  # 0 would make the listener's upkeep loop spin
             raise ConfigError(f"ami.{key} must be greater than 0, got {values['ami'][key]}")
     return Config(values=values, sources=tuple(sources))
+
+
+def redis_urls(url: str) -> list[str]:
+    return [u.strip() for u in url.split(",") if u.strip()]
+
+
+def _check_redis(values: Mapping[str, Any]) -> None:
+    urls = redis_urls(values["url"])
+    if not urls or any(not u.startswith(("redis://", "rediss://", "unix://")) for u in urls):
+        raise ConfigError(f"redis.url must be one redis:// URL, or several comma-separated for a cluster, "
+                          f"got {values['url']!r}")
+    if not 0 <= values["wait_replicas"] <= 5:
+        raise ConfigError(f"redis.wait_replicas must be 0 to 5, got {values['wait_replicas']}")
+    if not 1 <= values["wait_timeout_ms"] <= 10_000:
+        raise ConfigError(f"redis.wait_timeout_ms must be 1 to 10000, got {values['wait_timeout_ms']}")
 
 
 def check_dial_template(template: str) -> None:

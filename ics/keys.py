@@ -5,17 +5,31 @@ Every phone number in a key, a hash field or a set member is E.164 (+13125550100
 ics.destination); older spellings (3125550100, 011...) are rewritten once by
 ics.store.Store.migrate_numbers (icsctl numbers migrate; ics-fastagi runs it at start-up).
 
+Redis Cluster hash tags. Below, {fid}, {aid}... are placeholders; a tag, the part of a key
+name Redis Cluster hashes to pick its slot, is written with its literal braces as {a:<aid>},
+{i:<iid>} or {n:<node>}. Every key a Lua script touches carries the same tag, so each script
+runs in one slot (CROSSSLOT cannot happen; tests/unit/test_key_slots.py reads every script's
+KEYS as called):
+  {a:<aid>}    an account's money: the account, its ledger, month totals, the money state of its
+               calls and the sets of open holds and of steps still to copy (ics.store.money)
+  {i:<iid>}    an inmate: the inmate hash, PIN failures, approved list, weekly quota counts
+  {n:<node>}   a call node's listener heartbeat and live count, and its calls setting up (ics.capacity)
+A money movement that must reach another slot (the call record, the weekly quota) is a second,
+idempotent step (ics.store.money.Money.sync_call), tracked in the account's :unsynced set until
+it is done; icsctl ledger check reports one left half-done, and settling the call again completes it.
+
   ics:facilities                    set    facility ids
   ics:facility:{fid}                hash   name, overrides of [facility_defaults]
-  ics:inmate:{iid}                  hash   facility, name, pin_salt, pin_hash,
+  ics:inmate:{i:<iid>}              hash   facility, name, pin_salt, pin_hash,
                                            pin_locked (0/1), name_recorded (0/1), unit (living
                                            unit id), status (active|restricted|suspended),
                                            quota_calls_week, quota_minutes_week (restricted; 0 = none),
                                            language (what the inmate hears; "" = the facility's)
-  ics:inmate:{iid}:week:{yyyyWww}   hash   calls, minutes: accepted calls and billed minutes in
-                                           that ISO week, facility time (counted by the settle script, once)
-  ics:inmate:{iid}:pin_failures     string consecutive wrong PINs (reset on success)
-  ics:inmate:{iid}:approved         hash   number -> approval state (pending|approved|rejected);
+  ics:inmate:{i:<iid>}:week:{yyyyWww}  hash  calls, minutes: accepted calls and billed minutes in
+                                           that ISO week, facility time; call:{cid} -> minutes for each
+                                           call counted (so a replayed count adds nothing: count_week.lua)
+  ics:inmate:{i:<iid>}:pin_failures string consecutive wrong PINs (reset on success)
+  ics:inmate:{i:<iid>}:approved     hash   number -> approval state (pending|approved|rejected);
                                            pending + approved at most the facility's approved_max
   ics:inmates                       set    inmate ids
   ics:units:{fid}                   set    living unit ids of a facility
@@ -30,16 +44,25 @@ ics.store.Store.migrate_numbers (icsctl numbers migrate; ics-fastagi runs it at 
                                            started_ms, stopped_ms
   ics:block:inmate:{iid}            set    numbers this inmate may not call
   ics:block:facility:{fid}          set    numbers no inmate of the facility may call
-  ics:account:{aid}                 hash   type (prepaid|direct_bill|inmate_debit), owner,
+  ics:account:{a:<aid>}             hash   type (prepaid|direct_bill|inmate_debit), owner,
                                            balance_cents (direct_bill: minus what it owes),
                                            held_cents, created_ms, monthly_limit_cents
                                            (direct_bill), inmate (inmate_debit: id debit-{iid}),
                                            expired_ms (set while expired: 180 days idle, FCC
                                            64.6130; a deposit deletes it), last_activity_ms
   ics:accounts                      set    account ids
-  ics:account:{aid}:numbers         set    phone numbers billed to the account
+  ics:account:{a:<aid>}:numbers     set    phone numbers billed to the account
   ics:number:{number}               string account id that pays for calls to number
-  ics:account:{aid}:month:{yyyymm}  string direct_bill: cents billed in that UTC month (settle Lua)
+  ics:account:{a:<aid>}:month:{yyyymm}  string  direct_bill: cents billed in that UTC month (settle Lua)
+  ics:account:{a:<aid>}:call:{cid}  hash   the money of one call paid by the account, written only by the
+                                           money scripts: held_cents, paid_minutes, settled (1), billed_cents,
+                                           billed_minutes, tax_cents, credited_cents, credit_reason, week
+                                           ("<iid> <yyyyWww>": the quota the call counts towards), v (bumped
+                                           by every change); copied to ics:call:{cid} by the second step
+  ics:account:{a:<aid>}:holds       set    call ids holding money (reserved, not settled): held_cents ==
+                                           the sum of their held_cents (icsctl ledger check)
+  ics:account:{a:<aid>}:unsynced    hash   call id -> v of a money change not yet copied to the call record
+                                           and the weekly quota (the second step); empty when all is done
   ics:numinfo:{number}              hash   what a number is to the facility, per number: language (the
                                            called party's; else its account's, else the facility's),
                                            free (0/1: never billed, PREA lines, public defenders),
@@ -49,21 +72,21 @@ ics.store.Store.migrate_numbers (icsctl numbers migrate; ics-fastagi runs it at 
                                            (taken when dialled, given back by settlement if never bridged)
   ics:lidb:{number}                 hash   line_type (landline|wireless|voip), collect_block (0/1),
                                            new_number (0/1), updated_ms; absent = landline, no blocks
-  ics:ledger:{aid}                  stream append-only: kind, amount_cents (> 0), balance_cents
+  ics:ledger:{a:<aid>}              stream append-only: kind, amount_cents (> 0), balance_cents
                                            (after it), call, note, ts, minutes (charges);
                                            kind deposit/credit add, charge/refund/expiry take;
                                            balance_cents == deposits - charges - refunds
                                            + credits - expiries (icsctl ledger check)
   ics:call:{cid}                    hash   the call record (see ics.records.FIELDS)
-  ics:listener:{node}:alive         string a call node's AMI listener heartbeat (node.id; the single box is
+  ics:listener:{n:<node>}:alive     string a call node's AMI listener heartbeat (node.id; the single box is
                                            "main"): set every second while it is logged in to its
                                            node's AMI, expires after LISTENER_ALIVE_MS; the node's
                                            inmate flow places no call without it (nothing would
                                            enforce the call's rules)
-  ics:listener:{node}:live_calls    string how many inmate calls that listener sees placed (the called
+  ics:listener:{n:<node>}:live_calls  string how many inmate calls that listener sees placed (the called
                                            leg exists: ringing to bridged), written with the heartbeat,
                                            same expiry (ics.capacity: admission against capacity.max_calls)
-  ics:capacity:{node}:setting_up    zset   inmate channel Uniqueid (the call's Linkedid) -> epoch ms the
+  ics:capacity:{n:<node>}:setting_up  zset   inmate channel Uniqueid (the call's Linkedid) -> epoch ms the
                                            node's flow admitted it, until its listener counts it live or
                                            its channel is gone (ics.capacity)
   ics:nodes                         set    call node ids that beat (a cluster's nodes; a dead one with
@@ -107,15 +130,15 @@ DEFAULT_NODE = "main"     # config node.id of a single box
 
 
 def listener_alive(node: str) -> str:
-    return f"{PREFIX}:listener:{node}:alive"
+    return f"{PREFIX}:listener:{{n:{node}}}:alive"
 
 
 def live_calls(node: str) -> str:
-    return f"{PREFIX}:listener:{node}:live_calls"
+    return f"{PREFIX}:listener:{{n:{node}}}:live_calls"
 
 
 def calls_setting_up(node: str) -> str:
-    return f"{PREFIX}:capacity:{node}:setting_up"
+    return f"{PREFIX}:capacity:{{n:{node}}}:setting_up"
 
 
 def node(nid: str) -> str:
@@ -137,19 +160,19 @@ def facility(fid: str) -> str:
 
 
 def inmate(iid: str) -> str:
-    return f"{PREFIX}:inmate:{iid}"
+    return f"{PREFIX}:inmate:{{i:{iid}}}"
 
 
 def pin_failures(iid: str) -> str:
-    return f"{PREFIX}:inmate:{iid}:pin_failures"
+    return f"{inmate(iid)}:pin_failures"
 
 
 def approved(iid: str) -> str:
-    return f"{PREFIX}:inmate:{iid}:approved"
+    return f"{inmate(iid)}:approved"
 
 
 def inmate_week(iid: str, week: str) -> str:
-    return f"{PREFIX}:inmate:{iid}:week:{week}"
+    return f"{inmate(iid)}:week:{week}"
 
 
 def units(fid: str) -> str:
@@ -181,11 +204,28 @@ def block_facility(fid: str) -> str:
 
 
 def account(aid: str) -> str:
-    return f"{PREFIX}:account:{aid}"
+    return f"{PREFIX}:account:{{a:{aid}}}"
 
 
 def account_numbers(aid: str) -> str:
-    return f"{PREFIX}:account:{aid}:numbers"
+    return f"{account(aid)}:numbers"
+
+
+def call_money(aid: str, cid: str) -> str:
+    return f"{account(aid)}:call:{cid}"
+
+
+def account_holds(aid: str) -> str:
+    return f"{account(aid)}:holds"
+
+
+def account_unsynced(aid: str) -> str:
+    return f"{account(aid)}:unsynced"
+
+
+def tag_id(key: str) -> str:
+    """The id inside a key's hash tag: tag_id(ledger("fam1")) == "fam1"."""
+    return key[key.index("{") + 1:key.index("}")].split(":", 1)[1]
 
 
 def number_account(number: str) -> str:
@@ -193,7 +233,7 @@ def number_account(number: str) -> str:
 
 
 def account_month(aid: str, yyyymm: str) -> str:
-    return f"{PREFIX}:account:{aid}:month:{yyyymm}"
+    return f"{account(aid)}:month:{yyyymm}"
 
 
 def numinfo(number: str) -> str:
@@ -209,7 +249,7 @@ def lidb(number: str) -> str:
 
 
 def ledger(aid: str) -> str:
-    return f"{PREFIX}:ledger:{aid}"
+    return f"{PREFIX}:ledger:{{a:{aid}}}"
 
 
 def call(cid: str) -> str:
@@ -239,8 +279,9 @@ WRITES: dict[str, tuple[str, ...]] = {
     # the call flow: the call record and its money (holds, the settle script's ledger and counts),
     # the caller's PIN state and name, the called party's block (9), admission; at start-up it
     # rewrites stored numbers as E.164 (Store.migrate_numbers: lists, blocks, number and LIDB keys)
-    # (a * in a pattern spans ":": inmate(*) covers its pin_failures, approved and week keys)
-    "fastagi": (call(_ANY), CALLS, inmate(_ANY), account(_ANY), ledger(_ANY), number_account(_ANY), lidb(_ANY),
+    # (a * in a pattern spans ":": inmate(*)* covers its pin_failures, approved and week keys,
+    # account(*)* its holds and its calls' money)
+    "fastagi": (call(_ANY), CALLS, inmate(_ANY) + _ANY, account(_ANY) + _ANY, ledger(_ANY), number_account(_ANY), lidb(_ANY),
                 block_inmate(_ANY), block_facility(_ANY),
                 PRIVILEGED, live_calls(_ANY), calls_setting_up(_ANY), RECORDINGS_FLAGGED_COUNT,
                 RECORDINGS_FLAGGED, RECORDINGS_PENDING,
@@ -250,11 +291,13 @@ WRITES: dict[str, tuple[str, ...]] = {
     # the listener: its node's heartbeat and where to reach it (node(*) covers a dead peer's sweep
     # lock), the rules' cuts and drops on call records, next-minute holds, settlement when the
     # hangup handler could not (ledger, monthly and weekly counts), recordings
-    "listener": (call(_ANY), account(_ANY), ledger(_ANY),
+    "listener": (call(_ANY), account(_ANY) + _ANY, ledger(_ANY),
                  inmate_week(_ANY, _ANY), listener_alive(_ANY), live_calls(_ANY), calls_setting_up(_ANY),
                  NODES, node(_ANY), RECORDINGS_FLAGGED_COUNT, RECORDINGS_FLAGGED, RECORDINGS_PENDING,
                  # a rule that warned or flagged (11); settlement gives back an unused courtesy call
                  ALERTS, courtesy(_ANY)),
+    # ics-recorder reads call records (when a call was bridged and ended) and writes nothing
+    "recorder": (),
     # icsctl administers everything of ours
     "icsctl": (f"{PREFIX}:*",),
 }

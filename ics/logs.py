@@ -8,6 +8,8 @@ Event names (the `event` field):
   service.start / service.stop / service.config_error / service.prompts_missing
   numbers.migrated           ics-fastagi start-up rewrote numbers stored before E.164 (migrated, kept_existing)
   numbers.unreadable         WARNING: stored text that is no phone number, left as it was (numbers, count)
+  keys.migrated              ics-fastagi start-up renamed keys stored before hash tags (migrated, kept_existing)
+  keys.migrate_refused       ERROR: an account holding money under the old layout was left as it was (calls live)
   agi.session.start / agi.session.end / agi.session.error
   agi.protocol_error         malformed environment or reply from Asterisk
   call.start                 inmate call entered the flow (number in E.164, its kind and region)
@@ -34,6 +36,13 @@ Event names (the `event` field):
   recording.missing         ERROR: a bridged, non-privileged call has no recording file; flagged and counted
   recording.pending         the file was still being written at settlement: the AMI listener checks it later
   recording.check_failed    the check itself failed (Redis away, unreadable file): retried by the listener
+  callee.recording          a recording started on the called channel: file, method (capture / mixmonitor)
+  recorder.capturing / recorder.idle   ics-recorder up: capturing (device, filter), or idle (MixMonitor records)
+  recorder.started          ics-recorder took a call: file, local and remote RTP addresses
+  recorder.written          the call's WAV written after its end: ms of audio, packets per direction
+  recorder.not_bridged      the call ended unbridged: its open file removed, nothing recorded
+  recorder.dropped          ERROR: the kernel's capture ring overran (packets): audio lost, flagged at settlement
+  recorder.start_failed / recorder.finish_failed / recorder.capture_stopped   ERROR: as said
   ami.connected / ami.disconnected / ami.login_failed / ami.event_error / ami.ping_timeout
   ami.action_dropped        an action left unanswered by a lost connection (never re-sent)
   ami.settle_sweep          the listener settled a hung-up call its hangup handler missed
@@ -68,6 +77,8 @@ Event names (the `event` field):
   enforce.funds_short       the next minute could not be held: the call ends with its paid ones
   enforce.hold_failed       Redis error while holding a minute (treated as funds_short: fail closed)
   ops.*                      icsctl changes (ops.fund, ops.inmate_create, ...)
+  redis.wait_short           a money script no replica confirmed within redis.wait_timeout_ms (WAIT;
+                             script, replicas, wanted): the write stands on the master alone
 """
 
 from __future__ import annotations

@@ -151,7 +151,7 @@ def check(store, call_id: str, wait_s: float = FINAL_WAIT_S) -> Verdict | None:
         fields["recording_ms"] = verdict.recording_ms
     if verdict.check != "ok":
         fields["recording_short_ms"] = verdict.short_ms
-    with r.pipeline() as p:
+    with r.pipeline(transaction=False) as p:  # several slots; the claim above makes it once only
         p.hset(key, mapping=fields)
         if verdict.check != "ok":
             p.incr(keys.RECORDINGS_FLAGGED_COUNT)

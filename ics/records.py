@@ -16,6 +16,9 @@ Fields (times are epoch ms, money integer cents):
   outcome      dialing / refused / accepted / ...   (where the flow got to)
   reason       one code from ics.reasons (set once, first writer wins)
   billed_minutes billed_cents settled
+               held_cents, paid_minutes, settled, billed_*, tax_cents, credited_cents and
+               credit_reason are copies of the call's money in its account's slot
+               (keys.call_money), written by the second step (ics.store.money sync_call)
   tax_cents    the tax part of billed_cents (set with it, once, by the settle script)
   credited_cents credit_reason   automatic credit (ics.store.Store.auto_credit), once
   detail       free text for ops (e.g. which key was pressed)
@@ -53,13 +56,14 @@ Fields (times are epoch ms, money integer cents):
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import time
 
 import redis
 
 from . import keys
-from .store import now_ms
+from .store import Lua, now_ms
 
 FIELDS = (
     "call_id", "facility", "inmate", "number", "dest_kind", "dest_region", "account", "channel", "uniqueid", "node", "station",
@@ -81,13 +85,16 @@ INT_FIELDS = {
 }
 
 
+CALL_ID_RE = re.compile(r"^[0-9]{14}-[0-9a-f]{8}$")  # what new_call_id makes
+
+
 def new_call_id() -> str:
     return time.strftime("%Y%m%d%H%M%S", time.gmtime()) + "-" + secrets.token_hex(4)
 
 
 def create(r: redis.Redis, call_id: str, **fields) -> None:
     started = fields.setdefault("started_ms", now_ms())
-    with r.pipeline() as p:
+    with r.pipeline(transaction=False) as p:  # two slots (on a cluster): the record, then the index
         p.hset(keys.call(call_id), mapping={"call_id": call_id, **{k: v for k, v in fields.items() if v is not None}})
         p.zadd(keys.CALLS, {call_id: started})
         p.execute()
@@ -106,34 +113,12 @@ def set_reason(r: redis.Redis, call_id: str, reason: str) -> bool:
 PLAIN_ENDS = ("called_hangup", "inmate_hangup")
 
 
-# One step, so no reader sees half a cut: cut_ms never after ended_ms (whichever of the listener's
-# cut and settlement's end, stamped by Asterisk's clock, is written first, each clamps against the
-# other); the reason replaces none or a plain hang-up; a system drop (ARGV[5] = 1) writes nothing
-# over another reason. ARGV[6..] are the plain ends.
-_CUT = """
-local k = KEYS[1]
-local reason = redis.call('HGET', k, 'reason')
-local plain = not reason
-for i = 6, #ARGV do if reason == ARGV[i] then plain = true end end
-if ARGV[5] == '1' and not plain then return 0 end
-local ended = tonumber(redis.call('HGET', k, 'ended_ms') or '')
-local at = tonumber(ARGV[1])
-if ended and ended < at then at = ended end
-redis.call('HSET', k, 'cut_ms', at, 'rule', ARGV[2], 'rule_threshold', ARGV[3], 'evidence', ARGV[4])
-if plain then redis.call('HSET', k, 'reason', ARGV[2]) end
-return 1
-"""
-_END_AT = """
-if redis.call('HSETNX', KEYS[1], 'ended_ms', ARGV[1]) == 1 then
-  local cut = tonumber(redis.call('HGET', KEYS[1], 'cut_ms') or '')
-  if cut and cut > tonumber(ARGV[1]) then redis.call('HSET', KEYS[1], 'cut_ms', ARGV[1]) end
-end
-"""
 
 
 def _cut(r: redis.Redis, call_id: str, reason: str, threshold: str, at_ms: int, events, system_drop: bool) -> bool:
-    return bool(r.eval(_CUT, 1, keys.call(call_id), at_ms, reason, threshold,
-                       json.dumps(list(events), separators=(",", ":")), int(system_drop), *PLAIN_ENDS))
+    # one step (ics/store/lua/cut.lua), so no reader sees half a cut
+    return bool(Lua(r, "cut.lua")(keys=[keys.call(call_id)], args=[
+        at_ms, reason, threshold, json.dumps(list(events), separators=(",", ":")), int(system_drop), *PLAIN_ENDS]))
 
 
 def record_cut(r: redis.Redis, call_id: str, reason: str, threshold: str, at_ms: int,
@@ -177,7 +162,7 @@ def alert(r: redis.Redis, call_id: str, fired: dict, info: dict) -> None:
 
 def _append(r: redis.Redis, call_id: str, field_name: str, item: dict) -> None:
     key = keys.call(call_id)
-    with r.pipeline() as p:  # optimistic: a concurrent note retries, none is lost
+    with r.pipeline(transaction=True) as p:  # optimistic (WATCH): a concurrent note retries, none is lost
         while True:
             try:
                 p.watch(key)
@@ -193,7 +178,7 @@ def _append(r: redis.Redis, call_id: str, field_name: str, item: dict) -> None:
 
 def mark_ended(r: redis.Redis, call_id: str, when_ms: int) -> None:
     """The first hang-up seen sets the end time; a duplicate cannot stretch the bill."""
-    r.eval(_END_AT, 1, keys.call(call_id), when_ms)
+    Lua(r, "end_at.lua")(keys=[keys.call(call_id)], args=[when_ms])
 
 
 def get(r: redis.Redis, call_id: str) -> dict | None:

@@ -1,14 +1,17 @@
 """Redis ACL users, one per service, rendered from ics.keys.WRITES (docker/stack.sh writes them to
 the ACL file redis-server loads at set-up, with passwords generated there; none is in the repo).
 
-    ICS_REDIS_PASSWORD_FASTAGI=... ICS_REDIS_PASSWORD_LISTENER=... ICS_REDIS_PASSWORD_ICSCTL=... \\
+    ICS_REDIS_PASSWORD_FASTAGI=... ICS_REDIS_PASSWORD_LISTENER=... ICS_REDIS_PASSWORD_RECORDER=...
+    ICS_REDIS_PASSWORD_ICSCTL=... \\
     ICS_REDIS_PASSWORD_ADMIN=... python -m ics.redis_acl > users.acl
 
 - default: the administrator (everything) with its own password: a client without credentials
   is refused (NOAUTH). Not "off": Redis 7.0 replays an AOF's MULTI/EXEC as the default user, and
   with that user restricted it drops every transaction on restart (EXEC refused, NOPERM).
-- fastagi, listener, icsctl: read every ics:* key, write only their keys.WRITES; commands:
-  reads, writes, transactions and our Lua scripts (EVALSHA, SCRIPT LOAD), nothing @dangerous
+- fastagi, listener, recorder, icsctl: read every ics:* key, write only their keys.WRITES (the
+  recorder none); commands: reads, writes, transactions and our Lua scripts (EVALSHA, SCRIPT
+  LOAD), a cluster client's slot map (CLUSTER SLOTS/SHARDS/NODES, COMMAND, ASKING, READONLY) and
+  WAIT, nothing else @dangerous
   (no FLUSHDB, KEYS, CONFIG, DEBUG, SHUTDOWN, ACL, MONITOR) and no pub/sub.
   The admin (default) is for the operator's redis-cli, docker/stack.sh's PING, the tests' flush.
 """
@@ -21,9 +24,12 @@ import sys
 
 from . import keys
 
-SERVICES = ("fastagi", "listener", "icsctl")
+SERVICES = ("fastagi", "listener", "recorder", "icsctl")
+# (a Redis Cluster client also asks for the slot map and the commands' key positions, follows ASK
+# redirections and WAITs for replicas)
 COMMANDS = ("-@all +@read +@write +@transaction -@dangerous -@pubsub "
-            "+eval +evalsha +script|load +script|exists +ping")
+            "+eval +evalsha +script|load +script|exists +ping "
+            "+cluster|slots +cluster|shards +cluster|nodes +asking +readonly +wait +command")
 _PASSWORD = re.compile(r"^[A-Za-z0-9]{16,}$")
 
 

@@ -88,7 +88,10 @@ def settle(store: Store, call_id: str, dialstatus: str = "", hangupsource: str =
         # runs past the limit the call was sold nor the minutes held for it (Asterisk's
         # backstops end an unwatched call a little later: that overrun is not billed).
         end = min(rec["ended_ms"], rec.get("cut_ms") or rec["ended_ms"])
-        caps = [ms for ms in (rec.get("limit_s", 0) * 1000, rec.get("paid_minutes", 0) * rating.MINUTE_MS) if ms]
+        # the minutes held as the account's slot has them (the call record's copy may lag: sync_call)
+        rec["paid_minutes"] = store.call_money(rec.get("account", ""), call_id).get("paid_minutes",
+                                                                                 rec.get("paid_minutes", 0))
+        caps = [ms for ms in (rec.get("limit_s", 0) * 1000, rec["paid_minutes"] * rating.MINUTE_MS) if ms]
         duration = min([max(0, end - bridged), *caps])
         ran = rec["ended_ms"] - bridged
         if caps and not rec.get("cut_ms") and abs(ran - min(caps) - rating.BACKSTOP_MS) <= BACKSTOP_SLACK_MS:

@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 
 from . import keys
 from .ledger import SIGN
-from .store import Store
+from .store import Store, as_entries
 
 MONTH_RE = re.compile(r"^([0-9]{4})-(0[1-9]|1[0-2])$")
 
@@ -93,6 +93,7 @@ def build(store: Store, aid: str, month: str) -> Statement:
         p.hgetall(keys.account(aid))
         p.xrange(keys.ledger(aid))
         acct, entries = p.execute()
+    entries = as_entries(entries)
     if not acct:
         raise StatementError(f"no such account {aid}")
     running = 0

@@ -7,7 +7,8 @@ Nothing here runs unless a test asks for it: unit tests never need the stack.
                    returns stack.env as a dict
     phones         session: tests.support.phones.Harness
     ami            session: tests.support.ami_tap.AmiTap, logged in as ics
-    redis_client   function: redis.Redis as the lab's admin user, flushed before the test
+    redis_client   function: the lab's Redis as its admin user (a RedisCluster on the cluster lab),
+                   flushed before the test
 
 Under pytest-xdist every worker (gwN) first moves into its own network
 namespace (tests/support/netns.py) and uses its own stack directory
@@ -75,8 +76,9 @@ ASTERISK_LOG_ALLOWED: list[tuple[str, str | None, str]] = [
     # listener taps the call again.
     (r"(res_audiosocket\.c:\d+ ast_audiosocket_receive_frame_with_hangup: Failed to read header from "
      r"AudioSocket because: Connection reset by peer|chan_audiosocket\.c:\d+ audiosocket_read: Failed to "
-     r"receive frame from AudioSocket server '127\.0\.0\.1:4575')",
-     r"listener_killed|\[ami-", "the listener (the tap's AudioSocket server) killed by the test"),
+     r"receive frame from AudioSocket server '127\.0\.0\.1:4575'|chan_audiosocket\.c:\d+ audiosocket_write: "
+     r"Failed to forward frame from channel '\S+' to AudioSocket server '127\.0\.0\.1:4575')",
+     r"listener_killed|listener_down|\[ami-", "the listener (the tap's AudioSocket server) killed by the test"),
 ]
 _LOG_PROBLEM = re.compile(r"\] (ERROR|WARNING)\[")
 
@@ -95,7 +97,9 @@ def pytest_configure(config):
         from tests.support import netns
         _stack_base = base = stack_dir()
         _netns_name = netns.enter(_WORKER)
-        os.environ["ICS_STACK_DIR"] = str(base / _WORKER)
+        # (the Redis Cluster run has its own worker directories: make test runs both at once)
+        cluster = os.environ.get("ICS_REDIS_CLUSTER", "").lower() in ("1", "true", "yes", "on")
+        os.environ["ICS_STACK_DIR"] = str(base / (f"cluster-{_WORKER}" if cluster else _WORKER))
 
 
 def pytest_unconfigure(config):
@@ -193,10 +197,9 @@ def ami(stack):
 
 @pytest.fixture(scope="session")
 def _redis_session(stack):
-    import redis
+    from tests.support import admin_redis
     # as the lab's admin user (it flushes): the services and icsctl log in as their own ACL users
-    client = redis.Redis.from_url(stack.get("ICS_STACK_REDIS_ADMIN_URL") or stack["ICS_REDIS_URL"], decode_responses=True,
-                                  socket_timeout=5, socket_connect_timeout=5)
+    client = admin_redis(stack)
     try:
         yield client
     finally:

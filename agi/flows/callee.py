@@ -28,11 +28,9 @@ fault: [ics-callee] tells both parties and settlement records system_error.
 
 from __future__ import annotations
 
-import re
-
 import structlog
 
-from ics import destination, prompts, rating, records
+from ics import destination, prompts, rating, recorder, records
 from ics.store import now_ms
 
 from .. import channelvars as V
@@ -40,7 +38,7 @@ from ..session import Session
 
 log = structlog.get_logger("agi")
 
-CALL_ID_RE = re.compile(r"^[0-9]{14}-[0-9a-f]{8}$")
+CALL_ID_RE = records.CALL_ID_RE
 MAX_QUOTES = 3  # a held-down quote key cannot keep the line open forever
 INMATE_GONE_PROMPT = "cut-inmate_hangup_before_accept"
 
@@ -139,10 +137,11 @@ def run(s: Session) -> None:
             m.play("connecting")
             m.check_inmate()
             if rec.get("recording"):
-                start_recording(s, rec["recording"])
+                start_recording(s, call_id, rec["recording"])
             # the last look before money: an inmate gone by now must never be bridged or charged
+            # (a capture of a call never bridged is dropped by ics-recorder)
             if inmate_gone(s, m.inmate_channel):
-                if rec.get("recording"):
+                if rec.get("recording") and s.cfg["recordings"]["method"] == "mixmonitor":
                     s.agi.execute("EXEC", "StopMixMonitor", "")
                 raise InmateGone(m.inmate_channel)
     except InmateGone:
@@ -223,14 +222,24 @@ def announce(m: Menu, facility: dict, rec: dict, escape: str, switch: str = "") 
 RECORD_OPTIONS = "b"  # MixMonitor: only while bridged, both directions mixed
 
 
-def start_recording(s: Session, name: str) -> None:
-    """MixMonitor on the called channel: it hears the inmate and speaks for the called
-    party, so both legs are mixed. A recording that cannot start stops the call (the
-    gosub still says ABORT): no unrecorded non-privileged call is ever bridged."""
-    res = s.agi.execute("EXEC", "MixMonitor", f"{name},{RECORD_OPTIONS}")
-    if res["result"][0] != "0":
-        raise RuntimeError(f"MixMonitor did not start ({res['result'][0]}) for {name}")
-    log.info("callee.recording", file=name)
+def start_recording(s: Session, call_id: str, name: str) -> None:
+    """Record the called channel: it hears the inmate and speaks for the called party, so
+    both legs are mixed. By ics-recorder (recordings.method "capture": this channel's RTP
+    addresses, copied from the kernel off Asterisk's path) or by MixMonitor. A recording
+    that cannot start stops the call (the gosub still says ABORT): no unrecorded
+    non-privileged call is ever bridged."""
+    method = s.cfg["recordings"]["method"]
+    if method == "capture":
+        local = s.agi.get_variable("CHANNEL(rtp,src)")
+        remote = s.agi.get_variable("CHANNEL(rtp,dest)")
+        if not (local and remote):
+            raise RuntimeError(f"no RTP addresses on the called channel ({local!r}, {remote!r}) for {name}")
+        recorder.start(s.cfg, call_id, name, local, remote)
+    else:
+        res = s.agi.execute("EXEC", "MixMonitor", f"{name},{RECORD_OPTIONS}")
+        if res["result"][0] != "0":
+            raise RuntimeError(f"MixMonitor did not start ({res['result'][0]}) for {name}")
+    log.info("callee.recording", file=name, method=method)
 
 
 def menu(m: Menu, facility: dict, rec: dict) -> str:

@@ -312,7 +312,7 @@ class Sampler(threading.Thread):
 
 def service_pids(far: FarEnd) -> dict[str, int]:
     pids = {}
-    for name in ("asterisk", "fastagi", "ami", "redis"):
+    for name in ("asterisk", "fastagi", "ami", "recorder", "redis"):
         try:
             pids[name] = int((STACK / "run" / f"{name}.pid").read_text())
         except (OSError, ValueError):
@@ -533,7 +533,7 @@ def set_globals(far: FarEnd, cfg, recording: bool) -> None:
 
 # ---------------------------------------------------------------- report
 
-PROCS = ("asterisk", "farend", "fastagi", "ami", "redis")
+PROCS = ("asterisk", "farend", "fastagi", "ami", "recorder", "redis")
 
 
 def clean(r: Result, setup_ref: float, recording: bool) -> list[str]:

@@ -11,6 +11,9 @@ call through it; called phones are reached back through it.
   and settlement credits it, once; Kamailio takes the node out within 5 s, and new calls,
   two placed right after the kill included (round robin sends one of them to the dead
   node first: it fails over), reach the surviving node within 5 s.
+- On the Redis Cluster lab (make test runs it), the Redis master holding a live call's account
+  is SIGKILLed while the call runs on a node: its replica takes over, the call goes on, and it
+  is settled once by its own node (one charge, `ledger check` passes).
 - A node takes SIP only from Kamailio: a handset calling a node directly is refused (403).
 - icsctl monitor start / stop / cut and lockdown --end-live act on the node carrying each
   call (its record's node), not the AMI configured for icsctl (here the single box's, which
@@ -30,6 +33,7 @@ from tests.conftest import _check_asterisk_log, _log_size
 from tests.e2e.test_billing_calls import accept, charges
 from tests.e2e.test_fault_settlement import credits, wait_credited
 from tests.e2e.test_policy import icsctl
+from tests.e2e.test_redis_failover import CLUSTER as REDIS_CLUSTER, account_master_killed
 from tests.support import cluster, services, stack_dir
 from tests.support.callflow import INMATE, NUMBER, OTHER_NUMBER, balance, latest_call, make_world, wait_settled
 
@@ -212,6 +216,27 @@ def test_node_killed_mid_call_is_settled_by_its_peer_and_new_calls_fail_over(tap
     while "A" not in dispatcher_flags().get(cluster.node_env(dead)["ICS_NODE_ADDRESS"], ""):
         assert time.monotonic() < deadline, f"node {dead} not back in: {dispatcher_flags()}"
         time.sleep(0.2)
+
+
+@pytest.mark.skipif(not REDIS_CLUSTER, reason="needs the Redis Cluster lab (make test runs it)")
+def test_a_redis_master_killed_mid_call_on_a_node_fails_over_and_the_call_is_settled_once(taps, clines):
+    inmate, family, _ = clines
+    world = make_world(balance_cents=500, rule_silence=False)
+    call, callee = accept(taps, inmate, family)
+    rec = latest_call(world)
+    with account_master_killed(world):
+        time.sleep(2)
+        assert not call.disconnected and not callee.disconnected  # the call goes on
+        callee.hangup()
+        call.wait_disconnected(10)
+        rec = wait_settled(world, timeout=30, call_id=rec["call_id"])
+    assert (rec["reason"], rec["billed_minutes"], rec["billed_cents"]) == ("called_hangup", 1, 11), rec
+    assert len(services.log_events(f"ami-{rec['node']}", "enforce.watching", rec["call_id"])) == 1
+    assert settle_lines(rec["call_id"]) == 1
+    assert [int(e["amount_cents"]) for e in charges(world, rec["call_id"])] == [11]
+    assert balance(world) == 500 - 11 and world.store.account(world.account).held_cents == 0
+    doc = ledger.check(world.store.r)
+    assert doc["ok"], doc
 
 
 def test_icsctl_monitors_cuts_and_locks_down_through_the_node_carrying_each_call(taps, clines):

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from ics import keys
+
 from tests.support.callflow import INMATE, agi_command, login, make_world, press_when, wait_settled
 
 pytestmark = pytest.mark.e2e
@@ -73,8 +75,7 @@ def test_unanswered_courtesy_call_is_not_used_up_and_off_by_default(ami, lines):
     call.wait_disconnected(20)
     assert wait_settled(world)["reason"] == "needs_prepaid"
 
-    world.store.create_facility("main", "Demo County Jail", menu_timeout_s=2, rate_cents_per_min=11,
-                                time_limit_s=900, type="jail", adp=200, courtesy_call_s=120)
+    world.store.r.hset(keys.facility("main"), "courtesy_call_s", 120)  # turned on: read per call
     mark = ami.mark()
     call = inmate.call(UNFUNDED)
     login(ami, call, mark)

@@ -83,7 +83,12 @@ def _probe(cell: Cell, ami, phones) -> None:
     sent: set[str] = set()
     deadline = time.monotonic() + (0 if cell.component == "asterisk" else 30)
     p = cell.probe
-    while time.monotonic() < deadline and not call.disconnected:
+    gone_at = None
+    while time.monotonic() < deadline:
+        if call.disconnected:  # (under load its last events reach the tap after the handset saw the hang-up)
+            gone_at = gone_at or time.monotonic()
+            if p.get("refused") or cell.component == "asterisk" or time.monotonic() - gone_at > 2:
+                break
         if other.drain_incoming():
             p["rang"] = True
             break
@@ -94,6 +99,9 @@ def _probe(cell: Cell, ami, phones) -> None:
                 ch = e.get("Channel", "")
                 if not ch.startswith(PROBE_LEG):
                     continue
+                p.setdefault("events", []).append(" ".join(str(e.get(k)) for k in (
+                    "Event", "Context", "Exten", "Priority", "AppData", "Variable", "Value", "Cause", "State", "Message")
+                    if e.get(k) is not None))
                 if e.get("Event") == "TestEvent" and e.get("State") == "PLAYBACK":
                     p.setdefault("heard", []).append(e.get("Message"))
                     if e.get("Message") in faults.REFUSAL_PROMPTS:
@@ -120,7 +128,8 @@ def _probe(cell: Cell, ami, phones) -> None:
         p["refused"] = call.state != "CONFIRMED" and call.last_status_code != 200
         p["seen"] = f"SIP {call.state} {call.last_status_code} {call.last_reason}"
     elif not p.get("refused"):
-        p["seen"] = f"heard {p.get('heard', [])}, state {call.state}"
+        p["seen"] = (f"heard {p.get('heard', [])}, state {call.state}, SIP {call.last_status_code} "
+                     f"{call.last_reason}, {len(p.get('events', []))} events on its channel: {p.get('events', [])[:12]}")
     if not call.disconnected:
         call.hangup()
         call.wait_disconnected(10)

@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ics import config, keys
 from ics.amiclient import AmiClient, AmiError
+from ics.store import connect
 from tests.support import admin_redis, read_stack_env, services, stack_dir
 from tests.support.callflow import NUMBER, OTHER_NUMBER, answered, login, make_world, press_when, wait_settled
 
@@ -208,16 +209,34 @@ def test_sigterm_drains_fastagi_the_live_call_settles_a_new_call_is_refused(ami,
 
 # --- security: each service refuses a client without its credentials -----------------------------
 
+def redis_ports() -> list[int]:
+    """The stack's Redis ports: 6380, or the Redis Cluster lab's six nodes."""
+    return [int(u.rsplit(":", 1)[1].split("/")[0]) for u in read_stack_env()["ICS_REDIS_URL"].split(",")]
+
+
 def stack_redis(**kw) -> redis.Redis:
-    return redis.Redis(host="127.0.0.1", port=6380, socket_timeout=5, decode_responses=True, **kw)
+    """One Redis node of the stack (the first of a cluster) without credentials: what a stranger
+    would reach (over TLS with the stack's CA when it runs ICS_STACK_REDIS_TLS=1)."""
+    ca = read_stack_env().get("ICS_REDIS_TLS_CA")
+    tls = dict(ssl=True, ssl_cert_reqs="required", ssl_ca_certs=ca) if ca else {}
+    return redis.Redis(host="127.0.0.1", port=redis_ports()[0], socket_timeout=5, decode_responses=True, **tls, **kw)
+
+
+def service_redis(user: str, password: str) -> redis.Redis:
+    """The stack's Redis as a service user, the way the services connect (a cluster client there)."""
+    env = read_stack_env()
+    return connect(config.load(environ={"ICS_REDIS_URL": env["ICS_REDIS_URL"], "ICS_REDIS_USERNAME": user,
+                                        "ICS_REDIS_PASSWORD": password,
+                                        "ICS_REDIS_TLS_CA": env.get("ICS_REDIS_TLS_CA", ""),
+                                        "ICS_REDIS_CLUSTER": env.get("ICS_REDIS_CLUSTER", "false")}))
 
 
 def test_redis_refuses_clients_without_credentials_and_each_user_its_keys(stack):
     env = read_stack_env()
     secrets = dict(line.split("=", 1) for line in (stack_dir() / "secrets.env").read_text().split())
-    fastagi = stack_redis(username="fastagi", password=secrets["REDIS_FASTAGI_PASSWORD"])
-    listener = stack_redis(username="listener", password=secrets["REDIS_LISTENER_PASSWORD"])
-    icsctl = stack_redis(username=env["ICS_REDIS_USERNAME"], password=env["ICS_REDIS_PASSWORD"])
+    fastagi = service_redis("fastagi", secrets["REDIS_FASTAGI_PASSWORD"])
+    listener = service_redis("listener", secrets["REDIS_LISTENER_PASSWORD"])
+    icsctl = service_redis(env["ICS_REDIS_USERNAME"], env["ICS_REDIS_PASSWORD"])
     try:
         with pytest.raises(redis.AuthenticationError):  # no credentials: NOAUTH
             stack_redis().get("ics:facilities")
@@ -298,7 +317,7 @@ def test_everything_listens_on_loopback_only(stack):
         pytest.skip("run in the stack's own network namespace (other processes share this one)")
     beyond = [(p, a) for p, a in listening() if not loopback(a)]
     assert not beyond, f"bound beyond loopback: {beyond}"
-    for port in (FASTAGI, LISTENER, ASTERISK, 4573, 5038, 6380):
+    for port in (FASTAGI, LISTENER, ASTERISK, 4573, 5038, *redis_ports()):
         assert any(a == f"0100007F:{port:04X}" for _, a in listening()), port
 
 

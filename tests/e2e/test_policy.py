@@ -17,9 +17,9 @@ from datetime import datetime, timezone
 import pytest
 import structlog
 
-from ics import audio, cli, policy, records
+from ics import audio, cli, policy, recordings, records
 
-from tests.support import seed_week
+from tests.support import seed_week, services
 from tests.support.callflow import INMATE, NUMBER, agi_command, login, make_world, press_when, wait_settled
 
 pytestmark = pytest.mark.e2e
@@ -236,16 +236,17 @@ def test_recorded_call_file_notice_to_called_party_and_caller_id(ami, lines, tmp
     notices = ami.events({"Event": "TestEvent", "State": "PLAYBACK",
                           "Message": "ics/prompts/facility-notice"}, since=mark)
     assert notices and {e["Channel"].split("-")[0] for e in notices} == {FAMILY}, notices
-    assert ami.events(lambda e: e.get("Event") == "MixMonitorStart" and e.get("Channel", "").startswith(FAMILY),
-                      since=mark)
+    # recorded by ics-recorder (recordings.method "capture", the default), not inside Asterisk
+    assert services.log_events("recorder", "recorder.started", rec["call_id"])
+    assert not ami.events({"Event": "MixMonitorStart"}, since=mark)
 
     # the recording: filed by facility/inmate/date with the call id, as long as the bridge
     # dated by the flow between the call's start and its bridge (not by when this test looks)
     days = {policy.local_date(int(rec[k]), "UTC") for k in ("started_ms", "bridged_ms")}
     assert rec["recording"] in {f"ics/main/{INMATE}/{day}/{rec['call_id']}.wav" for day in days}, rec
     path = world.cfg.recordings_dir / rec["recording"]
-    deadline = time.time() + 10
-    while time.time() < deadline and not path.is_file():
+    deadline = time.time() + 10  # written whole once the call has ended
+    while time.time() < deadline and not (recordings.measure(path) and recordings.measure(path).final):
         time.sleep(0.2)
     bridged_ms = rec["ended_ms"] - rec["bridged_ms"]
     length = audio.duration_ms(path)
@@ -285,6 +286,7 @@ def test_privileged_call_is_never_recorded_announced_as_such_or_monitored(ami, l
     assert rec["reason"] == "called_hangup"
     time.sleep(1)
     assert not list(world.cfg.recordings_dir.rglob(f"*{call_id}*"))
+    assert not services.log_events("recorder", "recorder.started", call_id)  # nothing captured either
 
 
 # --- investigators ----------------------------------------------------------------------------

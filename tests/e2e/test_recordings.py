@@ -1,5 +1,7 @@
-"""Recordings checked against the bridge when the call settles (issue 9: never lose recorded
-audio without a trace), on the real stack.
+"""Recordings on the real stack (issue 9): by ics-recorder (recordings.method "capture", the
+default), whose file holds both parties' audio for the bridged time and which an attorney's call
+never reaches, and by MixMonitor (the other method, with ics-fastagi restarted for it); each
+checked against the bridge when the call settles (never lose recorded audio without a trace).
 
 What losing audio looks like from outside is fewer seconds in the file than were bridged: the
 test makes that happen for real by stopping MixMonitor mid-call with an AMI StopMixMonitor on
@@ -10,7 +12,9 @@ measured and not flagged.
 """
 
 import time
+import wave
 
+import numpy as np
 import pytest
 
 from ics import recordings, records
@@ -19,7 +23,8 @@ from tests.e2e.test_billing_calls import accept  # noqa: F401
 from tests.e2e.test_collect_call import lines  # noqa: F401 (fixture)
 from tests.e2e.test_policy import icsctl
 from tests.support import services
-from tests.support.callflow import NUMBER, latest_call, make_world, wait_settled
+from tests.e2e.test_collect_call import answer, start_call
+from tests.support.callflow import NUMBER, latest_call, make_world, press_when, wait_settled
 
 pytestmark = pytest.mark.e2e
 
@@ -62,7 +67,87 @@ def test_a_normal_recorded_call_is_measured_and_not_flagged(ami, lines):  # noqa
     assert rc == 0 and "recordings: none short or missing" in out, out
 
 
-def test_a_recording_stopped_mid_call_is_flagged_short_logged_counted_and_shown(ami, lines):  # noqa: F811
+@pytest.fixture
+def mixmonitor(stack):
+    """ics-fastagi restarted with recordings.method = "mixmonitor" for one test, then as it was."""
+    services.kill("fastagi")
+    services.restart("fastagi", env={"ICS_RECORDINGS_METHOD": "mixmonitor"})
+    try:
+        yield
+    finally:
+        services.kill("fastagi")
+        services.restart("fastagi")
+
+
+RATE = 8000
+INMATE_HZ, FAMILY_HZ, NEITHER_HZ = 700, 1300, 2300
+
+
+def tone(path, hz: float, seconds: float = 10) -> str:
+    t = np.arange(int(seconds * RATE)) / RATE
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1), w.setsampwidth(2), w.setframerate(RATE)
+        w.writeframes((8000 * np.sin(2 * np.pi * hz * t)).astype("<i2").tobytes())
+    return str(path)
+
+
+def level(samples: np.ndarray, hz: float) -> float:
+    """Amplitude of one frequency in a stretch of audio (a single DFT bin)."""
+    t = np.arange(len(samples)) / RATE
+    return float(abs(np.dot(samples, np.exp(-2j * np.pi * hz * t))) * 2 / len(samples))
+
+
+def test_capture_records_what_both_parties_said_for_the_bridged_time(ami, lines, tmp_path):  # noqa: F811
+    inmate, family, _ = lines
+    world = make_world(balance_cents=500)
+    mark = ami.mark()
+    call, callee = accept(ami, inmate, family)
+    call.talk(tone(tmp_path / "inmate.wav", INMATE_HZ))        # the inmate speaks from the bridge on
+    time.sleep(3)
+    callee.talk(tone(tmp_path / "family.wav", FAMILY_HZ))      # the family from 3 s in
+    time.sleep(4)
+    callee.hangup()
+    call_id = wait_settled(world)["call_id"]
+    rec = wait_checked(world, call_id)
+    assert rec.get("recording_check") == "ok", rec
+    assert 6_000 <= rec["bridged_for_ms"] <= 9_000, rec
+    assert abs(rec["recording_ms"] - rec["bridged_for_ms"]) < 300, rec   # every 20 ms of the bridge
+    # Asterisk did no recording work: ics-recorder wrote the file from the packets it captured
+    assert not ami.events({"Event": "MixMonitorStart"}, since=mark)
+    written = services.log_events("recorder", "recorder.written", call_id)
+    assert written and all(n > 200 for n in written[0]["packets"]), written  # both directions
+    with wave.open(str(world.cfg.recordings_dir / rec["recording"])) as w:
+        assert (w.getframerate(), w.getnchannels(), w.getsampwidth()) == (RATE, 1, 2)
+        audio = np.frombuffer(w.readframes(w.getnframes()), "<i2").astype(float)
+    assert len(audio) * 1000 // RATE == rec["recording_ms"]
+    early, late = audio[int(0.5 * RATE):int(2.5 * RATE)], audio[-int(3 * RATE):-int(1 * RATE)]
+    # the inmate's words where the inmate spoke, the family's only once they spoke, nothing else
+    assert level(early, INMATE_HZ) > 1000 and level(early, FAMILY_HZ) < 200, (
+        level(early, INMATE_HZ), level(early, FAMILY_HZ))
+    assert level(late, INMATE_HZ) > 1000 and level(late, FAMILY_HZ) > 1000, (
+        level(late, INMATE_HZ), level(late, FAMILY_HZ))
+    assert level(late, NEITHER_HZ) < 200
+    rc, out = icsctl("calls", "show", call_id)
+    assert rc == 0 and f"ok: {rec['recording_ms'] / 1000:.1f} s of audio for" in out, out
+
+
+def test_without_the_recorder_a_recorded_call_is_never_bridged(ami, lines):  # noqa: F811
+    inmate, family, _ = lines
+    world = make_world(balance_cents=500)
+    services.kill("recorder")
+    try:
+        call, mark = start_call(ami, inmate, family)
+        callee = answer(ami, family, mark)
+        press_when(ami, callee, "menu-accept", "1", mark, channel_prefix=f"PJSIP/{NUMBER}")
+        rec = wait_settled(world)
+    finally:
+        services.restart("recorder")
+    assert "bridged_ms" not in rec and rec.get("billed_cents", 0) == 0, rec
+    assert not ami.events(lambda e: e.get("Event") == "BridgeEnter"
+                          and e.get("Channel", "").startswith(f"PJSIP/{NUMBER}"), since=mark)
+
+
+def test_a_recording_stopped_mid_call_is_flagged_short_logged_counted_and_shown(ami, lines, mixmonitor):  # noqa: F811
     inmate, family, _ = lines
     world = make_world(balance_cents=500)
     mark = ami.mark()
@@ -96,7 +181,7 @@ def test_a_recording_stopped_mid_call_is_flagged_short_logged_counted_and_shown(
         in out, out
 
 
-def test_a_recording_file_gone_from_the_monitor_dir_is_flagged_missing(ami, lines):  # noqa: F811
+def test_a_recording_file_gone_from_the_monitor_dir_is_flagged_missing(ami, lines, mixmonitor):  # noqa: F811
     inmate, family, _ = lines
     world = make_world(balance_cents=500)
     call, callee = accept(ami, inmate, family)

@@ -53,9 +53,14 @@ def seed_week(store, iid: str, week: str, calls: int, minutes: int) -> None:
     store.r.hset(keys.inmate_week(iid, week), mapping={"calls": calls, "minutes": minutes})
 
 
-def admin_redis():
-    """The lab Redis as its admin ACL user (docker/stack.sh: ICS_STACK_REDIS_ADMIN_URL): what only a
-    test may do, such as flushing the database. The services and icsctl have their own users."""
-    import redis
-    url = stack_setting("ICS_STACK_REDIS_ADMIN_URL") or stack_setting("ICS_REDIS_URL")
-    return redis.Redis.from_url(url, decode_responses=True, socket_timeout=5, socket_connect_timeout=5)
+def admin_redis(stack: dict | None = None):
+    """The lab Redis as its admin ACL user (docker/stack.sh: ICS_STACK_REDIS_ADMIN_URL, one URL or
+    the cluster's nodes; over TLS with ICS_REDIS_TLS_CA): what only a test may do, such as flushing the database. The services and
+    icsctl have their own users."""
+    from ics import config
+    from ics.store import connect
+    get = (lambda k: stack.get(k)) if stack is not None else stack_setting
+    url = get("ICS_STACK_REDIS_ADMIN_URL") or get("ICS_REDIS_URL")
+    return connect(config.load(environ={"ICS_REDIS_URL": url, "ICS_REDIS_CLUSTER": get("ICS_REDIS_CLUSTER") or "false",
+                                        "ICS_REDIS_TLS_CA": get("ICS_REDIS_TLS_CA") or "",
+                                        "ICS_REDIS_TIMEOUT_MS": "5000"}))

@@ -35,9 +35,9 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from ics import rating
+from ics import rating, records
 
-from tests.support import REPO, stack_dir
+from tests.support import REPO, admin_redis, stack_dir
 from tests.support import services
 
 COMPONENTS = ("redis", "fastagi", "ami", "asterisk")
@@ -90,8 +90,11 @@ class Cell:
 
 # ------------------------------------------------------------------ observation from AMI
 
-def leg_events(ami, mark, prefix: str, name: str) -> list[dict]:
-    return ami.events(lambda e: e.get("Event") == name and e.get("Channel", "").startswith(prefix), since=mark)
+def leg_events(ami, mark, prefix: str, name: str, linkedid: str | None = None) -> list[dict]:
+    """A leg's events since mark; with linkedid, of that call only (an earlier test's channel of
+    the same phone can still be hanging up after the mark)."""
+    return ami.events(lambda e: e.get("Event") == name and e.get("Channel", "").startswith(prefix)
+                      and (linkedid is None or e.get("Linkedid") == linkedid), since=mark)
 
 
 def observe_bridge(cell: Cell, ami, mark, legs: tuple[str, str]) -> None:
@@ -107,7 +110,14 @@ def observe_bridge(cell: Cell, ami, mark, legs: tuple[str, str]) -> None:
             ends.append(cell.killed_at)
         if ends:
             cell.bridge_end_at = min(ends)
-    hangs = [float(e["_t"]) for p in legs for e in leg_events(ami, mark, p, "Hangup")]
+    linkedid = None
+    if cell.call_id:
+        r = admin_redis()
+        try:
+            linkedid = (records.get(r, cell.call_id) or {}).get("uniqueid")
+        finally:
+            r.close()
+    hangs = [float(e["_t"]) for p in legs for e in leg_events(ami, mark, p, "Hangup", linkedid)]
     if cell.component == "asterisk" and not hangs:
         cell.hangup_at = cell.killed_at
     elif hangs:

@@ -1,5 +1,5 @@
 """Kill and restart one part of the lab stack from a test: the Python services
-(fastagi, ami), redis-server (redis) and Asterisk (asterisk).
+(fastagi, ami), redis-server (redis; on the Redis Cluster lab, all six nodes) and Asterisk (asterisk).
 
     pid = services.kill("fastagi")     # SIGKILL the pid in .stack/run/fastagi.pid, wait until gone
     services.restart("fastagi")        # docker/stack.sh up: starts only what is not running
@@ -21,13 +21,29 @@ import signal
 import subprocess
 import time
 
-from tests.support import REPO, stack_dir
+from tests.support import REPO, stack_dir, stack_setting
 
-NAMES = {"fastagi", "ami", "redis", "asterisk"}
+NAMES = {"fastagi", "ami", "recorder", "redis", "asterisk"}
 last_up_at = 0.0  # epoch s when the last restart's docker/stack.sh up returned (the part is ready)
 
 
+def redis_cluster() -> list[int] | None:
+    """On the Redis Cluster lab (ICS_REDIS_CLUSTER), the pids of its six nodes: "redis" is all
+    of them there (Redis down = the whole cluster down); None on a single Redis."""
+    if (stack_setting("ICS_REDIS_CLUSTER") or "").lower() not in ("1", "true", "yes", "on"):
+        return None
+    pids = []
+    for f in sorted((stack_dir() / "redis-cluster").glob("*/redis.pid")):
+        try:
+            pids.append(int(f.read_text().strip()))
+        except (FileNotFoundError, ValueError):
+            continue
+    return pids
+
+
 def pid(name: str) -> int | None:
+    if name == "redis" and redis_cluster() is not None:
+        return next(iter(redis_cluster()), None)
     try:
         return int((stack_dir() / "run" / f"{name}.pid").read_text().strip())
     except (FileNotFoundError, ValueError):
@@ -56,13 +72,25 @@ def kill(name: str, timeout: float = 5) -> int:
     p = pid(name)
     if not alive(p):
         raise RuntimeError(f"{name} is not running (pidfile {stack_dir() / 'run' / f'{name}.pid'})")
-    os.kill(p, signal.SIGKILL)
+    every = (redis_cluster() if name == "redis" else None) or [p]
+    for q in every:
+        os.kill(q, signal.SIGKILL)
     deadline = time.monotonic() + timeout
-    while alive(p):
+    while not all(gone(q) for q in every):
         if time.monotonic() > deadline:
             raise RuntimeError(f"{name} (pid {p}) still alive {timeout}s after SIGKILL")
         time.sleep(0.05)
     return p
+
+
+def gone(p: int) -> bool:
+    """Dead with every thread: a killed process's leader turns zombie while its other threads
+    still exit holding its sockets (a FastAGI's listening one took connections then)."""
+    try:
+        tasks = os.listdir(f"/proc/{p}/task")
+    except FileNotFoundError:
+        return True
+    return not alive(p) and len(tasks) <= 1
 
 
 def _events(name: str, event: str) -> int:
@@ -87,13 +115,14 @@ def log_events(name: str, event: str, call_id: str) -> list[dict]:
     return out
 
 
-def restart(name: str, timeout: float = 30) -> int:
-    """Start the service again with docker/stack.sh up; returns its new pid once it is ready."""
+def restart(name: str, timeout: float = 30, env: dict[str, str] | None = None) -> int:
+    """Start the service again with docker/stack.sh up; returns its new pid once it is ready.
+    env: settings for what starts (ICS_*, over the defaults; stack.env still wins)."""
     if name not in NAMES:
         raise ValueError(f"not a restartable service: {name!r}")
     logins = _events("ami", "ami.connected")
     subprocess.run(["bash", str(REPO / "docker" / "stack.sh"), "up"], check=True, timeout=timeout,
-                   capture_output=True)
+                   capture_output=True, env={**os.environ, **(env or {})})
     global last_up_at
     last_up_at = time.time()
     p = pid(name)

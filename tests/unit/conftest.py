@@ -4,14 +4,20 @@
 (loopback, no persistence) started from the Debian binary; `store` is an
 ics.store.Store on it. Tests that need Redis are skipped, with the reason, when
 redis-server is not installed.
+
+With ICS_REDIS_CLUSTER=1 in the environment (make test-redis-cluster) the session's Redis is a
+3-master, 3-replica Redis Cluster instead (docker/redis-cluster.sh), and `redis_url` is the
+comma-separated list of its nodes, which ics.config / ics.store.connect read as a cluster.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 import redis
@@ -20,6 +26,29 @@ from ics import config
 from ics.store import Store, connect
 
 START_TIMEOUT_S = 10
+CLUSTER = os.environ.get("ICS_REDIS_CLUSTER", "").lower() in ("1", "true", "yes", "on")
+CLUSTER_SH = Path(__file__).resolve().parents[2] / "docker" / "redis-cluster.sh"
+
+
+def client(url: str) -> redis.Redis:
+    """A client for redis_url: a RedisCluster when it lists the cluster's nodes."""
+    return connect(config.load(environ={"ICS_REDIS_URL": url}))
+
+
+def _cluster(workdir) -> tuple[str, list[str]]:
+    """A 3-master, 3-replica cluster on six free ports (and their bus ports, +10000)."""
+    for base in range(21000, 29000, 10):
+        ports = [base + i for i in range(6)]
+        try:
+            for p in ports + [p + 10000 for p in ports]:
+                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                    s.bind(("127.0.0.1", p))
+        except OSError:
+            continue
+        subprocess.run(["bash", str(CLUSTER_SH), "start", str(workdir), str(base)], check=True, timeout=60,
+                       env=dict(os.environ, ICS_REDIS_APPENDONLY="no"))
+        return ",".join(f"redis://127.0.0.1:{p}" for p in ports), ports
+    raise RuntimeError("no six free ports for a Redis Cluster")
 
 
 def _free_port() -> int:
@@ -65,6 +94,14 @@ def redis_server(tmp_path_factory):
     if exe is None:
         pytest.skip("redis-server is not installed (apt-get install redis-server); "
                     "tests that need a real Redis are skipped")
+    if CLUSTER:
+        workdir = tmp_path_factory.mktemp("redis-cluster")
+        url, _ = _cluster(workdir)
+        try:
+            yield url
+        finally:
+            subprocess.run(["bash", str(CLUSTER_SH), "stop", str(workdir)], timeout=60)
+        return
     proc, port = _start(exe, tmp_path_factory.mktemp("redis"))
     try:
         yield f"redis://127.0.0.1:{port}/0"
@@ -81,9 +118,9 @@ def redis_server(tmp_path_factory):
 @pytest.fixture
 def redis_url(redis_server):
     """The session's redis-server, with an empty database for this test."""
-    client = redis.Redis.from_url(redis_server)
-    client.flushdb()
-    client.close()
+    c = client(redis_server)
+    c.flushdb()  # (on a cluster: every master)
+    c.close()
     return redis_server
 
 

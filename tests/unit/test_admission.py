@@ -12,7 +12,6 @@ import json
 import threading
 
 import pytest
-import redis
 import structlog
 import structlog.testing
 
@@ -20,6 +19,7 @@ from ami import listener as listener_mod
 from ics import capacity, keys, records
 from tests.unit.test_flows_scripted import (INMATE, PIN, ScriptedAsterisk, decision, env_block, fastagi,
                                             listener_up, make_world, serve_fastagi)
+from tests.unit.conftest import client
 from tests.unit.test_listener_replay import until, wired  # noqa: F401 (fixture)
 
 BUSY = 'STREAM FILE "ics/prompts/all-lines-busy"'
@@ -274,7 +274,7 @@ def test_icsctl_status_shows_live_calls_against_max_calls(redis_url, tmp_path, m
     monkeypatch.setenv("ICS_SOUNDS_DIR", str(tmp_path))
     monkeypatch.setenv("ICS_LOG_FORMAT", "json")
     monkeypatch.setenv("ICS_CAPACITY_MAX_CALLS", "3")
-    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    r = client(redis_url)
     try:
         def run(*argv):
             capsys.readouterr()

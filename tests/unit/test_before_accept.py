@@ -111,7 +111,9 @@ class Caller(CalledParty):
 
 @pytest.fixture
 def world(redis_url, tmp_path):
-    cfg = config.load(environ={"ICS_REDIS_URL": redis_url, "ICS_SOUNDS_DIR": str(tmp_path)})
+    # the scripted Asterisk answers an EXEC (MixMonitor) but has no RTP for ics-recorder
+    cfg = config.load(environ={"ICS_REDIS_URL": redis_url, "ICS_SOUNDS_DIR": str(tmp_path),
+                               "ICS_RECORDINGS_METHOD": "mixmonitor"})
     store = Store(connect(cfg), cfg)
     store.create_facility("main", "Test Jail", type="jail", adp=200, rate_cents_per_min=11)
     store.create_inmate(INMATE, "main", "Alex", PIN)

@@ -140,7 +140,7 @@ def test_facility_create_refuses_an_existing_facility(run, store):
 def test_inmate_at_an_unknown_facility_is_refused(run, store):
     status, out, err = run("inmate", "create", INMATE, "--facility", "nope", "--name", "Alex", "--pin", PIN)
     assert status == 1 and out == ""
-    one_line_error(err, "icsctl: no such facility nope")
+    one_line_error(err, "icsctl: no facility 'nope'")
     assert not store.r.exists(keys.inmate(INMATE))
 
 

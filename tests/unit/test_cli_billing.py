@@ -68,4 +68,4 @@ def test_prepaid_still_needs_owner_and_a_number(run, store):
     one_line_error(err, "needs at least one --number")
     status, _, err = run("account", "create", "fam1", "--number", NUMBER)
     assert status == 1
-    one_line_error(err, "needs --owner")
+    one_line_error(err, "account owner must be non-empty")

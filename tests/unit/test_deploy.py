@@ -22,7 +22,7 @@ from ics import config
 REPO = Path(__file__).resolve().parents[2]
 DOCKER = REPO / "docker"
 UNITS = DOCKER / "systemd"
-SERVICES = ("ics-fastagi.service", "ics-ami.service")
+SERVICES = ("ics-fastagi.service", "ics-ami.service", "ics-recorder.service")
 SCRIPTS = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
 CONFIG_ENV = {f"ICS_{section}_{key}".upper() for section in config.DEFAULTS for key in config.DEFAULTS[section]}
 ENTRYPOINT_ENV = set(re.findall(r"\$\{?(ICS_[A-Z_]+)", (DOCKER / "asterisk-entrypoint.sh").read_text()))

@@ -23,7 +23,9 @@ DEBIT = f"debit-{INMATE}"
 
 @pytest.fixture
 def world(redis_url, tmp_path):
-    cfg = config.load(environ={"ICS_REDIS_URL": redis_url, "ICS_SOUNDS_DIR": str(tmp_path)})
+    # the scripted Asterisk answers an EXEC (MixMonitor) but has no RTP for ics-recorder
+    cfg = config.load(environ={"ICS_REDIS_URL": redis_url, "ICS_SOUNDS_DIR": str(tmp_path),
+                               "ICS_RECORDINGS_METHOD": "mixmonitor"})
     store = Store(connect(cfg), cfg)
     store.create_facility("main", "Test Jail", type="jail", adp=200, local_npas="312", state_npas="217",
                           rate_local_cents=5, rate_instate_cents=9, rate_cents_per_min=13, tax_bps=750)

@@ -1,0 +1,132 @@
+"""ics-recorder's mixing (ics.recorder, issue 9): packets placed by their RTP timestamps on the
+bridge's timeline, both directions summed, what no packet covered left out (so lost audio comes
+out short and is flagged); and the recordings.method setting."""
+
+import pytest
+
+from ics import config, recorder, recordings, records
+
+START = 1_000_000  # bridged_ms
+ULAW_ZERO = 0xFF   # G.711 mu-law silence
+SSRC = 0x1234
+
+
+def frames(first_ms: float, count: int, value: int, pt: int = 0, ssrc: int = SSRC, ts0: int = 160,
+           jitter_ms: float = 0.0, skip: set[int] = frozenset()):
+    """count 20 ms packets of one byte value, arriving from first_ms (each jitter_ms late, alternately)."""
+    return [(first_ms + 20 * i + (jitter_ms if i % 2 else 0), pt, ssrc, (ts0 + 160 * i) & 0xFFFFFFFF,
+             bytes([value]) * 160) for i in range(count) if i not in skip]
+
+
+def test_ulaw_and_alaw_decode_as_g711():
+    assert recorder.DECODE[0][ULAW_ZERO] == 0 and recorder.DECODE[0][0x00] == -32124
+    assert recorder.DECODE[8][0xD5] == 8 and recorder.DECODE[8][0x55] == -8
+
+
+def test_both_directions_summed_for_the_whole_bridge():
+    to_phone = frames(START, 50, 0x80)      # 1 s of the inmate (mu-law 0x80: +32124)
+    from_phone = frames(START + 5, 50, 0xFE)  # the family, 5 ms behind
+    audio = recorder.mix((to_phone, from_phone), START, START + 1000)
+    assert len(audio) == 8000
+    assert int(audio[4000]) == min(32767, int(recorder.DECODE[0][0x80]) + int(recorder.DECODE[0][0xFE]))
+
+
+def test_lost_packets_make_the_recording_shorter_by_their_time():
+    lost = set(range(10, 60))  # 1 s of 3 s lost in both directions
+    audio = recorder.mix((frames(START, 150, 0x90, skip=lost), frames(START, 150, 0xA0, skip=lost)),
+                         START, START + 3000)
+    assert len(audio) * 1000 // recorder.RATE == 2000
+
+
+def test_one_direction_is_enough_to_cover_a_stretch():
+    audio = recorder.mix((frames(START, 150, 0x90, skip=set(range(50, 100))), frames(START, 150, ULAW_ZERO)),
+                         START, START + 3000)
+    assert len(audio) == 3 * recorder.RATE
+
+
+def test_timestamps_place_jittered_packets_without_gaps_or_overlaps():
+    # arriving up to 15 ms late every other packet: by arrival they would collide, by timestamp not
+    audio = recorder.mix((frames(START, 100, 0x90, jitter_ms=15), []), START, START + 2000)
+    assert len(audio) == 2 * recorder.RATE and (audio == recorder.DECODE[0][0x90]).all()
+
+
+def test_a_timestamp_step_or_new_ssrc_reanchors_on_arrival():
+    before = frames(START, 50, 0x90)
+    stepped = frames(START + 1000, 50, 0xA0, ts0=999_000)            # Asterisk's step at a switch
+    other = frames(START + 2000, 50, 0xB0, ssrc=7, ts0=160)          # a new stream, timestamps reused
+    audio = recorder.mix((before + stepped + other, []), START, START + 3000)
+    assert len(audio) == 3 * recorder.RATE
+    assert audio[4000] == recorder.DECODE[0][0x90] and audio[12000] == recorder.DECODE[0][0xA0]
+    assert audio[20000] == recorder.DECODE[0][0xB0]
+
+
+def test_only_the_bridged_window_and_only_audio_payloads():
+    before_bridge = frames(START - 1000, 50, 0x90)    # the "connecting" prompt, before the bridge
+    events = frames(START, 50, 0x90, pt=101)         # RFC 2833 events are not audio
+    after_end = frames(START + 1000, 50, 0x90)
+    audio = recorder.mix((before_bridge + events + after_end, []), START, START + 1000)
+    assert len(audio) == 0
+
+
+def test_recording_method_is_validated_at_start_up():
+    assert config.load(environ={})["recordings"]["method"] == "capture"
+    assert config.load(environ={"ICS_RECORDINGS_METHOD": "mixmonitor"})["recordings"]["method"] == "mixmonitor"
+    with pytest.raises(config.ConfigError, match="recordings.method must be capture or mixmonitor, got 'rtpengine'"):
+        config.load(environ={"ICS_RECORDINGS_METHOD": "rtpengine"})
+    with pytest.raises(config.ConfigError, match="recordings.recorder_port must be a port"):
+        config.load(environ={"ICS_RECORDINGS_RECORDER_PORT": "0"})
+
+
+def test_the_capture_filter_is_asterisks_rtp_range(tmp_path):
+    conf = tmp_path / "rtp.conf"
+    conf.write_text("[general]\nrtpstart = 20000\nrtpend = 23999\n")
+    cfg = config.load(environ={"ICS_CAPACITY_RTP_CONF": str(conf)})
+    assert recorder.capture_filter(cfg) == "udp and portrange 20000-23999"
+
+
+def test_a_request_naming_a_file_outside_the_recordings_dir_is_refused(tmp_path):
+    cfg = config.load(environ={"ICS_RECORDINGS_DIR": str(tmp_path)})
+    rec = recorder.Recorder(cfg, None)
+    for bad in ({"call_id": "20261130023000-0123abcd", "file": "../../etc/x.wav"},
+                {"call_id": "nope", "file": "ics/a.wav"}):
+        with pytest.raises(ValueError):
+            rec.start(dict(bad, local="127.0.0.1:20000", remote="127.0.0.1:40000"))
+    ok = dict(call_id="20261130023000-0123abcd", file="ics/main/i1/2026-11-30/x.wav",
+              local="127.0.0.1:20000", remote="127.0.0.1:40000")
+    rec.start(ok)
+    wav = recordings.measure(tmp_path / ok["file"])
+    assert wav == recordings.Wav(0, 16_000, False)  # open, as MixMonitor leaves a file it writes
+    assert len(rec.flows) == 2
+
+
+def test_the_file_is_written_once_the_capture_has_passed_the_calls_end(store):
+    """Settlement's check (ics.recordings) sees an open file until the recorder has handled every
+    packet up to the call's end, then the whole recording: a capture behind under load never cuts
+    a call's last seconds off."""
+    cid = "20261130023000-0123abcd"
+    name = f"ics/main/i1/2026-11-30/{cid}.wav"
+    rec = recorder.Recorder(store.cfg, store.r)
+    rec.start(dict(call_id=cid, file=name, local="127.0.0.1:20000", remote="127.0.0.1:40000"))
+    call = rec.calls[cid]
+    ended = int(recorder.time.time() * 1000) - 500
+    bridged = ended - 2000
+    call.packets[0].extend(frames(bridged, 100, 0x90))
+    records.create(store.r, cid, bridged_ms=bridged, ended_ms=ended, recording=name, privileged="0")
+    rec.caught_up_ms = ended - 50  # the capture thread is still behind the end
+    rec.finish_ended()
+    path = store.cfg.recordings_dir / name
+    assert recordings.measure(path) == recordings.Wav(0, 16_000, False) and cid in rec.calls
+    rec.caught_up_ms = ended + recorder.SETTLE_GRACE_MS
+    rec.finish_ended()
+    assert recordings.measure(path) == recordings.Wav(2 * 16_000, 16_000, True) and not rec.flows
+
+
+def test_a_call_never_bridged_leaves_no_file(store):
+    cid = "20261130023000-0123abce"
+    name = f"ics/main/i1/2026-11-30/{cid}.wav"
+    rec = recorder.Recorder(store.cfg, store.r)
+    rec.start(dict(call_id=cid, file=name, local="127.0.0.1:20002", remote="127.0.0.1:40002"))
+    records.create(store.r, cid, ended_ms=int(recorder.time.time() * 1000) - 1000, recording=name)
+    rec.caught_up_ms = recorder.time.time() * 1000
+    rec.finish_ended()
+    assert not (store.cfg.recordings_dir / name).exists() and not rec.calls
