@@ -140,9 +140,12 @@ def use_detector(detector: str, on: bool = True) -> None:
 
 
 def tap_cost(jobs, far, store, args) -> tuple[dict, dict]:
-    """The same benign batch with the detector off, then on: CPU per call of each."""
+    """The same benign batch with the detector off and on, --pairs times in the order off on, on off,
+    off on, ... (a drift of the box between batches then cancels out): CPU per call of each, the
+    batches of one setting averaged, and each pair's difference (pair_diffs)."""
     out = []
-    for tap_on in ("false", "true"):
+    order = [("false", "true") if k % 2 == 0 else ("true", "false") for k in range(args.pairs)]
+    for tap_on in (t for pair in order for t in pair):
         use_detector(args.detector, tap_on == "true")
         sampler = cap.Sampler(cap.service_pids(far))
         taps_before = services._events("ami", "tap.started")
@@ -166,7 +169,21 @@ def tap_cost(jobs, far, store, args) -> tuple[dict, dict]:
         print(f"  tap {'on' if tap_on == 'true' else 'off'}: {taps} of {len(jobs)} calls tapped", flush=True)
         if (tap_on == "true") != (taps >= len(jobs)):   # a cost figure for taps that never ran is no figure
             raise SystemExit(f"tap {tap_on}: {taps} of {len(jobs)} calls tapped")
-    return out[0], out[1]
+        out[-1]["on"] = tap_on == "true"
+        print(f"    Asterisk {out[-1]['asterisk'] * 100:.3f}, listener {out[-1]['ami'] * 100:.3f} % of a core per call",
+              flush=True)
+    offs, ons = [o for o in out if not o["on"]], [o for o in out if o["on"]]
+
+    def mean(rows, key):
+        return sum(r[key] for r in rows) / len(rows)
+    off = {k: mean(offs, k) for k in ("asterisk", "ami")}
+    on = {k: mean(ons, k) for k in ("asterisk", "ami")}
+    on["threads"] = ons[0]["threads"]
+    if ons[0].get("module"):
+        on["module"] = {k: mean([o["module"] for o in ons], k) for k in ("cpu", "fps", "events")}
+    on["pair_diffs"] = [b["asterisk"] - a["asterisk"] if b["on"] else a["asterisk"] - b["asterisk"]
+                        for a, b in zip(out[::2], out[1::2])]
+    return off, on
 
 
 def main() -> int:
@@ -179,6 +196,7 @@ def main() -> int:
     ap.add_argument("--rate", type=float, default=8, help="calls placed per second")
     ap.add_argument("--seed", type=int, default=11)
     ap.add_argument("--baseline", type=int, default=40, help="benign calls run with the tap off, then on (0: skip)")
+    ap.add_argument("--pairs", type=int, default=1, help="off/on pairs of the baseline batch (ABBA order)")
     ap.add_argument("--detector", choices=config.DETECTORS, default="module",
                     help="module: res_ics_tonewatch in Asterisk; tap: ChanSpy into the listener's AudioSocket")
     args = ap.parse_args()
@@ -265,8 +283,10 @@ def report(jobs, sampler, t0, cost, args) -> None:
     if cost:
         off, on = cost
         ast, lst = on["asterisk"] - off["asterisk"], on["ami"] - off["ami"]
-        print(f"tap off/on, same benign batch, % of a core per live call: Asterisk {off['asterisk'] * 100:.3f}"
-              f" / {on['asterisk'] * 100:.3f}, listener {off['ami'] * 100:.3f} / {on['ami'] * 100:.3f}")
+        print(f"tap off/on, same benign batch ({args.pairs} pair(s), mean), % of a core per live call: Asterisk "
+              f"{off['asterisk'] * 100:.3f} / {on['asterisk'] * 100:.3f}, listener {off['ami'] * 100:.3f} / "
+              f"{on['ami'] * 100:.3f}; Asterisk on minus off by pair: "
+              + ", ".join(f"{d * 100:+.3f}" for d in on["pair_diffs"]))
         print(f"detector cost (Asterisk + listener, on minus off): {(ast + lst) * 100:.3f}% of a core per live call, "
               f"{(ast + lst) / max(off['asterisk'], 1e-9) * 100:.0f}% of Asterisk's own per call "
               f"(Asterisk's share {ast * 100:.3f}, listener's {lst * 100:.3f})")
@@ -274,7 +294,7 @@ def report(jobs, sampler, t0, cost, args) -> None:
             m = on["module"]
             print(f"res_ics_tonewatch's own CPU (the called legs' threads' clocks): {m['cpu'] * 100:.4f}% of a core "
                   f"per call, {m['cpu'] / max(off['asterisk'], 1e-9) * 100:.1f}% of Asterisk's own per call; "
-                  f"{m['fps']:.1f} frames/s per call analysed, {m['events']} ICSTone events in the batch")
+                  f"{m['fps']:.1f} frames/s per call analysed, {m['events']:.0f} ICSTone events a batch")
         if on.get("threads"):
             tap, rest = on["threads"]["tap"], on["threads"]["rest"]
             print(f"Asterisk by thread, tap on, 20 s: the taps' threads {tap * 100:.3f}% of a core per call, "
