@@ -379,9 +379,9 @@ class Inmates(Base):
 
     def migrate_inmate_keys(self, done: dict[str, list[str]]) -> None:
         """Inmates, PIN failures, approved lists and weekly counts stored before hash tags, renamed."""
-        for iid, found in sorted(self.legacy_keys(f"{keys.PREFIX}:inmate:").items()):
+        for iid, found in sorted(self.legacy_keys(keys.OLD_INMATE).items()):
             for old in found:
-                self.move_key(old, keys.inmate(iid) + old[len(f"{keys.PREFIX}:inmate:{iid}"):], done)
+                self.move_key(old, keys.inmate(iid) + old[len(keys.OLD_INMATE + iid):], done)
 
     def approved_numbers(self, iid: str) -> list[str]:
         """Callable numbers only (state approved)."""
