@@ -50,6 +50,20 @@ def fastagi(**popen) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
 
 
+def serve_once() -> str:
+    """Start ics-fastagi, wait for its service.start, stop it (SIGTERM); its log lines."""
+    started, lines = fastagi(), []
+    try:
+        deadline = time.monotonic() + 30
+        while not events("".join(lines), "service.start"):
+            assert time.monotonic() < deadline and started.poll() is None, "".join(lines)
+            lines.append(started.stdout.readline())
+    finally:
+        started.terminate()
+        started.wait(timeout=30)
+    return "".join(lines)
+
+
 def events(text: str, name: str) -> list[dict]:
     return [doc for doc in (json.loads(ln) for ln in text.splitlines() if ln.startswith("{"))
             if doc.get("event") == name]
@@ -85,16 +99,7 @@ def test_fastagi_refuses_old_keys_until_icsctl_keys_migrate_renames_them(stack, 
         again = icsctl("keys", "migrate", "--quiet")  # idempotent; silent with nothing to do
         assert (again.returncode, again.stdout, again.stderr) == (0, "", "")
 
-        started = fastagi()  # the same server, the same fastagi user: now it serves
-        try:
-            deadline = time.monotonic() + 30
-            lines = []
-            while not events("\n".join(lines), "service.start"):
-                assert time.monotonic() < deadline and started.poll() is None, "\n".join(lines)
-                lines.append(started.stdout.readline())
-        finally:
-            started.terminate()
-            started.wait(timeout=30)
+        serve_once()  # the same server, the same fastagi user: now it serves
     finally:
         services.restart("fastagi")
 
@@ -129,3 +134,21 @@ def test_stack_up_renames_old_keys_before_fastagi_starts(stack, redis_client):
     assert redis_client.exists(*OLD_KEYS) == 0
     assert redis_client.hget(keys.account("fam1"), "balance_cents") == "489"
     assert redis_client.hget(keys.approved("123456"), NUMBER) == "approved"
+
+
+def test_fastagi_rewrites_number_keys_stored_before_e164_as_its_own_user(stack, redis_client):
+    """Its own start-up step (Store.migrate_numbers) renames number keys within the fastagi user's
+    rights: no RESTORE (the stack's ACL log, checked after every e2e test, stays empty)."""
+    services.kill("fastagi")
+    try:
+        redis_client.set("ics:number:3125550100", "fam1")
+        redis_client.hset("ics:lidb:3125550100", mapping={"line_type": "landline", "collect_block": 0})
+        redis_client.set("ics:courtesy:3125550101", "c0", px=600_000)
+        output = serve_once()
+        assert events(output, "numbers.migrated")[0]["migrated"] == 3
+    finally:
+        services.restart("fastagi")
+    assert redis_client.get(keys.number_account(NUMBER)) == "fam1"
+    assert redis_client.hgetall(keys.lidb(NUMBER)) == {"line_type": "landline", "collect_block": "0"}
+    assert 0 < redis_client.pttl(keys.courtesy("+13125550101")) <= 600_000
+    assert not redis_client.exists("ics:number:3125550100", "ics:lidb:3125550100", "ics:courtesy:3125550101")
