@@ -196,12 +196,13 @@ def main(argv: list[str] | None = None) -> int:
         for p in problems:
             log.error("service.prompts_missing" if "prompt" in p else "service.config_error", error=p)
         return 1
-    # keys named before hash tags (one slot per script) would be found nowhere: rename them first
-    renamed = store.migrate_keys()
-    if renamed["migrated"] or renamed["kept_existing"]:
-        log.info("keys.migrated", migrated=len(renamed["migrated"]), kept_existing=len(renamed["kept_existing"]))
-    if renamed["refused"]:
-        log.error("keys.migrate_refused", refused=renamed["refused"][:20], count=len(renamed["refused"]))
+    # keys named before hash tags would be found nowhere (no account, no inmate): place no call on
+    # them. Renaming them takes RESTORE and the old names, which only icsctl's Redis user may use.
+    untagged = store.untagged_keys()
+    if untagged:
+        log.error("keys.migration_needed", count=len(untagged), examples=untagged[:5],
+                  fix="run: icsctl keys migrate")
+        return 1
     # numbers stored before E.164 would be found nowhere (not approved, no account): rewrite them first
     moved = store.migrate_numbers()
     if moved["migrated"] or moved["kept_existing"]:

@@ -259,6 +259,7 @@ render_redis_acl() {
       ICS_REDIS_PASSWORD_ICSCTL=$REDIS_ICSCTL_PASSWORD ICS_REDIS_PASSWORD_ADMIN=$REDIS_ADMIN_PASSWORD \
           "$VENV/bin/python" -m ics.redis_acl > "$REDIS_DIR/users.acl.tmp" ) \
         || die "could not render the Redis ACL users (ics/redis_acl.py)"
+    cmp -s "$REDIS_DIR/users.acl.tmp" "$REDIS_DIR/users.acl" || ACL_CHANGED=1
     mv "$REDIS_DIR/users.acl.tmp" "$REDIS_DIR/users.acl"
 }
 
@@ -483,7 +484,12 @@ start_redis() {
             ICS_REDIS_TLS_DIR=${TLS:+$TLS_DIR} bash "$CLUSTER_SH" start "$STACK/redis-cluster" "$CLUSTER_PORT"
         return 0
     fi
-    if alive redis; then return 0; fi
+    if alive redis; then  # running: users changed since it started (an upgrade's new permission) load now
+        if [ -n "${ACL_CHANGED:-}" ]; then
+            [ "$(rcli acl load 2>/dev/null)" = OK ] || die "redis-server refused ACL LOAD of $REDIS_DIR/users.acl"
+        fi
+        return 0
+    fi
     mkdir -p "$REDIS_DIR"
     log "starting redis-server on 127.0.0.1:$REDIS_PORT${TLS:+ (TLS only)}"
     render_redis_acl
@@ -513,6 +519,16 @@ start_service() {   # start_service NAME EXECUTABLE [ENV FILE, default stack.env
     echo $! > "$RUNDIR/$name.pid"
 }
 
+# keys stored before hash tags renamed as icsctl's Redis user (it alone may RESTORE), before
+# ics-fastagi starts: that refuses to start on them (README, Upgrading). Silent when nothing to do.
+migrate_keys() {
+    [ -x "$VENV/bin/icsctl" ] || return 0
+    local out
+    out=$(stack_env "$VENV/bin/icsctl" keys migrate --quiet 2>&1) \
+        || { printf '%s\n' "$out" >&2; die "icsctl keys migrate failed: ics-fastagi would not start"; }
+    [ -z "$out" ] || log "keys stored before hash tags renamed (icsctl keys migrate):"$'\n'"$out"
+}
+
 wait_listening() {   # wait_listening NAME PORT [ADDRESS, default 127.0.0.1]: the service's port answers
     local name=$1 port=$2 addr=${3:-127.0.0.1} i
     [ -f "$RUNDIR/$name.pid" ] || return 0
@@ -533,6 +549,7 @@ cmd_up() {
     prepare_root
     generate_prompts
     start_redis
+    migrate_keys
     start_asterisk
     start_service recorder ics-recorder   # before the first call: a recorded call needs it
     start_service fastagi ics-fastagi
@@ -681,6 +698,7 @@ cmd_up_cluster() {
     prepare_root
     generate_prompts
     start_redis
+    migrate_keys
     for entry in $CLUSTER_NODES; do
         node=${entry%%:*} addr=${entry#*:}
         render_node "$node" "$addr"

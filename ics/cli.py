@@ -1055,6 +1055,30 @@ def numbers_migrate(store: Store, a) -> int:
     return 0
 
 
+def keys_migrate(store: Store, a) -> int:
+    """Keys stored before hash tags renamed, as icsctl's Redis user (it alone may RESTORE);
+    exit 1 while any is left (ics-fastagi will not start on them)."""
+    done = store.migrate_keys()
+    if any(done.values()):
+        log.info("ops.keys_migrate", migrated=len(done["migrated"]), kept_existing=len(done["kept_existing"]),
+                 refused=len(done["refused"]))
+    if a.json:
+        emit_json(done)
+    elif any(done.values()) or not a.quiet:
+        for line in done["migrated"]:
+            out(f"migrated      {line}")
+        for line in done["kept_existing"]:
+            out(f"kept existing {line} (the tagged key was already there; the old one is gone)")
+        for line in done["refused"]:
+            out(f"refused       {line} (left as it was)")
+        out(f"{len(done['migrated'])} migrated, {len(done['kept_existing'])} already there, "
+            f"{len(done['refused'])} refused")
+    if done["refused"]:
+        return fail(f"{len(done['refused'])} account(s) left under the old layout: let their calls end "
+                    "(the old version settles them), then run icsctl keys migrate again")
+    return 0
+
+
 # --- privileged numbers, investigators, audit ------------------------------------------
 
 def number_rules(store: Store, a) -> int:
@@ -1379,6 +1403,14 @@ def build_parser() -> Parser:
     c.add_argument("--by", required=True, metavar="WHO", help="who made the change (audited)")
     command(num, "migrate", numbers_migrate, "rewrite numbers stored in an older spelling as E.164 "
             "(ics-fastagi also does at start-up)", json_out=True)
+
+    ky = groups.add_parser("keys", help="the Redis key layout: keys stored before hash tags").add_subparsers(
+        dest="cmd", required=True, metavar="SUBCOMMAND")
+    c = command(ky, "migrate", keys_migrate, "rename keys stored before hash tags (ics:account:fam1 -> "
+                "ics:account:{a:fam1}, ledgers, inmates); idempotent; run once when upgrading, before "
+                "ics-fastagi starts (it refuses to start while one is left); exit 1 if an account was left",
+                json_out=True)
+    c.add_argument("--quiet", action="store_true", help="print nothing when there is nothing to rename")
 
     cl = groups.add_parser("calls", help="call records").add_subparsers(
         dest="cmd", required=True, metavar="SUBCOMMAND")

@@ -270,6 +270,12 @@ NUMBER_HASHES = (f"{PREFIX}:inmate:*:approved", PRIVILEGED)
 NUMBER_SETS = (f"{PREFIX}:block:inmate:*", f"{PREFIX}:block:facility:*", f"{PREFIX}:account:*:numbers")
 NUMBER_KEY_PREFIXES = (f"{PREFIX}:number:", f"{PREFIX}:lidb:", f"{PREFIX}:numinfo:", f"{PREFIX}:courtesy:")
 
+# Key prefixes whose keys were named without a hash tag before tags ({a:<aid>}, {i:<iid>}): a key
+# under one of them with no "{" is old data, renamed by icsctl keys migrate (Store.migrate_keys);
+# ics-fastagi refuses to start while one is left (it could not find what it holds).
+OLD_ACCOUNT, OLD_LEDGER, OLD_INMATE = f"{PREFIX}:account:", f"{PREFIX}:ledger:", f"{PREFIX}:inmate:"
+UNTAGGED_PREFIXES = (OLD_ACCOUNT, OLD_LEDGER, OLD_INMATE)
+
 
 # Who may write which keys: the Redis ACL users (ics.redis_acl renders them; docker/stack.sh
 # writes the ACL file at set-up). Every service reads every ics:* key; these are the only ones
@@ -278,7 +284,8 @@ _ANY = "*"
 WRITES: dict[str, tuple[str, ...]] = {
     # the call flow: the call record and its money (holds, the settle script's ledger and counts),
     # the caller's PIN state and name, the called party's block (9), admission; at start-up it
-    # rewrites stored numbers as E.164 (Store.migrate_numbers: lists, blocks, number and LIDB keys)
+    # rewrites stored numbers as E.164 (Store.migrate_numbers: lists, blocks, number and LIDB keys;
+    # keys named before hash tags it only looks for: icsctl keys migrate renames them)
     # (a * in a pattern spans ":": inmate(*)* covers its pin_failures, approved and week keys,
     # account(*)* its holds and its calls' money)
     "fastagi": (call(_ANY), CALLS, inmate(_ANY) + _ANY, account(_ANY) + _ANY, ledger(_ANY), number_account(_ANY), lidb(_ANY),

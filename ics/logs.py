@@ -8,8 +8,8 @@ Event names (the `event` field):
   service.start / service.stop / service.config_error / service.prompts_missing
   numbers.migrated           ics-fastagi start-up rewrote numbers stored before E.164 (migrated, kept_existing)
   numbers.unreadable         WARNING: stored text that is no phone number, left as it was (numbers, count)
-  keys.migrated              ics-fastagi start-up renamed keys stored before hash tags (migrated, kept_existing)
-  keys.migrate_refused       ERROR: an account holding money under the old layout was left as it was (calls live)
+  keys.migration_needed      ERROR: ics-fastagi found keys stored before hash tags and does not start
+                             (count, examples, fix "run: icsctl keys migrate")
   agi.session.start / agi.session.end / agi.session.error
   agi.protocol_error         malformed environment or reply from Asterisk
   call.start                 inmate call entered the flow (number in E.164, its kind and region)
@@ -76,7 +76,8 @@ Event names (the `event` field):
   enforce.minute_held       the next minute of a live call held before it starts (paid_minutes, cents)
   enforce.funds_short       the next minute could not be held: the call ends with its paid ones
   enforce.hold_failed       Redis error while holding a minute (treated as funds_short: fail closed)
-  ops.*                      icsctl changes (ops.fund, ops.inmate_create, ...)
+  ops.*                      icsctl changes (ops.fund, ops.inmate_create, ...; ops.keys_migrate: keys
+                             renamed to their hash-tagged names: migrated, kept_existing, refused)
   redis.wait_short           a money script no replica confirmed within redis.wait_timeout_ms (WAIT;
                              script, replicas, wanted): the write stands on the master alone
 """

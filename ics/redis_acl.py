@@ -11,7 +11,7 @@ the ACL file redis-server loads at set-up, with passwords generated there; none 
 - fastagi, listener, recorder, icsctl: read every ics:* key, write only their keys.WRITES (the
   recorder none); commands: reads, writes, transactions and our Lua scripts (EVALSHA, SCRIPT
   LOAD), a cluster client's slot map (CLUSTER SLOTS/SHARDS/NODES, COMMAND, ASKING, READONLY) and
-  WAIT, nothing else @dangerous
+  WAIT, nothing else @dangerous (icsctl alone also RESTORE: icsctl keys migrate)
   (no FLUSHDB, KEYS, CONFIG, DEBUG, SHUTDOWN, ACL, MONITOR) and no pub/sub.
   The admin (default) is for the operator's redis-cli, docker/stack.sh's PING, the tests' flush.
 """
@@ -30,6 +30,10 @@ SERVICES = ("fastagi", "listener", "recorder", "icsctl")
 COMMANDS = ("-@all +@read +@write +@transaction -@dangerous -@pubsub "
             "+eval +evalsha +script|load +script|exists +ping "
             "+cluster|slots +cluster|shards +cluster|nodes +asking +readonly +wait +command")
+# icsctl keys migrate renames keys stored before hash tags with DUMP / RESTORE (on a cluster the old
+# and new names live in different slots, so RENAME cannot); RESTORE is @dangerous, and it only ever
+# restores a payload icsctl itself just DUMPed from our own keys. Nothing else @dangerous, no one else.
+EXTRA = {"icsctl": " +restore"}
 _PASSWORD = re.compile(r"^[A-Za-z0-9]{16,}$")
 
 
@@ -37,7 +41,7 @@ def user_line(name: str, password: str) -> str:
     if not _PASSWORD.match(password):
         raise ValueError(f"the {name} password must be 16+ letters and digits")
     writes = " ".join(f"%RW~{pattern}" for pattern in keys.WRITES[name])
-    return f"user {name} on >{password} %R~{keys.READS} {writes} resetchannels {COMMANDS}"
+    return f"user {name} on >{password} %R~{keys.READS} {writes} resetchannels {COMMANDS}{EXTRA.get(name, '')}"
 
 
 def render(passwords: dict[str, str]) -> str:

@@ -269,7 +269,7 @@ def _check_redis_acl_log(nodeid: str) -> None:
     if denied:
         pytest.fail(f"Redis refused {len(denied)} command(s) to a service's ACL user during {nodeid}:\n"
                     + "\n".join(f"{d.get('username')}: {d.get('reason')} {d.get('object')} "
-                                 f"({d.get('client-info', '')[-60:]})" for d in denied[:10]), pytrace=False)
+                                 f"({str(d.get('client-info', ''))[-60:]})" for d in denied[:10]), pytrace=False)
 
 
 _asterisk_pid: int | None = None

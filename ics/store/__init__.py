@@ -11,6 +11,7 @@ callers import are re-exported here.
 
 from __future__ import annotations
 
+from .. import keys
 from .audit import Audit
 from .base import ID_RE, Lua, StoreError, as_entries, check_id, connect, dest, now_ms, one_line, stored
 from .facilities import Facilities
@@ -32,9 +33,16 @@ class Store(Money, Inmates, Facilities, Audit):
 
     def migrate_keys(self) -> dict[str, list[str]]:
         """Rename keys stored before hash tags (ics:account:fam1 -> ics:account:{a:fam1}, ...);
-        idempotent, run by ics-fastagi at start-up before migrate_numbers. Returns
-        {"migrated": [...], "kept_existing": [...], "refused": [...]}."""
+        idempotent, run by icsctl keys migrate (its Redis user may RESTORE and write the old
+        names; ics-fastagi's may not). Returns {"migrated": [...], "kept_existing": [...],
+        "refused": [...]}."""
         done: dict[str, list[str]] = {"migrated": [], "kept_existing": [], "refused": []}
         self.migrate_money_keys(done)
         self.migrate_inmate_keys(done)
         return done
+
+    def untagged_keys(self) -> list[str]:
+        """Keys still named before hash tags (keys.UNTAGGED_PREFIXES), sorted: read-only (SCAN),
+        what ics-fastagi checks at start-up."""
+        return sorted(key for prefix in keys.UNTAGGED_PREFIXES
+                      for found in self.legacy_keys(prefix).values() for key in found)

@@ -190,6 +190,22 @@ class Base:
                 found.setdefault(key[len(prefix):].split(":", 1)[0], []).append(key)
         return found
 
+    def copy_plain_key(self, old: str, new: str) -> None:
+        """Copy a string or hash key to a name in another slot with SET / HSET and its expiry:
+        what ics-fastagi's Redis user may do (RESTORE is @dangerous, icsctl's alone). Number keys
+        (keys.NUMBER_KEY_PREFIXES) are strings and hashes only."""
+        kind, ttl = self.r.type(old), self.r.pttl(old)
+        if kind == "string":
+            self.r.set(new, self.r.get(old), px=ttl if ttl > 0 else None)
+        elif kind == "hash":
+            with self.r.pipeline(transaction=True) as p:  # one key, one slot
+                p.hset(new, mapping=self.r.hgetall(old))
+                if ttl > 0:
+                    p.pexpire(new, ttl)
+                p.execute()
+        else:
+            raise StoreError(f"{old} is a {kind}: only string and hash number keys are renamed")
+
     def move_key(self, old: str, new: str, done: dict[str, list[str]]) -> None:
         """Give a key its hash-tagged name (DUMP / RESTORE: on a cluster the two names are in
         different slots), keeping its expiry; a key already there under the new name wins."""

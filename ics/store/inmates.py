@@ -367,9 +367,10 @@ class Inmates(Base):
             for key in self.r.scan_iter(match=prefix + "*", count=500):
                 new = legacy(key[len(prefix):])
                 if new:
-                    # (not RENAMENX: on a cluster the two names are in different slots)
+                    # (not RENAMENX: on a cluster the two names are in different slots; not
+                    # RESTORE: ics-fastagi runs this as its Redis user, which may not)
                     if not self.r.exists(prefix + new):
-                        self.r.restore(prefix + new, 0, self.r.dump(key))
+                        self.copy_plain_key(key, prefix + new)
                         self.r.delete(key)
                         done["migrated"].append(f"{key} -> {prefix}{new}")
                     else:
@@ -379,9 +380,9 @@ class Inmates(Base):
 
     def migrate_inmate_keys(self, done: dict[str, list[str]]) -> None:
         """Inmates, PIN failures, approved lists and weekly counts stored before hash tags, renamed."""
-        for iid, found in sorted(self.legacy_keys(f"{keys.PREFIX}:inmate:").items()):
+        for iid, found in sorted(self.legacy_keys(keys.OLD_INMATE).items()):
             for old in found:
-                self.move_key(old, keys.inmate(iid) + old[len(f"{keys.PREFIX}:inmate:{iid}"):], done)
+                self.move_key(old, keys.inmate(iid) + old[len(keys.OLD_INMATE + iid):], done)
 
     def approved_numbers(self, iid: str) -> list[str]:
         """Callable numbers only (state approved)."""

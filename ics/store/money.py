@@ -275,13 +275,13 @@ class Money(Base):
         """Accounts, their numbers, month totals and ledgers stored before hash tags, renamed.
         An account still holding money (calls in progress under the old layout) is left as it
         was and reported: upgrade with no call live."""
-        old_ledgers = self.legacy_keys(f"{keys.PREFIX}:ledger:")
-        for aid, found in sorted(self.legacy_keys(f"{keys.PREFIX}:account:").items()):
-            if int(self.r.hget(f"{keys.PREFIX}:account:{aid}", "held_cents") or 0):
+        old_ledgers = self.legacy_keys(keys.OLD_LEDGER)
+        for aid, found in sorted(self.legacy_keys(keys.OLD_ACCOUNT).items()):
+            if int(self.r.hget(keys.OLD_ACCOUNT + aid, "held_cents") or 0):
                 done["refused"].append(f"account {aid} holds money for calls in progress")
                 continue
             for old in found:
-                rest = old[len(f"{keys.PREFIX}:account:{aid}"):]
+                rest = old[len(keys.OLD_ACCOUNT + aid):]
                 self.move_key(old, keys.account(aid) + rest, done)
             for old in old_ledgers.pop(aid, []):
                 self.move_key(old, keys.ledger(aid), done)

@@ -170,17 +170,18 @@ def test_refusals_before_ringing(ami, lines, case, reason):
 def test_pin_locks_after_repeated_failures(ami, lines):
     inmate, _, _ = lines
     world = make_world(balance_cents=500, pin_max_tries=3, pin_lock_after=3)
-    mark = ami.mark()
+    mark = ami.mark()   # before the call: under load its first prompt can start before login() runs
     call = inmate.call(NUMBER)
     for _ in range(3):
-        m = ami.mark()
-        login(ami, call, m, INMATE, "0000")
+        login(ami, call, mark, INMATE, "0000")
+        mark = ami.mark()   # the PIN is still being checked: the next prompt comes after this
     call.wait_disconnected(30)
     assert wait_settled(world)["reason"] == "pin_locked"
     assert world.store.inmate(INMATE)["pin_locked"] == "1"
     # the right PIN no longer works until staff unlock it
+    mark = ami.mark()
     call = inmate.call(NUMBER)
-    login(ami, call, ami.mark())
+    login(ami, call, mark)
     call.wait_disconnected(30)
     assert wait_settled(world)["reason"] == "pin_locked"
 

@@ -246,6 +246,9 @@ def test_redis_refuses_clients_without_credentials_and_each_user_its_keys(stack)
             for command in (("FLUSHDB",), ("KEYS", "*"), ("CONFIG", "GET", "requirepass"), ("ACL", "LIST")):
                 with pytest.raises(redis.exceptions.NoPermissionError):
                     user.execute_command(*command)
+        for user in (fastagi, listener):  # RESTORE is icsctl's alone (icsctl keys migrate)
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                user.restore(keys.call("x"), 0, icsctl.dump(keys.ACCOUNTS) or b"", replace=True)
         # reads every ics key, writes only its own (ics.keys.WRITES)
         assert listener.get("ics:facility:x") is None
         with pytest.raises(redis.exceptions.NoPermissionError):

@@ -129,6 +129,18 @@ def test_every_python_service_logs_in_to_redis_as_its_own_user():
                 assert want.upper() in env["ICS_REDIS_PASSWORD"], (name, sname)
 
 
+def test_keys_stored_before_hash_tags_are_renamed_as_icsctl_before_any_fastagi_starts():
+    for name in ("compose.yaml", "compose.cluster.yaml"):
+        services = compose(name)["services"]
+        migrate = services["keys-migrate"]
+        assert migrate["command"][:3] == ["icsctl", "keys", "migrate"]
+        assert migrate["environment"]["ICS_REDIS_USERNAME"] == "icsctl"
+        assert "ICSCTL" in migrate["environment"]["ICS_REDIS_PASSWORD"]
+        for sname, svc in services.items():
+            if svc.get("command") == ["ics-fastagi"]:
+                assert svc["depends_on"]["keys-migrate"] == {"condition": "service_completed_successfully"}, sname
+
+
 def test_cluster_topology():
     services = compose("compose.cluster.yaml")["services"]
     redis = {n: s for n, s in services.items() if "--cluster-enabled" in s.get("command", [])}

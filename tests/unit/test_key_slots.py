@@ -143,6 +143,8 @@ def test_keys_stored_before_hash_tags_are_renamed_once_and_balances_still_check(
     r.hset("ics:inmate:123456", mapping={"facility": "main", "name": "Alex"})
     r.hset("ics:inmate:123456:week:2026W48", mapping={"calls": 2, "minutes": 7})
     r.expire("ics:inmate:123456:week:2026W48", 1000)
+    assert store.untagged_keys() == ["ics:account:busy", "ics:account:fam1", "ics:account:fam1:numbers",
+                                     "ics:inmate:123456", "ics:inmate:123456:week:2026W48", "ics:ledger:fam1"]
     done = store.migrate_keys()
     assert len(done["migrated"]) == 5 and done["refused"] == ["account busy holds money for calls in progress"]
     assert store.account("fam1").balance_cents == 489 and store.account_numbers("fam1") == ["+13125550100"]
@@ -153,3 +155,4 @@ def test_keys_stored_before_hash_tags_are_renamed_once_and_balances_still_check(
     assert ledger.check_account(r, "fam1")["problems"] == []
     again = store.migrate_keys()
     assert again["migrated"] == [] and again["kept_existing"] == []
+    assert store.untagged_keys() == ["ics:account:busy"]  # ics-fastagi still refuses to start on it
