@@ -196,26 +196,25 @@ provision_shim() {
 }
 
 # The three-way tone watch (asterisk/res_ics_tonewatch.c): an Asterisk module built inside the root
-# against its Asterisk's headers (asterisk-dev; tcc cannot read them), rebuilt when the source changes.
+# against its Asterisk's headers by asterisk/build.sh (asterisk-dev; tcc cannot read them), rebuilt
+# when the source or the recipe changes.
 TONEWATCH=res_ics_tonewatch
 
 provision_tonewatch() {
-    local src=$REPO/asterisk/$TONEWATCH.c moddir
+    local src=$REPO/asterisk/$TONEWATCH.c build=$REPO/asterisk/build.sh moddir
     [ -f "$src" ] || return 0
     moddir=$(ls -d "$AST"/usr/lib/*/asterisk/modules | head -n1)
-    moddir=${moddir#"$AST"}
-    if [ -f "$AST$moddir/$TONEWATCH.so" ] && cmp -s "$src" "$AST/usr/local/src/$TONEWATCH.c"; then return 0; fi
+    if [ -f "$moddir/$TONEWATCH.so" ] && cmp -s "$src" "$AST/usr/local/src/$TONEWATCH.c" \
+        && cmp -s "$build" "$AST/usr/local/src/$TONEWATCH.build.sh"; then return 0; fi
     if [ ! -x "$AST/usr/bin/gcc" ] || [ ! -f "$AST/usr/include/asterisk.h" ]; then
         log "installing gcc and asterisk-dev in the root (the tone watch module)"
         root_install gcc libc6-dev asterisk-dev
     fi
     mkdir -p "$AST/usr/local/src"
     cp "$src" "$AST/usr/local/src/$TONEWATCH.new.c"
-    in_root gcc -shared -fPIC -O3 -Wall -Werror -D_GNU_SOURCE -DAST_MODULE=\"$TONEWATCH\" \
-        -DAST_MODULE_SELF_SYM=__internal_${TONEWATCH}_self -o "$moddir/$TONEWATCH.so.new" \
-        "/usr/local/src/$TONEWATCH.new.c" -lm || die "could not build $TONEWATCH"
-    mv "$AST$moddir/$TONEWATCH.so.new" "$AST$moddir/$TONEWATCH.so"
+    in_root sh -s "/usr/local/src/$TONEWATCH.new.c" < "$build" >/dev/null || die "could not build $TONEWATCH"
     mv "$AST/usr/local/src/$TONEWATCH.new.c" "$AST/usr/local/src/$TONEWATCH.c"
+    cp "$build" "$AST/usr/local/src/$TONEWATCH.build.sh"
 }
 
 gen_secret() { "$PYTHON" -c 'import secrets; print(secrets.token_hex(16))'; }
