@@ -68,7 +68,9 @@ class Thresholds:
     ringback_ms: int = 800        # a two-frequency ringback held this long
     busy_bursts: int = 2
     drop_min_ms: int = 300        # dead air at least this long after sound ...
-    drop_floor_dbfs: float = -70.0  # ... below this level (a carrier's flash: digital silence)
+    # ... below this level (a carrier's flash: digital silence). A-law has no zero: its idle code
+    # decodes to +-8, -69.2 on this scale; -66 takes either law's idle, room noise (-62) is above
+    drop_floor_dbfs: float = -66.0
     sound_dbfs: float = -45.0     # the sound before the drop was at least this loud
     min_tone_dbfs: float = -45.0  # a tone quieter than this is not looked at
     purity: float = 0.80          # share of a window's energy in the tone's frequencies

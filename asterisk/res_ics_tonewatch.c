@@ -384,7 +384,7 @@ int main(int argc, char **argv)
 	size_t got;
 	w.plan = &PLANS[argc > 1 && !strcmp(argv[1], "eu") ? 1 : 0];
 	w.dial_tone_ms = 800; w.ringback_ms = 800; w.busy_bursts = 2; w.drop_min_ms = 300;
-	w.drop_floor_dbfs = -70; w.sound_dbfs = -45; w.min_tone_dbfs = -45; w.purity = 0.80;
+	w.drop_floor_dbfs = -66; w.sound_dbfs = -45; w.min_tone_dbfs = -45; w.purity = 0.80;
 	w.loud_window = -1000000000;
 	build_bank(&w);
 	while ((got = fread(x, 2, 160, stdin)) > 0) {
@@ -441,7 +441,7 @@ static int parse_settings(struct watch *w, const char *value)
 
 	w->plan = &PLANS[0];
 	w->dial_tone_ms = 800; w->ringback_ms = 800; w->busy_bursts = 2; w->drop_min_ms = 300;
-	w->drop_floor_dbfs = -70; w->sound_dbfs = -45; w->min_tone_dbfs = -45; w->purity = 0.80;
+	w->drop_floor_dbfs = -66; w->sound_dbfs = -45; w->min_tone_dbfs = -45; w->purity = 0.80;
 	while ((item = strsep(&parse, " "))) {
 		if (ast_strlen_zero(item)) {
 			continue;
@@ -553,7 +553,7 @@ static struct ast_custom_function tonewatch_function = {
 	.synopsis = "Watch a channel's received audio for three-way call signatures (ICSTone AMI events).",
 	.syntax = "ICS_TONEWATCH(set|remove)",
 	.desc = "Set(ICS_TONEWATCH(set)=plan=na dial_tone_ms=800 ringback_ms=800 busy_bursts=2 drop_min_ms=300 "
-		"drop_floor_dbfs=-70 sound_dbfs=-45 min_tone_dbfs=-45 purity=0.8): any of these, space separated. "
+		"drop_floor_dbfs=-66 sound_dbfs=-45 min_tone_dbfs=-45 purity=0.8): any of these, space separated. "
 		"Each detection raises an ICSTone manager event.",
 	.write = tonewatch_write,
 };

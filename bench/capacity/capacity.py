@@ -43,7 +43,6 @@ import itertools
 import math
 import os
 import random
-import secrets
 import shutil
 import struct
 import subprocess
@@ -59,19 +58,12 @@ sys.path.insert(0, str(ROOT))
 
 from ics import audio, config, records  # noqa: E402
 from ics.store import Store, StoreError, connect  # noqa: E402
-from tests.support import load_stack_env, stack_dir  # noqa: E402
-from tests.support.ami_tap import AmiTap  # noqa: E402
+from tests.support import farend, load_stack_env, stack_dir  # noqa: E402
 
 STACK = stack_dir()
 AST = STACK / "asterisk"
-SHIM = "/usr/local/lib/ics-bind-loopback.so"  # docker/stack.sh provision_shim
-FAR_ETC = "/etc/asterisk-farend"  # inside the root
-FAR_DIRS = ("/etc/asterisk-farend", "/run/asterisk-farend", "/var/log/asterisk-farend",
-            "/var/spool/asterisk-farend", "/var/lib/asterisk-farend", "/var/cache/asterisk-farend")
-FAR_CTL = AST / "run/asterisk-farend/asterisk.ctl"
 SPEECH = "/var/lib/asterisk-farend/speech"  # Playback() name, without .wav
 FAR_AMI_PORT = 5039
-CORE_CONFS = ("acl", "ccss", "cel", "features", "indications", "pjproject", "stasis", "udptl")
 
 FACILITY = "bench"
 PIN = "2468"
@@ -116,78 +108,18 @@ def channel_count(cli) -> int:
 
 # ---------------------------------------------------------------- the far end
 
-class FarEnd:
+class FarEnd(farend.FarEnd):
     """A second Asterisk from our root with its own dirs and ports (bench/capacity/farend/)."""
 
     def __init__(self, seconds: int):
+        super().__init__("farend", HERE / "farend", ami_port=FAR_AMI_PORT, ami_user="bench")
         self.seconds = seconds
-        self.pidfile = STACK / "run" / "farend.pid"
-        self.log = AST / "var/log/asterisk-farend/messages.log"
-        self.proc: subprocess.Popen | None = None
-        self.tap: AmiTap | None = None
-
-    def cli(self, cmd: str) -> str:
-        if not FAR_CTL.exists():  # never let a -rx fall through to our Asterisk's socket
-            raise RuntimeError("the far end is not running")
-        return in_root("asterisk", "-C", f"{FAR_ETC}/asterisk.conf", "-rx", cmd)
 
     def start(self) -> None:
-        self.stop()  # one left over from an interrupted run
-        for d in FAR_DIRS:
-            (AST / d.lstrip("/")).mkdir(parents=True, exist_ok=True)
-        secret = secrets.token_hex(16)
-        etc = AST / FAR_ETC.lstrip("/")
-        # the core's own files as ours has them (dialplan/), then the far end's
-        core = [ROOT / "dialplan" / f"{c}.conf" for c in CORE_CONFS]
-        for f in [*core, *(HERE / "farend").glob("*.conf")]:
-            (etc / f.name).write_text(f.read_text().replace("@SECRET@", secret))
-        (AST / "var/lib/asterisk-farend/astdb.sqlite3").unlink(missing_ok=True)
-        write_speech(AST / f"{SPEECH.lstrip('/')}.wav", self.seconds)
-        in_root("chown", "-R", "asterisk:asterisk", *FAR_DIRS)
-        preload = SHIM if (AST / SHIM.lstrip("/")).exists() else ""
-        # as docker/stack.sh start_asterisk starts ours, plus -C for the far end's own asterisk.conf
-        with open(STACK / "log" / "farend.log", "ab") as log:
-            self.proc = subprocess.Popen(
-                ["chroot", "--userspec=asterisk:asterisk", str(AST), "env", "-i", "HOME=/var/lib/asterisk-farend",
-                 "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8", f"LD_PRELOAD={preload}",
-                 "asterisk", "-f", "-n", "-C", f"{FAR_ETC}/asterisk.conf"],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        self.pidfile.write_text(str(self.proc.pid))
-        deadline = time.monotonic() + 15
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the far end exited at start (log: {STACK / 'log' / 'farend.log'})")
-            try:
-                self.cli("core waitfullybooted")
-                break
-            except (RuntimeError, subprocess.TimeoutExpired):
-                if time.monotonic() > deadline:
-                    raise RuntimeError("the far end did not boot in 15 s") from None
-                time.sleep(0.25)
-        self.tap = AmiTap(port=FAR_AMI_PORT, user="bench", secret=secret)
-
-    def stop(self) -> None:
-        if self.tap:
-            self.tap.close()
-            self.tap = None
-        try:
-            pid = int(self.pidfile.read_text())
-        except (OSError, ValueError):
-            return
-        try:
-            self.cli("core stop now")
-        except (RuntimeError, subprocess.TimeoutExpired):
-            pass
-        for _ in range(50):
-            if not Path(f"/proc/{pid}").exists() or (self.proc and self.proc.poll() is not None):
-                break
-            time.sleep(0.1)
-        else:
-            try:
-                os.killpg(pid, 9)
-            except ProcessLookupError:
-                pass
-        self.pidfile.unlink(missing_ok=True)
+        for d in self.dirs:
+            self.path(d).mkdir(parents=True, exist_ok=True)
+        write_speech(self.path(f"{SPEECH}.wav"), self.seconds)
+        super().start()
 
 
 def write_speech(path: Path, seconds: int) -> None:

@@ -40,16 +40,17 @@ def lines(stack, phones):
     return inmate, family, other
 
 
-def bridged(ami, lines, **facility):
-    """An accepted, bridged inmate call under the given facility settings."""
+def bridged(ami, lines, called_leg=f"PJSIP/{NUMBER}", **facility):
+    """An accepted, bridged inmate call under the given facility settings; called_leg: how our
+    called channel's name begins (over a trunk: PJSIP/<trunk>-)."""
     world, call, callee, mark = answered(ami, lines, **facility)
-    press_when(ami, callee, "menu-accept", "1", mark, channel_prefix=f"PJSIP/{NUMBER}")
-    enter = ami.wait_for({"Event": "BridgeEnter", "Channel": chan(f"PJSIP/{NUMBER}")}, 15, since=mark)
+    press_when(ami, callee, "menu-accept", "1", mark, channel_prefix=called_leg)
+    enter = ami.wait_for({"Event": "BridgeEnter", "Channel": chan(called_leg)}, 15, since=mark)
     time.sleep(1.0)  # media settles on both legs after the switch from prompts to the bridge
     return world, call, callee, mark, enter
 
 
-def assert_cut(ami, world, mark, reason, threshold, evidence_event, call, callee):
+def assert_cut(ami, world, mark, reason, threshold, evidence_event, call, callee, called_leg=f"PJSIP/{NUMBER}"):
     """Both legs heard cut-<reason> ([ics-cut]; Asterisk's test events name each file it
     plays), hung up; the record says why, on what evidence, and what it cost."""
     callee.wait_disconnected(20)
@@ -61,7 +62,7 @@ def assert_cut(ami, world, mark, reason, threshold, evidence_event, call, callee
     assert any(e["event"] == evidence_event for e in ev), ev
     heard = {e["Channel"].split("-")[0] for e in ami.events(
         {"Event": "TestEvent", "State": "PLAYBACK", "Message": f"ics/prompts/cut-{reason}"}, since=mark)}
-    assert heard == {"PJSIP/inmate1", f"PJSIP/{NUMBER}"}, heard
+    assert heard == {"PJSIP/inmate1", called_leg.rstrip("-")}, heard
     # billing stopped when the rule fired, not after the prompt
     assert rec["bridged_ms"] <= rec["cut_ms"] <= rec["ended_ms"]
     minutes = max(1, math.ceil((rec["cut_ms"] - rec["bridged_ms"]) / 60000))

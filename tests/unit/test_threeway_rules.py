@@ -46,6 +46,10 @@ def test_digits_dead_air_and_what_is_not():
     assert "".join(d.detail for d in detect(corpus.dtmf("5551234")) if d.signature == "digits") == "5551234"
     drop = detect(np.concatenate([noise(1000), corpus.silence(600, None), noise(500)]))
     assert [d.signature for d in drop] == ["dead_air"] and drop[0].level_dbfs < -70
+    # an A-law trunk's digital silence: the idle code decodes to +-8, not 0
+    alaw_idle = np.resize([8 / 32767, -8 / 32767], 8 * 600)
+    drop = detect(np.concatenate([noise(1000), alaw_idle, noise(500)]))
+    assert [d.signature for d in drop] == ["dead_air"] and drop[0].level_dbfs < -66
     # a speech pause keeps the room's noise; music is chords with harmonics
     assert detect(np.concatenate([noise(1000), corpus.silence(2000, -62), noise(1000)])) == []
     assert detect(corpus.music(10000, -18)) == []
