@@ -69,6 +69,11 @@ class Carrier:
         pjsip.write_text(pjsip.read_text() + f'\n#include "{OVERLAY}"\n')
         services.asterisk_cli("module reload res_pjsip.so")
         assert "carrier" in services.asterisk_cli("pjsip show endpoint carrier"), "our trunk did not load"
+        # pjsua hands an incoming INVITE to the first account of its user, whichever transport it
+        # came in on: the single box's phone of this number (an earlier module's) goes first, or it
+        # takes the switch's calls (it is made again on use)
+        for phone in [p for p in self.phones.phones.values() if p.user == NUMBER and p.server != SIP]:
+            self.phones.remove(phone)
         self.line = self.phones.phone(NUMBER, server=SIP)
         self.line.register(10)
 
