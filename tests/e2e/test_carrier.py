@@ -8,6 +8,7 @@ ringback, a third voice. Our listener must act on that audio alone (res_ics_tone
 in PCMU and in PCMA, and leave benign calls on the same path alone.
 """
 
+import json
 import random
 import re
 import time
@@ -18,12 +19,17 @@ import pytest
 from bench.threeway import corpus
 from tests.conftest import asterisk_log_problems
 from tests.e2e.test_enforcer import assert_cut, bridged, still_up
-from tests.e2e.test_threeway import fired
 from tests.support import services
 from tests.support.callflow import wait_settled
 from tests.support.carrier import CALLED_LEG, Carrier
 
 pytestmark = pytest.mark.e2e
+
+
+def fired(rec):
+    """What the listener did on the call: [{rule, response, evidence, acted_ms, ...}]."""
+    return json.loads(rec.get("fired") or "[]")
+
 
 @pytest.fixture(scope="module")
 def carrier(stack, phones):

@@ -300,3 +300,16 @@ def test_listener_killed_mid_call_keeps_enforcing_after_restart(ami, lines):
     m2 = ami.mark()
     callee.hold()
     assert_cut(ami, world, m2, "hold", "hold_grace_s=1", "Hold", call, callee)
+
+
+def test_warn_applies_to_the_existing_rules_too(ami, lines):
+    """A rule's warn response (issue 11) on a SIP rule: the first flash warns, the next cuts."""
+    world, call, callee, mark, _ = bridged(ami, lines, responses="hook_flash=warn")
+    callee.flash_info()
+    ami.wait_for({"Event": "TestEvent", "State": "PLAYBACK", "Message": "ics/prompts/warn-threeway"}, 10,
+                 since=mark)
+    time.sleep(1)
+    still_up(ami, mark, call, callee)
+    callee.flash_info()
+    rec, _ = assert_cut(ami, world, mark, "hook_flash", "rule_hook_flash=on; after a warning", "Flash", call, callee)
+    assert [f["response"] for f in json.loads(rec["fired"])] == ["warn", "disconnect"]
