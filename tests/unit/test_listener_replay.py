@@ -186,3 +186,14 @@ def test_a_call_ended_after_a_later_dated_cut_was_written_clamps_the_cut_to_the_
     records.mark_ended(store.r, CALL_ID, 900)  # a duplicate hang-up moves nothing
     rec = records.get(store.r, CALL_ID)
     assert (rec["ended_ms"], rec["cut_ms"]) == (1_000, 1_000)
+
+
+def test_a_hang_up_of_a_call_with_no_record_creates_none(store):
+    """The listener's sweep dates a hang-up before it settles: on a call whose record is gone (or
+    never was) that must not leave a record of ended_ms alone, which settlement would then take
+    for a call (reason inmate_abandoned, on no account)."""
+    from ics import settlement
+    records.mark_ended(store.r, CALL_ID, 1_000)
+    assert records.get(store.r, CALL_ID) is None
+    with pytest.raises(LookupError):
+        settlement.settle(store, CALL_ID)
