@@ -82,6 +82,10 @@ SOFTHANGUP_SHUTDOWN = "4"    # AST_SOFTHANGUP_SHUTDOWN
 SHUTDOWN_WAIT_S = 2.0        # a dropped call's record waits this long for the Shutdown event's evidence
 
 
+class StartupUnknown(Exception):
+    """After a reconnect, Asterisk's start time could not be read (the connection went again)."""
+
+
 @dataclass
 class Unsettled:
     """A hang-up the listener could not settle yet (Redis away): retried until settled."""
@@ -591,7 +595,10 @@ class Listener:
                 call.bridge = str(row["BridgeId"])
         gone = [c for k, c in self.calls.items() if k not in seen]
         lost = self.ami_lost  # (when, call ids live then, of which bridged), before restart_evidence clears it
-        drop = await self.restart_evidence()  # Asterisk restarted while AMI was lost: gone calls were dropped
+        try:
+            drop = await self.restart_evidence()  # Asterisk restarted while AMI was lost: gone calls were dropped
+        except StartupUnknown:
+            return   # the next login rebuilds again, with the evidence (self.rebuilt stays False)
         for linkedid, fresh in seen.items():
             old = self.calls.get(linkedid)
             if old is not None and old.bridged:
@@ -862,7 +869,12 @@ class Listener:
             startup = f"{status.get('CoreStartupDate', '')} {status.get('CoreStartupTime', '')}".strip()
         except Exception as exc:
             log.error("ami.action_failed", action="CoreStatus", error=repr(exc))
-            startup = ""
+            # the connection went again before Asterisk said when it started (it drops AMI while
+            # it boots): nothing is known yet. The evidence is kept for the next reconnect's
+            # rebuild, which asks again; the calls gone meanwhile are not settled on a guess
+            self.ami_lost = lost or self.ami_lost
+            self.shutdown = shutdown or self.shutdown
+            raise StartupUnknown from exc
         before, self.core_startup = self.core_startup, startup or self.core_startup
         if lost is None:
             return None

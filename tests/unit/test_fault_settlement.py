@@ -316,6 +316,44 @@ async def test_calls_gone_after_asterisk_restarted_while_ami_was_lost_are_system
     assert rec["credited_cents"] == 25 and ledger.check(store.r)["ok"]
 
 
+async def test_a_reconnect_that_drops_before_corestatus_keeps_the_restart_evidence(store, monkeypatch):
+    """Asterisk restarting drops AMI again right after the first login (seen in a fault run): its
+    CoreStatus never answered. That rebuild settles nothing; the next login's rebuild still knows
+    AMI was lost with the call live, reads the new start time and records a system drop."""
+    monkeypatch.setattr("ami.listener.SETTLE_GRACE_S", 0)
+    aid = new_account(store, deposit=1000)
+    cid = bridged_call(store, aid, rate=25, bridged_s=20)
+    store.r.hdel(keys.call(cid), "ended_ms")
+    monkeypatch.setattr("ami.listener.ORPHAN_MIN_AGE_MS", 10**12)
+    lis = listener(store)
+    await lis.rebuild()
+    call = lis.calls["9.1"] = LiveCall("9.1")
+    call.call_id, call.bridged = cid, True
+    lis.on_ami_lost()
+    lost_at = lis.ami_lost[0]
+    lis.manager.startup = "2026-11-29 17:05:00"
+    answer = lis.manager.send_action
+
+    def dropped(action):  # the reconnect's CoreStatus fails as GuardedManager fails it
+        if action["Action"] != "CoreStatus":
+            return answer(action)
+        fut = asyncio.get_running_loop().create_future()
+        fut.set_exception(ConnectionError("AMI connection lost; action not re-sent"))
+        return fut
+    lis.manager.send_action = dropped
+    await lis.rebuild()
+    while lis._tasks:
+        await asyncio.sleep(0.01)
+    assert records.get(store.r, cid).get("settled") != "1" and not lis.rebuilt
+    lis.manager.send_action = answer   # the next login: Asterisk answers
+    await lis.rebuild()
+    while lis._tasks:
+        await asyncio.sleep(0.01)
+    rec = records.get(store.r, cid)
+    assert rec["reason"] == "system_error" and rec["rule_threshold"] == "asterisk_restart"
+    assert rec["ended_ms"] == lost_at and lis.rebuilt
+
+
 async def test_calls_gone_after_an_ami_blip_are_plain_sweeps(store, monkeypatch):
     monkeypatch.setattr("ami.listener.SETTLE_GRACE_S", 0)
     aid = new_account(store, deposit=1000)
