@@ -2,6 +2,11 @@
 bridge's timeline, both directions summed, what no packet covered left out (so lost audio comes
 out short and is flagged); and the recordings.method setting."""
 
+import socket
+import struct
+import threading
+import time
+
 import pytest
 
 from ics import config, recorder, recordings, records
@@ -14,8 +19,8 @@ SSRC = 0x1234
 def frames(first_ms: float, count: int, value: int, pt: int = 0, ssrc: int = SSRC, ts0: int = 160,
            jitter_ms: float = 0.0, skip: set[int] = frozenset()):
     """count 20 ms packets of one byte value, arriving from first_ms (each jitter_ms late, alternately)."""
-    return [(first_ms + 20 * i + (jitter_ms if i % 2 else 0), pt, ssrc, (ts0 + 160 * i) & 0xFFFFFFFF,
-             bytes([value]) * 160) for i in range(count) if i not in skip]
+    return [recorder.Chunk.of((first_ms + 20 * i + (jitter_ms if i % 2 else 0), pt, ssrc, (ts0 + 160 * i) & 0xFFFFFFFF,
+                              bytes([value]) * 160) for i in range(count) if i not in skip)]
 
 
 def test_ulaw_and_alaw_decode_as_g711():
@@ -96,7 +101,82 @@ def test_a_request_naming_a_file_outside_the_recordings_dir_is_refused(tmp_path)
     rec.start(ok)
     wav = recordings.measure(tmp_path / ok["file"])
     assert wav == recordings.Wav(0, 16_000, False)  # open, as MixMonitor leaves a file it writes
-    assert len(rec.flows) == 2
+    assert rec.table.by_port[20000] == 0 and list(rec.calls) == [ok["call_id"]]
+
+
+def udp_packet(src: str, sport: int, dst: str, dport: int, rtp: bytes) -> bytes:
+    """An Ethernet frame as libpcap hands it over (14 bytes of link header, IPv4, UDP)."""
+    udp = struct.pack("!HHHH", sport, dport, 8 + len(rtp), 0) + rtp
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0,
+                     socket.inet_aton(src), socket.inet_aton(dst))
+    return b"\0" * 12 + b"\x08\x00" + ip + udp
+
+
+def rtp_packet(pt: int, seq: int, ts: int, ssrc: int, payload: bytes, csrcs: int = 0, ext_words: int = -1,
+               pad: int = 0) -> bytes:
+    b0 = 0x80 | csrcs | (0x10 if ext_words >= 0 else 0) | (0x20 if pad else 0)
+    head = struct.pack("!BBHII", b0, pt, seq, ts, ssrc) + b"\0\0\0\1" * csrcs
+    if ext_words >= 0:
+        head += struct.pack("!HH", 0xBEDE, ext_words) + b"\0" * 4 * ext_words
+    return head + payload + (b"\0" * (pad - 1) + bytes([pad]) if pad else b"")
+
+
+def batch(frames_at: list[tuple[float, bytes]]) -> tuple[bytes, bytes]:
+    """(data, meta) as pcapy's next_batch gives them: frames back to back, (sec, usec, offset, length) each."""
+    data, meta = b"", b""
+    for t_ms, frame in frames_at:
+        meta += struct.pack("=IIII", int(t_ms // 1000), int(t_ms % 1000 * 1000), len(data), len(frame))
+        data += frame
+    return data, meta
+
+
+def test_a_batch_from_the_kernel_reaches_each_call_by_its_addresses(tmp_path):
+    """The capture path as it runs (ics-recorder's parse and hand-out), on frames as libpcap gives
+    them: each called leg's two directions to its call, everything else left out."""
+    cfg = config.load(environ={"ICS_RECORDINGS_DIR": str(tmp_path)})
+    rec = recorder.Recorder(cfg, None)
+    a, b = "20261130023000-0000000a", "20261130023000-0000000b"
+    rec.start(dict(call_id=a, file=f"ics/main/i1/d/{a}.wav", local="127.0.0.1:20000", remote="127.0.0.9:40000"))
+    rec.start(dict(call_id=b, file=f"ics/main/i1/d/{b}.wav", local="127.0.0.1:20010", remote="127.0.0.9:40010"))
+    t = START
+    frames_at = []
+    for i in range(50):  # 1 s each way of call a (to the phone 0x90, from it 0xA0), b from its phone only
+        frames_at += [
+            (t + 20 * i, udp_packet("127.0.0.1", 20000, "127.0.0.9", 40000, rtp_packet(0, i, 160 * i, 1, b"\x90" * 160))),
+            (t + 20 * i + 1, udp_packet("127.0.0.9", 40000, "127.0.0.1", 20000,
+                                        rtp_packet(0, i, 160 * i, 2, b"\xA0" * 160, csrcs=1, ext_words=1, pad=4))),
+            (t + 20 * i + 2, udp_packet("127.0.0.9", 40010, "127.0.0.1", 20010, rtp_packet(8, i, 160 * i, 3, b"\xD5" * 160))),
+            # not a called leg's audio: the inmate's leg, a stranger to a called leg's port, RFC 2833
+            (t + 20 * i + 3, udp_packet("127.0.0.1", 20002, "127.0.0.8", 40002, rtp_packet(0, i, 160 * i, 4, b"\x00" * 160))),
+            (t + 20 * i + 4, udp_packet("127.0.0.7", 40000, "127.0.0.1", 20000, rtp_packet(0, i, 160 * i, 5, b"\x00" * 160))),
+            (t + 20 * i + 5, udp_packet("127.0.0.9", 40000, "127.0.0.1", 20000, rtp_packet(101, i, 160 * i, 2, b"\x01\x0a\x00\xa0"))),
+            (t + 20 * i + 6, b"\0" * 12 + b"\x86\xdd" + b"\x60" + b"\0" * 60),  # IPv6: not Asterisk's RTP here
+        ]
+    data, meta = batch(frames_at)
+    key, chunk = recorder.parse(data, meta, 14, rec.table)
+    assert len(chunk) == 150 and sorted(set(key.tolist())) == [2, 3, 5]  # serial 1 both ways, serial 2 from the phone
+    rec.parsed_keys.append(key), rec.parsed.append(chunk)
+    rec.hand_out(t + 1000)
+    assert rec.caught_up_ms == t + 1000
+    ca, cb = rec.calls[a], rec.calls[b]
+    assert [sum(map(len, d)) for d in ca.packets] == [50, 50] and [sum(map(len, d)) for d in cb.packets] == [0, 50]
+    assert ca.packets[1][0].size.tolist() == [160] * 50  # past the CSRC and the extension, the padding off
+    audio = recorder.mix(ca.packets, START, START + 1000)
+    assert len(audio) == 8000 and (audio[:8] == recorder.DECODE[0][0x90]).all()  # from the phone 1 ms later
+    assert (audio[8:] == recorder.DECODE[0][0x90] + recorder.DECODE[0][0xA0]).all()
+    assert (recorder.mix(cb.packets, START, START + 1000) == recorder.DECODE[8][0xD5]).all()
+
+
+def test_a_port_asterisk_hands_out_again_belongs_to_the_call_that_registered_it_last(tmp_path):
+    cfg = config.load(environ={"ICS_RECORDINGS_DIR": str(tmp_path)})
+    rec = recorder.Recorder(cfg, None)
+    old, new = "20261130023000-0000000c", "20261130023000-0000000d"
+    for cid in (old, new):
+        rec.start(dict(call_id=cid, file=f"ics/main/i1/d/{cid}.wav", local="127.0.0.1:20000", remote="127.0.0.9:40000"))
+    data, meta = batch([(START, udp_packet("127.0.0.9", 40000, "127.0.0.1", 20000, rtp_packet(0, 1, 160, 2, b"\xA0" * 160)))])
+    rec.parsed_keys[:], rec.parsed[:] = zip(*[recorder.parse(data, meta, 14, rec.table)])
+    rec.hand_out(START + 20)
+    assert sum(map(len, rec.calls[new].packets[1])) == 1 and sum(map(len, rec.calls[old].packets[1])) == 0
 
 
 def test_the_file_is_written_once_the_capture_has_passed_the_calls_end(store):
@@ -118,7 +198,7 @@ def test_the_file_is_written_once_the_capture_has_passed_the_calls_end(store):
     assert recordings.measure(path) == recordings.Wav(0, 16_000, False) and cid in rec.calls
     rec.caught_up_ms = ended + recorder.SETTLE_GRACE_MS
     rec.finish_ended()
-    assert recordings.measure(path) == recordings.Wav(2 * 16_000, 16_000, True) and not rec.flows
+    assert recordings.measure(path) == recordings.Wav(2 * 16_000, 16_000, True) and not rec.calls
 
 
 def test_a_call_never_bridged_leaves_no_file(store):
@@ -130,3 +210,36 @@ def test_a_call_never_bridged_leaves_no_file(store):
     rec.caught_up_ms = recorder.time.time() * 1000
     rec.finish_ended()
     assert not (store.cfg.recordings_dir / name).exists() and not rec.calls
+
+
+def test_calls_asking_together_while_the_recorder_is_busy_are_all_answered_without_a_retry(tmp_path):
+    """Calls accepted together ask together, and the recorder may be busy a moment (the capture
+    thread holding the GIL): every connection waits in the listen backlog, none is dropped to a
+    SYN retry (1 s, then 3 s), which outlasted the call flow's wait and refused those calls a bridge."""
+    cfg = config.load(environ={"ICS_RECORDINGS_DIR": str(tmp_path)})
+    server = recorder._Server(("127.0.0.1", 0), recorder._Handler)
+    server.recorder = recorder.Recorder(cfg, None)
+    cfg["recordings"]["recorder_port"] = server.server_address[1]
+    results, threads = {}, []
+
+    def ask(i: int) -> None:
+        cid = f"20261130023000-{i:08x}"
+        t0 = time.monotonic()
+        try:
+            recorder.start(cfg, cid, f"ics/main/i1/d/{cid}.wav", f"127.0.0.1:{20000 + 4 * i}", "127.0.0.9:40000")
+            results[i] = time.monotonic() - t0
+        except Exception as exc:  # noqa: BLE001 (the assertion names it)
+            results[i] = exc
+
+    for i in range(40):
+        threads.append(threading.Thread(target=ask, args=(i,)))
+        threads[-1].start()
+    time.sleep(0.3)  # busy: nothing accepted yet
+    serving = threading.Thread(target=server.serve_forever, daemon=True)
+    serving.start()
+    for t in threads:
+        t.join(5)
+    server.shutdown()
+    server.server_close()
+    assert len(results) == 40 and all(isinstance(v, float) and v < 0.9 for v in results.values()), results
+    assert len(server.recorder.calls) == 40

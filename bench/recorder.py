@@ -1,0 +1,89 @@
+"""ics-recorder's capture path, per packet and per recorded call (issue 9): the kernel's batches
+as libpcap hands them over (1,024 frames: each recorded call's called leg both ways, and as many
+packets again of legs it does not record, the inmates' legs), parsed and handed to their calls
+the way the capture thread does, then each call's file mixed as the finisher does.
+
+    .venv/bin/python bench/recorder.py [--calls 150] [--seconds 60]
+
+Prints CPU per packet and as % of a core per recorded call (a call: 50 packets a second each way
+on its called leg, and 100 more a second of its inmate leg through the same filter).
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import struct
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ics import config, recorder  # noqa: E402
+
+BATCH = recorder.BATCH
+
+
+def frame(src: int, sport: int, dst: int, dport: int, seq: int, ssrc: int) -> bytes:
+    rtp = struct.pack("!BBHII", 0x80, 0, seq & 0xFFFF, (160 * seq) & 0xFFFFFFFF, ssrc) + b"\x90" * 160
+    udp = struct.pack("!HHHH", sport, dport, 8 + len(rtp), 0) + rtp
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0,
+                     src.to_bytes(4, "big"), dst.to_bytes(4, "big"))
+    return b"\0" * 12 + b"\x08\x00" + ip + udp
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--calls", type=int, default=150)
+    ap.add_argument("--seconds", type=int, default=60)
+    args = ap.parse_args()
+    cfg = config.load(environ={"ICS_RECORDINGS_DIR": "/tmp/ics-bench-recorder"})
+    rec = recorder.Recorder(cfg, None)
+    ast, far = int.from_bytes(socket.inet_aton("127.0.0.1"), "big"), int.from_bytes(socket.inet_aton("127.0.0.9"), "big")
+    for i in range(args.calls):
+        cid = f"20261130000000-{i:08x}"
+        rec.start(dict(call_id=cid, file=f"bench/{cid}.wav", local=f"127.0.0.1:{20000 + 4 * i}",
+                       remote=f"127.0.0.9:{40000 + 4 * i}"))
+    per_s = args.calls * 200  # packets a second through the filter
+    packets = per_s * args.seconds
+    t0_ms, data, meta, batches, n = 1_000_000_000_000.0, bytearray(), bytearray(), [], 0
+    for k in range(packets):  # 20 ms rounds: every call's four streams in turn
+        rnd, j = divmod(k, args.calls * 4)
+        call, leg = divmod(j, 4)
+        t = t0_ms + 20 * rnd + j * 20 / (args.calls * 4)
+        ports = (20000 + 4 * call, 40000 + 4 * call) if leg < 2 else (22000 + 4 * call, 44000 + 4 * call)
+        f = frame(ast, ports[0], far, ports[1], rnd, leg) if leg % 2 == 0 else frame(far, ports[1], ast, ports[0], rnd, leg)
+        meta += struct.pack("=IIII", int(t // 1000), int(t % 1000 * 1000), len(data), len(f))
+        data += f
+        n += 1
+        if n == BATCH:
+            batches.append((bytes(data), bytes(meta), t))
+            data, meta, n = bytearray(), bytearray(), 0
+    handed, cpu0 = t0_ms, time.process_time()
+    for data, meta, t in batches:
+        got = recorder.parse(data, meta, 14, rec.table)
+        if got is not None:
+            rec.parsed_keys.append(got[0]), rec.parsed.append(got[1])
+        if t - handed >= recorder.HAND_OUT_MS:
+            rec.hand_out(t)
+            handed = t
+    rec.hand_out(handed)
+    capture_s = time.process_time() - cpu0
+    cpu0 = time.process_time()
+    for c in rec.calls.values():
+        audio = recorder.mix(c.packets, int(t0_ms), int(t0_ms) + args.seconds * 1000)
+    mix_s = time.process_time() - cpu0
+    got_ms = len(audio) / recorder.RATE * 1000
+    n = len(batches) * BATCH
+    print(f"{args.calls} calls, {args.seconds} s: {n} packets in {len(batches)} batches of {BATCH}"
+          f" ({n // 2} of recorded legs); last call's file {got_ms / 1000:.1f} s")
+    print(f"  capture (parse, hand out): {capture_s / n * 1e6:.2f} us a packet,"
+          f" {100 * capture_s / args.seconds / args.calls:.4f} % of a core per recorded call")
+    print(f"  files (mix):               {mix_s / args.calls * 1000:.1f} ms a call,"
+          f" {100 * mix_s / args.seconds / args.calls:.4f} % of a core per recorded call over its length")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
