@@ -59,9 +59,11 @@ RING_BYTES = 32 << 20    # the kernel's capture ring: seconds of every call's pa
 SETTLE_GRACE_MS = 100    # packets this long after the call's end handled before its file is written
 CATCH_UP_MAX_MS = 30_000  # a capture that far behind: the file is written with what arrived
 POLL_S = 0.25            # how often the finisher looks for ended calls
+FINISHER_NICE = 10       # the finisher thread's niceness over the service's (the capture thread keeps it)
 HAND_OUT_MS = 500        # packets parsed are handed to their calls this often (one sort, not one per batch)
 START_TIMEOUT_S = 2.0    # the call flow's wait for "ok"
 RESYNC_MS = 200          # an RTP timestamp this far from the arrival clock starts a new stream
+ANCHOR_WINDOW = 256      # packets placed per step from one anchor: bounded work when every packet resyncs
 AUDIO_PT = (0, 8)        # PCMU, PCMA
 
 
@@ -80,6 +82,7 @@ def _alaw_table() -> np.ndarray:
 
 
 DECODE = {0: _ulaw_table(), 8: _alaw_table()}
+DECODE_BOTH = np.concatenate([DECODE[0], DECODE[8]])  # mu-law bytes, then A-law bytes (+256)
 
 
 def _addr(text: str) -> tuple[int, int]:
@@ -202,7 +205,7 @@ class Recorder:
             if not meta:  # the ring is empty: every packet up to a block's timeout before asking is in
                 self.hand_out(asked_ms - CAPTURE_TIMEOUT_MS)
                 continue
-            got = parse(data, meta, l2, self.table)
+            got = parse(data, meta, l2, self.table) if len(self.table.serial) > 1 else None  # none to record
             sec, usec = np.frombuffer(meta, np.uint32)[-4:-2].tolist()  # the newest packet's time
             newest = sec * 1000 + usec / 1000
             if got is not None:
@@ -286,6 +289,11 @@ class Recorder:
                  packets=[sum(map(len, call.packets[0])), sum(map(len, call.packets[1]))])
 
     def finisher(self) -> None:
+        # writing a file is work nothing waits on: it yields the CPU to live calls' audio (Asterisk)
+        # and to the capture thread (Linux nice is per thread), or calls ending together make the
+        # calls still talking late
+        me = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, me, min(19, os.getpriority(os.PRIO_PROCESS, me) + FINISHER_NICE))
         while not self.stopping.wait(POLL_S):
             try:
                 self.finish_ended()
@@ -356,35 +364,43 @@ def place(chunks: list, start_ms: int, n: int) -> tuple[np.ndarray, np.ndarray]:
     """One direction's audio on the bridge's timeline (sample 0 = start_ms), each packet where
     its RTP timestamp puts it; a stream is anchored on its first packet's arrival and anchored
     anew when its timestamps leave the arrival clock (a new SSRC, Asterisk's step at a switch)."""
-    pcm = np.zeros(n, np.int32)
-    have = np.zeros(n, bool)
     if not chunks:
-        return pcm, have
+        return np.zeros(n, np.int32), np.zeros(n, bool)
     t, pt, ssrc, ts, size, flat = (np.concatenate([c[k] for c in chunks]) for k in range(6))
     audio = np.isin(pt, AUDIO_PT) & (size > 0)
     first = np.cumsum(size) - size
     t, pt, ssrc, ts, size, first = t[audio], pt[audio], ssrc[audio], ts[audio], size[audio], first[audio]
     at = np.empty(len(t))
-    anchor = None  # (ssrc, arrival ms, rtp ts)
-    for i, (ti, si, tsi) in enumerate(zip(t.tolist(), ssrc.tolist(), ts.tolist())):
-        a = None
-        if anchor and anchor[0] == si:
-            a = anchor[1] + ((tsi - anchor[2]) & 0xFFFFFFFF) / 8
-            if a - ti > RESYNC_MS or ti - a > RESYNC_MS:
-                a = None
-        if a is None:
-            anchor, a = (si, ti, tsi), ti
-        at[i] = a
+    t64, ts64 = t, ts.astype(np.int64)
+    i = anchor = 0
+    while i < len(t):  # a window at a time from the anchor; a packet that leaves it anchors anew
+        w = slice(i, min(len(t), i + ANCHOR_WINDOW))
+        cand = t64[anchor] + ((ts64[w] - ts64[anchor]) & 0xFFFFFFFF) / 8
+        off = (ssrc[w] != ssrc[anchor]) | (np.abs(cand - t64[w]) > RESYNC_MS)
+        j = int(np.argmax(off)) if off.any() else len(cand)
+        at[i:i + j] = cand[:j]
+        i += j
+        if j < len(cand):
+            anchor = i  # placed by its own arrival (cand is then its t), the next window from here
+            at[i] = t64[i]
+            i += 1
     pos = np.round((at - start_ms) * 8).astype(np.int64)
     inside = (pos >= 0) & (pos < n)
     pos, pt, size, first = pos[inside], pt[inside], size[inside], first[inside]
-    src = _runs(first, size)
-    dest = np.repeat(pos, size) + (np.arange(len(src)) - np.repeat(np.cumsum(size) - size, size))
-    samples = np.where(np.repeat(pt, size) == 8, DECODE[8][flat[src]], DECODE[0][flat[src]])
-    fits = dest < n
-    pcm[dest[fits]] = samples[fits]  # a later packet over the same samples wins, as it arrived later
-    have[dest[fits]] = True
-    return pcm, have
+    law = (pt == 8).astype(np.int64) * 256  # the row of DECODE_BOTH
+    pad = int(size.max(initial=0))  # a packet running past the end is written there, then cut off
+    pcm, have = np.zeros(n + pad, np.int32), np.zeros(n + pad, bool)
+    if len(size) and (size == pad).all() and (first == np.arange(len(size)) * pad).all():
+        # every packet one size, back to back (G.711 at one ptime, the usual case): rows at once
+        dest = pos[:, None] + np.arange(pad)
+        samples = DECODE_BOTH[flat[:len(size) * pad].reshape(-1, pad) + law[:, None]]
+    else:
+        src = _runs(first, size)
+        dest = np.repeat(pos, size) + (np.arange(len(src)) - np.repeat(np.cumsum(size) - size, size))
+        samples = DECODE_BOTH[flat[src] + np.repeat(law, size)]
+    pcm[dest] = samples  # a later packet over the same samples wins, as it arrived later
+    have[dest] = True
+    return pcm[:n], have[:n]
 
 
 def mix(packets: tuple[list, list], start_ms: int, end_ms: int) -> np.ndarray:

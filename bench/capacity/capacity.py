@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import math
 import os
 import random
@@ -339,8 +340,13 @@ def run_setup(setup: str, n: int, args, far: FarEnd, store: Store, cfg) -> Resul
                 received += int(leg.get("RxCount") or 0)
                 jitters.append(max_rx_jitter_ms(leg.get("Jitter", "")))
         if h and c and h.get("Speech") and num in bridged_at:
-            lateness += burst_lateness(float(h["Speech"]), bridged_at[num], ended_at[num],
-                                       starts.get(c["Channel"], []))
+            late = burst_lateness(float(h["Speech"]), bridged_at[num], ended_at[num], starts.get(c["Channel"], []))
+            lateness += late
+            if args.dump:  # each burst: when it was sent (s after the first dial) and how late it was heard
+                with open(args.dump, "a") as fh:
+                    fh.write(json.dumps(dict(setup=setup, n=n, num=num, dial=t_dial - t_first,
+                                             bridged=bridged_at[num] - t_first, late=late,
+                                             first=float(h["Speech"]) - t_first)) + "\n")
     res.loss_pct = 100 * lost / max(1, lost + received)
     res.jitter_p95_ms = pct(jitters, 95)
     res.talk_p99_s = pct(lateness, 99)
@@ -551,6 +557,7 @@ def main() -> int:
     ap.add_argument("--recording", choices=("on", "off"), default="on")
     ap.add_argument("--setups", default="ours,plain")
     ap.add_argument("--rate", type=float, default=10, help="calls placed per second")
+    ap.add_argument("--dump", help="append each call's bursts and their lateness to this file (JSON lines)")
     args = ap.parse_args()
     ns = [int(x) for x in args.n.split(",")]
     setups = [s for s in args.setups.split(",") if s]

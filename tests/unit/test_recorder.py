@@ -2,6 +2,7 @@
 bridge's timeline, both directions summed, what no packet covered left out (so lost audio comes
 out short and is flagged); and the recordings.method setting."""
 
+import os
 import socket
 import struct
 import threading
@@ -53,6 +54,17 @@ def test_timestamps_place_jittered_packets_without_gaps_or_overlaps():
     # arriving up to 15 ms late every other packet: by arrival they would collide, by timestamp not
     audio = recorder.mix((frames(START, 100, 0x90, jitter_ms=15), []), START, START + 2000)
     assert len(audio) == 2 * recorder.RATE and (audio == recorder.DECODE[0][0x90]).all()
+
+
+def test_packets_of_other_sizes_are_placed_by_their_own_length():
+    # 20 ms packets, then 30 ms ones (another ptime after a re-INVITE), then A-law 10 ms ones
+    rows = [(START + 20 * i, 0, SSRC, 160 * i, b"\x90" * 160) for i in range(10)]
+    rows += [(START + 200 + 30 * i, 0, SSRC, 1600 + 240 * i, b"\xA0" * 240) for i in range(10)]
+    rows += [(START + 500 + 10 * i, 8, SSRC, 4000 + 80 * i, b"\xD5" * 80) for i in range(50)]
+    audio = recorder.mix(([recorder.Chunk.of(rows)], []), START, START + 1000)
+    assert len(audio) == 8000
+    assert (audio[:1600] == recorder.DECODE[0][0x90]).all() and (audio[1600:4000] == recorder.DECODE[0][0xA0]).all()
+    assert (audio[4000:] == recorder.DECODE[8][0xD5]).all()
 
 
 def test_a_timestamp_step_or_new_ssrc_reanchors_on_arrival():
@@ -243,3 +255,24 @@ def test_calls_asking_together_while_the_recorder_is_busy_are_all_answered_witho
     server.server_close()
     assert len(results) == 40 and all(isinstance(v, float) and v < 0.9 for v in results.values()), results
     assert len(server.recorder.calls) == 40
+
+
+def test_the_finisher_yields_the_cpu_and_the_capture_thread_does_not(store):
+    """Files are written at a lower priority than everything live (Linux nice is per thread)."""
+    rec = recorder.Recorder(store.cfg, store.r)
+    tids = {}
+
+    def finisher():
+        tids["finisher"] = threading.get_native_id()
+        rec.finisher()
+
+    t = threading.Thread(target=finisher, daemon=True)
+    t.start()
+    base = os.getpriority(os.PRIO_PROCESS, 0)  # this thread's
+    deadline = time.time() + 5
+    while time.time() < deadline and ("finisher" not in tids or os.getpriority(os.PRIO_PROCESS, tids["finisher"]) == base):
+        time.sleep(0.01)
+    assert os.getpriority(os.PRIO_PROCESS, tids["finisher"]) == min(19, base + recorder.FINISHER_NICE)
+    assert os.getpriority(os.PRIO_PROCESS, 0) == base
+    rec.stopping.set()
+    t.join(2)
