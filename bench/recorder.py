@@ -3,7 +3,7 @@ as libpcap hands them over (1,024 frames: each recorded call's called leg both w
 packets again of legs it does not record, the inmates' legs), parsed and handed to their calls
 the way the capture thread does, then each call's file mixed as the finisher does.
 
-    .venv/bin/python bench/recorder.py [--calls 150] [--seconds 60]
+    .venv/bin/python bench/recorder.py [--calls 150] [--seconds 20]
 
 Prints CPU per packet and as % of a core per recorded call (a call: 50 packets a second each way
 on its called leg, and 100 more a second of its inmate leg through the same filter).
@@ -12,15 +12,17 @@ on its called leg, and 100 more a second of its inmate leg through the same filt
 from __future__ import annotations
 
 import argparse
+import shutil
 import socket
 import struct
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ics import config, recorder  # noqa: E402
+from ics import config, logs, recorder  # noqa: E402
 
 BATCH = recorder.BATCH
 
@@ -36,9 +38,11 @@ def frame(src: int, sport: int, dst: int, dport: int, seq: int, ssrc: int) -> by
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--calls", type=int, default=150)
-    ap.add_argument("--seconds", type=int, default=60)
+    ap.add_argument("--seconds", type=int, default=20)
     args = ap.parse_args()
-    cfg = config.load(environ={"ICS_RECORDINGS_DIR": "/tmp/ics-bench-recorder"})
+    files = tempfile.mkdtemp(prefix="ics-bench-recorder-")
+    cfg = config.load(environ={"ICS_RECORDINGS_DIR": files})
+    logs.setup("console", "warning")  # not a line per call registered
     rec = recorder.Recorder(cfg, None)
     ast, far = int.from_bytes(socket.inet_aton("127.0.0.1"), "big"), int.from_bytes(socket.inet_aton("127.0.0.9"), "big")
     for i in range(args.calls):
@@ -74,6 +78,7 @@ def main() -> int:
     for c in rec.calls.values():
         audio = recorder.mix(c.packets, int(t0_ms), int(t0_ms) + args.seconds * 1000)
     mix_s = time.process_time() - cpu0
+    shutil.rmtree(files)
     got_ms = len(audio) / recorder.RATE * 1000
     n = len(batches) * BATCH
     print(f"{args.calls} calls, {args.seconds} s: {n} packets in {len(batches)} batches of {BATCH}"

@@ -65,6 +65,7 @@ STACK = stack_dir()
 AST = STACK / "asterisk"
 SPEECH = "/var/lib/asterisk-farend/speech"  # Playback() name, without .wav
 FAR_AMI_PORT = 5039
+FAR_NICE = -10
 
 FACILITY = "bench"
 PIN = "2468"
@@ -113,7 +114,12 @@ class FarEnd(farend.FarEnd):
     """A second Asterisk from our root with its own dirs and ports (bench/capacity/farend/)."""
 
     def __init__(self, seconds: int):
-        super().__init__("farend", HERE / "farend", ami_port=FAR_AMI_PORT, ami_user="bench")
+        # the phones and the carrier have hardware of their own in service: here the far end runs
+        # ahead of everything of ours (nice -10), so that when the box runs short it is our side
+        # that runs late. At the same priority its own stalls were charged to us: a Playback that
+        # falls behind sends fewer frames and never catches up, so recordings came out short,
+        # jitter rose and speech was late by the load generator's account (both setups alike)
+        super().__init__("farend", HERE / "farend", ami_port=FAR_AMI_PORT, ami_user="bench", nice=FAR_NICE)
         self.seconds = seconds
 
     def start(self) -> None:

@@ -31,8 +31,9 @@ CORE_CONFS = ("acl", "ccss", "cel", "features", "indications", "pjproject", "sta
 
 class FarEnd:
     def __init__(self, name: str, conf_dir: Path, ami_port: int, ami_user: str,
-                 subs: dict[str, str] | None = None):
+                 subs: dict[str, str] | None = None, nice: int = 0):
         self.name, self.conf_dir = name, Path(conf_dir)
+        self.nice = nice  # its threads' niceness (all inherit the process's)
         self.ami_port, self.ami_user = ami_port, ami_user
         self.subs = dict(subs or {})
         self.stack = stack_dir()
@@ -88,7 +89,8 @@ class FarEnd:
                 ["chroot", "--userspec=asterisk:asterisk", str(self.root), "env", "-i",
                  f"HOME=/var/lib/asterisk-{self.name}", "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8",
                  f"LD_PRELOAD={preload}", "asterisk", "-f", "-n", "-C", f"{self.etc}/asterisk.conf"],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                preexec_fn=(lambda: os.nice(self.nice)) if self.nice else None)
         self.pidfile.write_text(str(self.proc.pid))
         deadline = time.monotonic() + 15
         while True:
