@@ -283,6 +283,8 @@ def listener_pid() -> int:
 
 def test_listener_killed_mid_call_keeps_enforcing_after_restart(ami, lines):
     world, call, callee, mark, _ = bridged(ami, lines, hold_grace_s=1)
+    log = stack_dir() / "log" / "ami.log"
+    seen = log.stat().st_size  # an earlier listener's "rebuilt" (another test's restart) is not this one's
     pid = listener_pid()
     os.killpg(pid, signal.SIGKILL)
     deadline = time.monotonic() + 5
@@ -292,11 +294,15 @@ def test_listener_killed_mid_call_keeps_enforcing_after_restart(ami, lines):
     up = subprocess.run(["bash", str(REPO / "docker" / "stack.sh"), "up"], timeout=120,
                         capture_output=True, text=True)
     assert up.returncode == 0 and "starting ami (ics-ami)" in up.stderr, up.stderr
-    log = stack_dir() / "log" / "ami.log"
+    def rebuilt() -> bool:
+        with open(log, "rb") as fh:
+            fh.seek(seen)
+            return b'"rebuilt": true' in fh.read()
+
     deadline = time.time() + 15
-    while '"rebuilt": true' not in log.read_text()[-20000:] and time.time() < deadline:
+    while not rebuilt() and time.time() < deadline:
         time.sleep(0.2)
-    assert '"rebuilt": true' in log.read_text()[-20000:], "the restarted listener did not pick up the call"
+    assert rebuilt(), "the restarted listener did not pick up the call"
     m2 = ami.mark()
     callee.hold()
     assert_cut(ami, world, m2, "hold", "hold_grace_s=1", "Hold", call, callee)
