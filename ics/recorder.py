@@ -390,10 +390,9 @@ def place(chunks: list, start_ms: int, n: int) -> tuple[np.ndarray, np.ndarray]:
     law = (pt == 8).astype(np.int64) * 256  # the row of DECODE_BOTH
     pad = int(size.max(initial=0))  # a packet running past the end is written there, then cut off
     pcm, have = np.zeros(n + pad, np.int32), np.zeros(n + pad, bool)
-    if len(size) and (size == pad).all() and (first == np.arange(len(size)) * pad).all():
-        # every packet one size, back to back (G.711 at one ptime, the usual case): rows at once
+    if len(size) and (size == pad).all():  # every packet one size (one ptime, the usual case): rows at once
         dest = pos[:, None] + np.arange(pad)
-        samples = DECODE_BOTH[flat[:len(size) * pad].reshape(-1, pad) + law[:, None]]
+        samples = DECODE_BOTH[flat[first[:, None] + np.arange(pad)] + law[:, None]]
     else:
         src = _runs(first, size)
         dest = np.repeat(pos, size) + (np.arange(len(src)) - np.repeat(np.cumsum(size) - size, size))
