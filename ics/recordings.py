@@ -143,16 +143,19 @@ def check(store, call_id: str, wait_s: float = FINAL_WAIT_S) -> Verdict | None:
         return None
     verdict = assess(bridged_for_ms(rec), wav.ms if wav else None, store.cfg["recordings"]["max_short_ms"])
     key = keys.call(call_id)
-    if not r.hsetnx(key, "recording_check", verdict.check):
-        r.zrem(keys.RECORDINGS_PENDING, call_id)
-        return None  # another settler got here first
     fields = {"bridged_for_ms": verdict.bridged_for_ms}
     if verdict.recording_ms is not None:
         fields["recording_ms"] = verdict.recording_ms
     if verdict.check != "ok":
         fields["recording_short_ms"] = verdict.short_ms
+    # the figures before the check: whoever sees a check sees its figures (a reader between the two
+    # once found recording_check and no bridged_for_ms); a second settler measured the same final
+    # file and writes the same figures
+    r.hset(key, mapping=fields)
+    if not r.hsetnx(key, "recording_check", verdict.check):
+        r.zrem(keys.RECORDINGS_PENDING, call_id)
+        return None  # another settler got here first
     with r.pipeline(transaction=False) as p:  # several slots; the claim above makes it once only
-        p.hset(key, mapping=fields)
         if verdict.check != "ok":
             p.incr(keys.RECORDINGS_FLAGGED_COUNT)
             p.zadd(keys.RECORDINGS_FLAGGED, {call_id: rec["ended_ms"]})

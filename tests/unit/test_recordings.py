@@ -118,6 +118,24 @@ def test_a_normal_recording_is_measured_and_not_flagged(store):
     assert not recordings.pending(store.r)
 
 
+def test_whoever_sees_the_check_sees_its_figures(store, monkeypatch):
+    """The check is claimed after its figures are written: a reader (icsctl calls show, a test
+    polling for the check) once found recording_check and no bridged_for_ms between the two."""
+    bridged_call(store)
+    write_wav(store.cfg.recordings_dir / NAME, 60_180)
+    seen = []
+    real = type(store.r).hsetnx
+
+    def hsetnx(self, name, field, value):
+        if field == "recording_check":
+            seen.append(self.hmget(name, "bridged_for_ms", "recording_ms"))
+        return real(self, name, field, value)
+
+    monkeypatch.setattr(type(store.r), "hsetnx", hsetnx)
+    assert recordings.check(store, CID).check == "ok"
+    assert seen == [["60200", "60180"]]
+
+
 def test_no_file_for_a_bridged_unprivileged_call_is_the_worst_shortfall(store):
     bridged_call(store)
     with structlog.testing.capture_logs() as logged:
