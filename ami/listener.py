@@ -38,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import os
 import signal
 import sys
 import time
@@ -1006,6 +1007,7 @@ def main() -> int:
     if not cfg["ami"]["secret"]:
         log.error("service.config_error", error="ami.secret is empty (set ICS_AMI_SECRET)")
         return 2
+    os.nice(cfg["ami"]["nice"])  # before any thread starts: each inherits it
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     manager, listener = build(cfg, loop)

@@ -79,6 +79,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "tap_host": "127.0.0.1",
         "tap_port": 4575,
         "metrics_port": 9574,  # the listener's /metrics and /health (ics.metrics); 0 = not served
+        # added to the listener's niceness at start (0-19): its work waits in Asterisk's AMI queue, the
+        # calls' audio cannot, so on a box short of CPU Asterisk's threads run first (README, Capacity)
+        "nice": 5,
     },
     "metrics": {
         "host": "127.0.0.1",  # where both services serve /metrics and /health: never a public address
@@ -100,13 +103,16 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "recorder_host": "127.0.0.1",
         "recorder_port": 4577,
         "capture_device": "lo",
+        # added to ics-recorder's niceness at start (0-19): the kernel's ring holds seconds of packets,
+        # the calls' audio in Asterisk nothing, so Asterisk's threads run first (README, Capacity)
+        "recorder_nice": 5,
     },
     "capacity": {
         # inmate calls this box carries at once: a new one past them is refused with the busy prompt
         # (capacity_full, admission control: ics.capacity). At or below the box's clean ceiling with
-        # recording on (make capacity): about 100 on the 2-core lab machine in the latest run (at 150
-        # recordings came out up to 5.4 s short, at 200 up to 30 s; Asterisk alone 100-150).
-        # RTP ports for them are checked at FastAGI start-up (check_rtp_range).
+        # recording on (make capacity; README, Capacity): 150 on the 2-core lab machine in the latest
+        # run, so 100 leaves headroom. RTP ports for them are checked at FastAGI start-up
+        # (check_rtp_range).
         "max_calls": 100,
         # the rtp.conf Asterisk loads (docker/stack.sh points at the rendered one in its root)
         "rtp_conf": "/etc/asterisk/rtp.conf",
@@ -575,6 +581,9 @@ def load(path: str | None = None, environ: Mapping[str, str] | None = None) -> C
     short = values["recordings"]["max_short_ms"]
     if not MIN_SHORT_MS <= short <= MAX_SHORT_MS:
         raise ConfigError(f"recordings.max_short_ms must be {MIN_SHORT_MS} to {MAX_SHORT_MS} ms, got {short}")
+    for where, key in (("ami", "nice"), ("recordings", "recorder_nice")):
+        if not 0 <= values[where][key] <= 19:  # below 0 it would run ahead of Asterisk, and needs root
+            raise ConfigError(f"{where}.{key} must be 0 to 19 (added to the service's niceness), got {values[where][key]}")
     for where, key in (("fastagi", "metrics_port"), ("ami", "metrics_port")):
         if not 0 <= values[where][key] <= 65535:
             raise ConfigError(f"{where}.{key} must be a port (1-65535) or 0 (not served), got {values[where][key]}")

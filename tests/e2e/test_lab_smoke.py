@@ -5,8 +5,12 @@ not depend on the project's dialplan.
 """
 
 import time
+from pathlib import Path
 
 import pytest
+
+from ics import config, recorder
+from tests.support import services
 
 pytestmark = pytest.mark.e2e
 
@@ -52,3 +56,31 @@ def test_originated_call_carries_dtmf_and_hangup(ami, phone):
     call.wait_disconnected(5)
     hangup = ami.wait_for({"Event": "Hangup", "Channel": channel}, 5, since=mark)
     assert hangup["Cause"] in ("16", "0"), hangup
+
+
+def _nice(pid: int) -> set[int]:
+    """The niceness of every thread of a process (Linux nice is per thread)."""
+    out = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            out.add(int(task.joinpath("stat").read_text().rsplit(")", 1)[1].split()[16]))
+        except (FileNotFoundError, ProcessLookupError):  # a thread that just ended
+            continue
+    return out
+
+
+def test_the_services_off_the_media_path_yield_the_cpu_to_asterisk():
+    """ics-recorder and the listener run below Asterisk (README, Capacity): on a box short of
+    CPU the calls' audio goes first. The recorder's file writer is lower still."""
+    cfg = config.load()
+    asterisk = services.pid("asterisk")
+    assert services.alive(asterisk)
+    base = _nice(asterisk)
+    assert len(base) == 1, base
+    base = base.pop()
+    assert _nice(services.pid("ami")) == {base + cfg["ami"]["nice"]}
+    recorder_nice = base + cfg["recordings"]["recorder_nice"]
+    assert cfg["ami"]["nice"] > 0 and cfg["recordings"]["recorder_nice"] > 0
+    threads = _nice(services.pid("recorder"))
+    assert recorder_nice in threads
+    assert threads <= {recorder_nice, min(19, recorder_nice + recorder.FINISHER_NICE)}

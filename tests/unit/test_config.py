@@ -72,6 +72,8 @@ def test_facility_overrides_are_validated():
     ({"ICS_AMI_METRICS_PORT": "-1"}, "ami.metrics_port must be a port"),
     ({"ICS_FASTAGI_DRAIN_TIMEOUT_S": "-5"}, "fastagi.drain_timeout_s must not be negative"),
     ({"ICS_AMI_DETECTOR": "dsp"}, "ami.detector must be one of module, tap"),
+    ({"ICS_AMI_NICE": "-5"}, "ami.nice must be 0 to 19"),
+    ({"ICS_RECORDINGS_RECORDER_NICE": "20"}, "recordings.recorder_nice must be 0 to 19"),
 ])
 def test_metrics_ports_and_drain_timeout_are_checked(env, message):
     with pytest.raises(config.ConfigError, match=message):
