@@ -69,7 +69,7 @@ def _nice(pid: int) -> set[int]:
     return out
 
 
-def test_the_services_off_the_media_path_yield_the_cpu_to_asterisk():
+def test_the_services_off_the_media_path_yield_the_cpu_to_asterisk(stack):
     """ics-recorder and the listener run below Asterisk (README, Capacity): on a box short of
     CPU the calls' audio goes first. The recorder's file writer is lower still."""
     cfg = config.load()
