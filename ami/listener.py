@@ -38,7 +38,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import os
 import signal
 import sys
 import time
@@ -1007,7 +1006,7 @@ def main() -> int:
     if not cfg["ami"]["secret"]:
         log.error("service.config_error", error="ami.secret is empty (set ICS_AMI_SECRET)")
         return 2
-    os.nice(cfg["ami"]["nice"])  # before any thread starts: each inherits it
+    config_mod.yield_cpu(cfg["ami"]["nice"])
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     manager, listener = build(cfg, loop)

@@ -10,6 +10,7 @@ ICS_AMI_SECRET, ICS_FACILITY_DEFAULTS_TIME_LIMIT_S.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import difflib
 import os
@@ -595,6 +596,14 @@ def load(path: str | None = None, environ: Mapping[str, str] | None = None) -> C
         if values["ami"][key] <= 0:  # 0 would make the listener's upkeep loop spin
             raise ConfigError(f"ami.{key} must be greater than 0, got {values['ami'][key]}")
     return Config(values=values, sources=tuple(sources))
+
+
+def yield_cpu(nice: int) -> None:
+    """Add nice to every thread of this process (Linux nice is per thread: numpy's pool may already
+    run); threads started later inherit their starter's. For services off the calls' audio path."""
+    for tid in os.listdir("/proc/self/task"):
+        with contextlib.suppress(ProcessLookupError):  # a thread that just ended
+            os.setpriority(os.PRIO_PROCESS, int(tid), min(19, os.getpriority(os.PRIO_PROCESS, int(tid)) + nice))
 
 
 def redis_urls(url: str) -> list[str]:

@@ -455,7 +455,7 @@ def main() -> int:
         log.error("service.config_error", error=str(exc))
         return 2
     logs.setup(cfg["log"]["format"], cfg["log"]["level"])
-    os.nice(cfg["recordings"]["recorder_nice"])  # before any thread starts: each inherits it
+    config.yield_cpu(cfg["recordings"]["recorder_nice"])
     rec = Recorder(cfg, connect(cfg))
     server = _Server((cfg["recordings"]["recorder_host"], cfg["recordings"]["recorder_port"]), _Handler)
     server.recorder = rec
