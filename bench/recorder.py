@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import socket
-import struct
 import sys
 import tempfile
 import time
@@ -23,16 +21,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ics import config, logs, recorder  # noqa: E402
+from tests.support.packets import meta_entry, rtp_packet, udp_packet  # noqa: E402
 
 BATCH = recorder.BATCH
-
-
-def frame(src: int, sport: int, dst: int, dport: int, seq: int, ssrc: int) -> bytes:
-    rtp = struct.pack("!BBHII", 0x80, 0, seq & 0xFFFF, (160 * seq) & 0xFFFFFFFF, ssrc) + b"\x90" * 160
-    udp = struct.pack("!HHHH", sport, dport, 8 + len(rtp), 0) + rtp
-    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0,
-                     src.to_bytes(4, "big"), dst.to_bytes(4, "big"))
-    return b"\0" * 12 + b"\x08\x00" + ip + udp
 
 
 def main() -> int:
@@ -44,7 +35,7 @@ def main() -> int:
     cfg = config.load(environ={"ICS_RECORDINGS_DIR": files})
     logs.setup("console", "warning")  # not a line per call registered
     rec = recorder.Recorder(cfg, None)
-    ast, far = int.from_bytes(socket.inet_aton("127.0.0.1"), "big"), int.from_bytes(socket.inet_aton("127.0.0.9"), "big")
+    ast, far = "127.0.0.1", "127.0.0.9"
     for i in range(args.calls):
         cid = f"20261130000000-{i:08x}"
         rec.start(dict(call_id=cid, file=f"bench/{cid}.wav", local=f"127.0.0.1:{20000 + 4 * i}",
@@ -57,8 +48,9 @@ def main() -> int:
         call, leg = divmod(j, 4)
         t = t0_ms + 20 * rnd + j * 20 / (args.calls * 4)
         ports = (20000 + 4 * call, 40000 + 4 * call) if leg < 2 else (22000 + 4 * call, 44000 + 4 * call)
-        f = frame(ast, ports[0], far, ports[1], rnd, leg) if leg % 2 == 0 else frame(far, ports[1], ast, ports[0], rnd, leg)
-        meta += struct.pack("=IIII", int(t // 1000), int(t % 1000 * 1000), len(data), len(f))
+        rtp = rtp_packet(0, rnd, 160 * rnd, leg, b"\x90" * 160)
+        f = udp_packet(ast, ports[0], far, ports[1], rtp) if leg % 2 == 0 else udp_packet(far, ports[1], ast, ports[0], rtp)
+        meta += meta_entry(t, len(data), len(f))
         data += f
         n += 1
         if n == BATCH:

@@ -301,7 +301,7 @@ class Recorder:
                 log.error("recorder.finish_failed", error=repr(exc))
 
 
-def _be(d: np.ndarray, at: np.ndarray, n: int) -> np.ndarray:
+def big_endian(d: np.ndarray, at: np.ndarray, n: int) -> np.ndarray:
     """The big-endian unsigned integers of n bytes at each offset."""
     v = d[at].astype(np.int64)
     for k in range(1, n):
@@ -317,11 +317,10 @@ def _runs(starts: np.ndarray, sizes: np.ndarray) -> np.ndarray:
     return np.arange(total) + np.repeat(starts - (np.cumsum(sizes) - sizes), sizes)
 
 
-def parse(data: bytes, meta: bytes, l2: int, table: Table) -> tuple[np.ndarray, Chunk] | None:
-    """One batch from the kernel, all packets at once (numpy; a Python loop per packet cost
-    0.09 % of a core per recorded call): the G.711 RTP packets of the calls in table, as
-    (call serial * 2 + direction per packet, the packets). meta: (sec, usec, offset, length)
-    per packet, native order."""
+def udp_headers(data: bytes, meta: bytes, l2: int) -> tuple[np.ndarray, ...]:
+    """A batch's IPv4 packets with room for UDP and RTP headers: their meta rows (sec, usec,
+    offset, length), the batch's bytes, and each packet's IP header, UDP header and end offsets.
+    l2: the link header's length."""
     m = np.frombuffer(meta, np.uint32).reshape(-1, 4).astype(np.int64)
     d = np.frombuffer(data, np.uint8)
     m = m[m[:, 3] >= l2 + 20 + 8 + 12]  # room for IPv4, UDP and RTP headers
@@ -331,9 +330,17 @@ def parse(data: bytes, meta: bytes, l2: int, table: Table) -> tuple[np.ndarray, 
     end = m[:, 2] + m[:, 3]
     udp = ip + (d[ip] & 0x0F).astype(np.int64) * 4
     keep = udp + 8 + 12 <= end
-    m, ip, udp, end = m[keep], ip[keep], udp[keep], end[keep]
-    src, dst = _be(d, ip + 12, 4), _be(d, ip + 16, 4)
-    sport, dport = _be(d, udp, 2), _be(d, udp + 2, 2)
+    return m[keep], d, ip[keep], udp[keep], end[keep]
+
+
+def parse(data: bytes, meta: bytes, l2: int, table: Table) -> tuple[np.ndarray, Chunk] | None:
+    """One batch from the kernel, all packets at once (numpy; a Python loop per packet cost
+    0.09 % of a core per recorded call): the G.711 RTP packets of the calls in table, as
+    (call serial * 2 + direction per packet, the packets). meta: (sec, usec, offset, length)
+    per packet, native order."""
+    m, d, ip, udp, end = udp_headers(data, meta, l2)
+    src, dst = big_endian(d, ip + 12, 4), big_endian(d, ip + 16, 4)
+    sport, dport = big_endian(d, udp, 2), big_endian(d, udp + 2, 2)
     r0, r1 = table.by_port[sport], table.by_port[dport]  # -1: the sentinel row, which matches nothing
     to_phone = (table.lip[r0] == src) & (table.rip[r0] == dst) & (table.rport[r0] == dport)
     from_phone = (table.lip[r1] == dst) & (table.rip[r1] == src) & (table.rport[r1] == sport)
@@ -350,13 +357,13 @@ def parse(data: bytes, meta: bytes, l2: int, table: Table) -> tuple[np.ndarray, 
     ext = (b0 & 0x10) != 0  # a header extension: its length in 32-bit words after 2 bytes
     if ext.any():
         fits = ext & (body + 4 <= end)
-        words = _be(d, np.where(fits, body, 0) + 2, 2)
+        words = big_endian(d, np.where(fits, body, 0) + 2, 2)
         body = np.where(fits, body + 4 + 4 * words, np.where(ext, end, body))  # cut short: no payload
     pad = np.where((b0 & 0x20) != 0, d[end - 1], 0)
     size = np.maximum(end - pad - body, 0)
     key = table.serial[row] * 2 + direction
-    chunk = Chunk(m[:, 0] * 1000 + m[:, 1] / 1000, pt.astype(np.uint8), _be(d, rtp + 8, 4).astype(np.uint32),
-                  _be(d, rtp + 4, 4).astype(np.uint32), size, d[_runs(body, size)])
+    chunk = Chunk(m[:, 0] * 1000 + m[:, 1] / 1000, pt.astype(np.uint8), big_endian(d, rtp + 8, 4).astype(np.uint32),
+                  big_endian(d, rtp + 4, 4).astype(np.uint32), size, d[_runs(body, size)])
     return key, chunk
 
 

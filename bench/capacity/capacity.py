@@ -74,6 +74,7 @@ FACILITY = "bench"
 PIN = "2468"
 PREFIX = {"ours": "3125551", "plain": "3125552"}  # + 3 digits: the call's index
 BURST_ON_S, BURST_PERIOD_S = 3, 5
+ROOM_NOISE = 33  # sample s.d. between bursts: -60 dBFS, under talk detection's -42 and over dead air's -66
 TALK_SILENCE_S = 1  # the far end's TALK_DETECT(set)=1000: a talk stop after 1 s of silence
 HZ = os.sysconf("SC_CLK_TCK")
 
@@ -133,12 +134,15 @@ class FarEnd(farend.FarEnd):
 
 
 def write_speech(path: Path, seconds: int) -> None:
-    """8 kHz 16-bit mono: noise bursts, BURST_ON_S on then silence, every BURST_PERIOD_S."""
+    """8 kHz 16-bit mono: noise bursts, BURST_ON_S on every BURST_PERIOD_S, and between them a
+    handset's room noise (ROOM_NOISE, about -60 dBFS). A line is never digitally silent between
+    words; a drop to digital silence is the dead_air signature of a hook flash, so pauses of
+    zeros made the three-way rules flag every pause (12 a call-minute)."""
     rng = random.Random(1)
     frames = bytearray()
     for n in range(seconds * 8000):
         on = (n / 8000) % BURST_PERIOD_S < BURST_ON_S
-        frames += struct.pack("<h", int(rng.gauss(0, 3000)) if on else 0)
+        frames += struct.pack("<h", int(rng.gauss(0, 3000 if on else ROOM_NOISE)))
     with wave.open(str(path), "wb") as w:
         w.setnchannels(1)
         w.setsampwidth(2)
@@ -280,13 +284,11 @@ class Speech(threading.Thread):
             data, meta = self.cap.next_batch(4096)
             if not meta:
                 continue
-            m = np.frombuffer(meta, np.uint32).reshape(-1, 4).astype(np.int64)
-            d = np.frombuffer(data, np.uint8)
-            ok = m[:, 3] >= 14 + 20 + 8 + 12 + 160  # Ethernet (lo), IPv4, UDP, RTP, 20 ms of G.711
-            m = m[ok]
-            udp = m[:, 2] + 14 + (d[m[:, 2] + 14] & 0x0F).astype(np.int64) * 4
-            sport = d[udp].astype(np.int64) << 8 | d[udp + 1]
+            m, d, _, udp, end = recorder.udp_headers(data, meta, 14)  # lo's link header: Ethernet
             body = udp + 8 + 12
+            ok = end - body >= 160  # 20 ms of G.711
+            m, udp, body = m[ok], udp[ok], body[ok]
+            sport = recorder.big_endian(d, udp, 2)
             loud = np.abs(recorder.DECODE[0][d[body[:, None] + np.arange(0, 160, 8)]]).mean(axis=1) > 300
             self.batches.append((m[:, 0] + m[:, 1] / 1e6, sport, loud))
 

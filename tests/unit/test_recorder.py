@@ -3,14 +3,13 @@ bridge's timeline, both directions summed, what no packet covered left out (so l
 out short and is flagged); and the recordings.method setting."""
 
 import os
-import socket
-import struct
 import threading
 import time
 
 import pytest
 
 from ics import config, recorder, recordings, records
+from tests.support.packets import batch, rtp_packet, udp_packet
 
 START = 1_000_000  # bridged_ms
 ULAW_ZERO = 0xFF   # G.711 mu-law silence
@@ -114,32 +113,6 @@ def test_a_request_naming_a_file_outside_the_recordings_dir_is_refused(tmp_path)
     wav = recordings.measure(tmp_path / ok["file"])
     assert wav == recordings.Wav(0, 16_000, False)  # open, as MixMonitor leaves a file it writes
     assert rec.table.by_port[20000] == 0 and list(rec.calls) == [ok["call_id"]]
-
-
-def udp_packet(src: str, sport: int, dst: str, dport: int, rtp: bytes) -> bytes:
-    """An Ethernet frame as libpcap hands it over (14 bytes of link header, IPv4, UDP)."""
-    udp = struct.pack("!HHHH", sport, dport, 8 + len(rtp), 0) + rtp
-    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0,
-                     socket.inet_aton(src), socket.inet_aton(dst))
-    return b"\0" * 12 + b"\x08\x00" + ip + udp
-
-
-def rtp_packet(pt: int, seq: int, ts: int, ssrc: int, payload: bytes, csrcs: int = 0, ext_words: int = -1,
-               pad: int = 0) -> bytes:
-    b0 = 0x80 | csrcs | (0x10 if ext_words >= 0 else 0) | (0x20 if pad else 0)
-    head = struct.pack("!BBHII", b0, pt, seq, ts, ssrc) + b"\0\0\0\1" * csrcs
-    if ext_words >= 0:
-        head += struct.pack("!HH", 0xBEDE, ext_words) + b"\0" * 4 * ext_words
-    return head + payload + (b"\0" * (pad - 1) + bytes([pad]) if pad else b"")
-
-
-def batch(frames_at: list[tuple[float, bytes]]) -> tuple[bytes, bytes]:
-    """(data, meta) as pcapy's next_batch gives them: frames back to back, (sec, usec, offset, length) each."""
-    data, meta = b"", b""
-    for t_ms, frame in frames_at:
-        meta += struct.pack("=IIII", int(t_ms // 1000), int(t_ms % 1000 * 1000), len(data), len(frame))
-        data += frame
-    return data, meta
 
 
 def test_a_batch_from_the_kernel_reaches_each_call_by_its_addresses(tmp_path):
