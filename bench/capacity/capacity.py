@@ -19,8 +19,10 @@ each N and setup it places N calls at --rate calls/s to our Asterisk:
 
 Once bridged the handset plays noise bursts (3 s on, 2 s off) for --seconds,
 then hangs up. Per setup it prints: calls held (the handset got to the end of
-its speech), RTP loss and jitter p95 as the far end received them (its RTCP
-figures, read in each leg's hangup handler), talk-start lateness p99 (the
+its speech), RTP loss as the far end received it (its RTCP figures, read in each
+leg's hangup handler), jitter p95 of what our Asterisk sent while bridged (each
+packet timed as the kernel copied it: a probe on the wire; the far end's RTCP
+figure, read when its own threads ran, is printed beside), talk-start lateness p99 (the
 called side's TALK_DETECT against each burst's first packet out of the far end, captured), setup time p95
 (dial to bridged), recording length against bridged time (ours), end lag p99
 (ours: how long after the handset hung up the call record ends, which is where
@@ -257,13 +259,18 @@ class Sampler(threading.Thread):
 
 
 class Speech(threading.Thread):
-    """When each burst of the handset's speech really left the far end: every RTP packet from the
-    far end's range to ours, copied by the kernel (libpcap, as ics-recorder does), kept as (time,
-    source port, loud?). A burst starts at a loud packet after TALK_SILENCE_S of quiet ones on
-    its port. Talk lateness counts from there, so it is our delay alone: the far end's own
-    Playback falls behind its file after a stall of the shared box and never catches up (0.9 s
-    at p99 at 175 calls, even at nice -10), which lateness against the file's schedule charged
-    to us."""
+    """Every RTP packet between the far end's range and ours, copied by the kernel (libpcap, as
+    ics-recorder does), by the far end's port.
+
+    From the far end (time, loud?): when each burst of the handset's speech really left it. A
+    burst starts at a loud packet after TALK_SILENCE_S of quiet ones on its port. Talk lateness
+    counts from there, so it is our delay alone: the far end's own Playback falls behind its
+    file after a stall of the shared box and never catches up (0.9 s at p99 at 175 calls, even
+    at nice -10), which lateness against the file's schedule charged to us.
+
+    To the far end (time, RTP timestamp, SSRC): the jitter of what our Asterisk sent, as a
+    probe on the wire would see it (send_jitter_ms). The far end's RTCP jitter is when its own
+    threads read each packet, and it stalls on this shared box too."""
 
     def __init__(self, our_rtp: tuple[int, int]):
         super().__init__(daemon=True)
@@ -274,8 +281,8 @@ class Speech(threading.Thread):
         self.cap.set_timeout(100)
         self.cap.set_buffer_size(64 << 20)
         self.cap.activate()
-        self.cap.setfilter(f"udp and src portrange {FAR_RTP[0]}-{FAR_RTP[1]} "
-                           f"and dst portrange {our_rtp[0]}-{our_rtp[1]}")
+        far, ours = f"portrange {FAR_RTP[0]}-{FAR_RTP[1]}", f"portrange {our_rtp[0]}-{our_rtp[1]}"
+        self.cap.setfilter(f"udp and ((src {far} and dst {ours}) or (src {ours} and dst {far}))")
         self.batches: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self.halt = threading.Event()
 
@@ -288,26 +295,51 @@ class Speech(threading.Thread):
             body = udp + 8 + 12
             ok = end - body >= 160  # 20 ms of G.711
             m, udp, body = m[ok], udp[ok], body[ok]
-            sport = recorder.big_endian(d, udp, 2)
+            sport, dport = recorder.big_endian(d, udp, 2), recorder.big_endian(d, udp + 2, 2)
+            out = sport < FAR_RTP[0]  # ours to the far end
             loud = np.abs(recorder.DECODE[0][d[body[:, None] + np.arange(0, 160, 8)]]).mean(axis=1) > 300
-            self.batches.append((m[:, 0] + m[:, 1] / 1e6, sport, loud))
+            self.batches.append((m[:, 0] + m[:, 1] / 1e6, np.where(out, dport, sport), loud, out,
+                                 recorder.big_endian(d, udp + 8 + 4, 4), recorder.big_endian(d, udp + 8 + 8, 4)))
 
-    def stop(self) -> tuple[dict[int, list[float]], dict[int, np.ndarray]]:
-        """By the far end's source port: burst starts, and every packet's time (20 ms of audio each)."""
+    def stop(self) -> tuple[dict[int, list[float]], dict[int, np.ndarray], dict[int, tuple[np.ndarray, ...]]]:
+        """By the far end's port: burst starts and every packet's time (20 ms of audio each) of
+        what it sent; (time, RTP timestamp, SSRC) of what it was sent, in time order."""
         self.halt.set()
         self.join(2)
         if not self.batches:
-            return {}, {}
-        t, port, loud = (np.concatenate(c) for c in zip(*self.batches))
+            return {}, {}, {}
+        t, port, loud, out, ts, ssrc = (np.concatenate(c) for c in zip(*self.batches))
         starts: dict[int, list[float]] = {}
         sent: dict[int, np.ndarray] = {}
+        received: dict[int, tuple[np.ndarray, ...]] = {}
         for p in np.unique(port):
             mine = port == p
-            sent[int(p)] = np.sort(t[mine])
-            tp = np.sort(t[mine & loud])
+            sent[int(p)] = np.sort(t[mine & ~out])
+            tp = np.sort(t[mine & ~out & loud])
             first = np.r_[True, np.diff(tp) > TALK_SILENCE_S]
             starts[int(p)] = tp[first].tolist()
-        return starts, sent
+            to = mine & out
+            order = np.argsort(t[to], kind="stable")
+            received[int(p)] = (t[to][order], ts[to][order], ssrc[to][order])
+        return starts, sent, received
+
+
+def send_jitter_ms(stream: tuple[np.ndarray, ...], t0: float, t1: float) -> float:
+    """The worst interarrival jitter (RFC 3550's running estimate, as CHANNEL(rtcp,all_jitter)'s
+    maxrxjitter) of one stream our Asterisk sent between t0 and t1, timed where the kernel copied
+    each packet (sent, as a probe on the wire sees it). A new SSRC or a timestamp jump (a new
+    source: the bridge) starts the estimate again; inf: no packets (the worst there is)."""
+    t, ts, ssrc = (a[(stream[0] >= t0) & (stream[0] < t1)] for a in stream)
+    if len(t) < 2:
+        return float("inf")
+    dts = ((ts[1:] - ts[:-1] + 2**31) % 2**32 - 2**31) / 8000  # the stream's own clock, s
+    d = np.abs(np.diff(t) - dts)
+    same = (ssrc[1:] == ssrc[:-1]) & (dts >= 0) & (dts <= 2)
+    j = worst = 0.0
+    for dk, ok in zip(d.tolist(), same.tolist()):
+        j = j + (dk - j) / 16 if ok else 0.0
+        worst = max(worst, j)
+    return worst * 1000
 
 
 def service_pids(far: FarEnd) -> dict[str, int]:
@@ -328,6 +360,7 @@ class Result:
         self.setup, self.n = setup, n
         self.held = 0
         self.loss_pct = self.jitter_p95_ms = self.talk_p99_s = self.setup_p95_s = float("nan")
+        self.rtcp_jitter_p95_ms = float("nan")  # the far end's figure: its own stalls in it
         self.setup_min_s = float("nan")
         self.rec_short_s: float | None = None  # worst bridged time - recording (settlement's measure)
         self.rec_lost_s: float | None = None   # worst audio the handset sent while bridged - recording
@@ -377,7 +410,7 @@ def run_setup(setup: str, n: int, args, far: FarEnd, store: Store, cfg) -> Resul
     time.sleep(2)  # the called legs' reports, settlement, MixMonitor closing its files
     legs = tap.events({"Event": "UserEvent", "UserEvent": "BenchLeg"}, since=mark)
     talks = tap.events({"Event": "ChannelTalkingStart"}, since=mark)
-    onsets, packets = speech.stop()
+    onsets, packets, outgoing = speech.stop()
     recs = {}
     if setup == "ours":
         recs = wait_records(store, set(dialed), t_first)
@@ -391,6 +424,7 @@ def run_setup(setup: str, n: int, args, far: FarEnd, store: Store, cfg) -> Resul
         starts.setdefault(e["Channel"], []).append(float(e["Timestamp"]))
 
     bridged_at, ended_at, setups, lateness, jitters, lags, drifts = {}, {}, [], [], [], [], []
+    rtcp_jitters: list[float] = []
     spoke_s: dict[str, float] = {}  # audio the handset sent while bridged (its packets, captured)
     lost = received = 0
     for num, t_dial in dialed.items():
@@ -411,7 +445,10 @@ def run_setup(setup: str, n: int, args, far: FarEnd, store: Store, cfg) -> Resul
             if leg:
                 lost += int(leg.get("RxLost") or 0)
                 received += int(leg.get("RxCount") or 0)
-                jitters.append(max_rx_jitter_ms(leg.get("Jitter", "")))
+                rtcp_jitters.append(max_rx_jitter_ms(leg.get("Jitter", "")))
+                if num in bridged_at:  # from 1 s into the bridge: one source
+                    stream = outgoing.get(int(leg.get("Rtp", "").rpartition(":")[2] or 0), (np.zeros(0),) * 3)
+                    jitters.append(send_jitter_ms(stream, bridged_at[num] + 1, ended_at[num] - 0.5))
         if h and h.get("Held") == "1" and h.get("Speech"):  # its speech file took this much longer
             drifts.append(float(h["Timestamp"]) - float(h["Speech"]) - args.seconds)
         if h and c and h.get("Speech") and num in bridged_at:
@@ -428,6 +465,7 @@ def run_setup(setup: str, n: int, args, far: FarEnd, store: Store, cfg) -> Resul
                                              sent=[t - t_first for t in sent])) + "\n")
     res.loss_pct = 100 * lost / max(1, lost + received)
     res.jitter_p95_ms = pct(jitters, 95)
+    res.rtcp_jitter_p95_ms = pct(rtcp_jitters, 95)
     res.talk_p99_s = pct(lateness, 99)
     res.far_drift_p99_s = pct(drifts, 99) if drifts else float("nan")
     res.setup_p95_s = pct(setups, 95)
@@ -599,6 +637,8 @@ def print_run(results: list[Result], recording: bool, seconds: int) -> None:
                   f" {r.rec_lost_s:.2f} s short")
         print(f"   {r.setup:6s} the far end's own speech ran {r.far_drift_p99_s:.3f} s behind its file at p99"
               " (its stalls: in the recordings' length, not in talk p99)")
+        print(f"   {r.setup:6s} jitter p95 by the far end's RTCP (whole legs, read when its threads ran):"
+              f" {r.rtcp_jitter_p95_ms:.1f} ms")
         for why in r.problems:
             print(f"   {r.setup:6s} note: {why}")
 
