@@ -111,8 +111,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "capacity": {
         # inmate calls this box carries at once: a new one past them is refused with the busy prompt
         # (capacity_full, admission control: ics.capacity). At or below the box's clean ceiling with
-        # recording on (make capacity; README, Capacity): 150 on the 2-core lab machine in the latest
-        # run, so 100 leaves headroom. RTP ports for them are checked at FastAGI start-up
+        # recording on (make capacity; README, Capacity): 150-160 on the 2-core lab machine in the
+        # latest runs, so 100 leaves headroom. RTP ports for them are checked at FastAGI start-up
         # (check_rtp_range).
         "max_calls": 100,
         # the rtp.conf Asterisk loads (docker/stack.sh points at the rendered one in its root)
