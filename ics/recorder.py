@@ -65,6 +65,9 @@ START_TIMEOUT_S = 2.0    # the call flow's wait for "ok"
 RESYNC_MS = 200          # an RTP timestamp this far from the arrival clock starts a new stream
 ANCHOR_WINDOW = 256      # packets placed per step from one anchor: bounded work when every packet resyncs
 AUDIO_PT = (0, 8)        # PCMU, PCMA
+# a live call keeps about this many packets a direction in memory (30 s); older ones wait in a file
+# beside its recording (the finisher moves them): 150 calls of 15 min would otherwise hold 1.25 GB
+SPILL_PACKETS = 1500
 
 
 def _ulaw_table() -> np.ndarray:
@@ -112,6 +115,35 @@ class Chunk(NamedTuple):
     def __len__(self) -> int:
         return len(self.t_ms)
 
+    @classmethod
+    def joined(cls, chunks: list) -> "Chunk":
+        return cls(*(np.concatenate([c[k] for c in chunks]) for k in range(6)))
+
+    # on disk (Call.spill): direction, packets, payload bytes, then each column's bytes in order
+    HEAD = struct.Struct("<BII")
+    DTYPES = (np.float64, np.uint8, np.uint32, np.uint32, np.int64)
+
+    def to_bytes(self, direction: int) -> bytes:
+        cols = [np.ascontiguousarray(c, dt).tobytes() for c, dt in zip(self[:5], self.DTYPES)]
+        return b"".join([self.HEAD.pack(direction, len(self), len(self.flat)), *cols, self.flat.tobytes()])
+
+    @classmethod
+    def read_all(cls, path: Path) -> tuple[list, list]:
+        """Every chunk a spill file holds, by direction, in the order written."""
+        out: tuple[list, list] = ([], [])
+        data = memoryview(path.read_bytes())
+        at = 0
+        while at < len(data):
+            direction, n, nflat = cls.HEAD.unpack_from(data, at)
+            at += cls.HEAD.size
+            cols = []
+            for dt in cls.DTYPES:
+                cols.append(np.frombuffer(data, dt, n, at).copy())
+                at += n * np.dtype(dt).itemsize
+            out[direction].append(cls(*cols, np.frombuffer(data, np.uint8, nflat, at).copy()))
+            at += nflat
+        return out
+
 
 @dataclass
 class Call:
@@ -122,6 +154,7 @@ class Call:
     serial: int = 0          # this recorder's number for the call: the capture's key
     # Chunks per direction: 0 to the phone, 1 from it
     packets: tuple[list, list] = field(default_factory=lambda: ([], []))
+    spill: Path | None = None  # the older packets, once moved out of memory (Recorder.spill)
 
 
 class Table(NamedTuple):
@@ -157,6 +190,7 @@ class Recorder:
         self.parsed: list[Chunk] = []  # the capture thread's, not yet handed to calls
         self.parsed_keys: list[np.ndarray] = []
         self.lock = threading.Lock()
+        self.files = threading.Lock()  # a call's spill and its file: written by one thread at a time
         self.stopping = threading.Event()
         self.dropped = 0
         self.caught_up_ms = 0.0  # every packet captured before this (epoch ms) has reached its call
@@ -177,8 +211,10 @@ class Recorder:
             fh.seek(40), fh.write(struct.pack("<I", 0))
         call = Call(call_id, path, _addr(req["local"]), _addr(req["remote"]), next(self.serials))
         with self.lock:
-            self.calls.pop(call_id, None)  # asked again: registered anew, last (its port is its own)
+            old = self.calls.pop(call_id, None)  # asked again: registered anew, last (its port is its own)
             self.calls[call_id] = call
+            if old is not None and old.spill is not None:
+                old.spill.unlink(missing_ok=True)
             self.table = Table.of(self.calls.values())
         log.info("recorder.started", call_id=call_id, file=name, local=req["local"], remote=req["remote"])
 
@@ -272,21 +308,46 @@ class Recorder:
                     self.table = Table.of(self.calls.values())
             self.write(call, rec)
 
+    def spill(self) -> None:
+        """Live calls' packets past SPILL_PACKETS a direction, oldest first, to each call's spill
+        file; write() reads them back in order."""
+        with self.files:
+            with self.lock:
+                moved = []
+                for call in self.calls.values():
+                    for d in (0, 1):
+                        if sum(map(len, call.packets[d])) >= SPILL_PACKETS:
+                            moved.append((call, d, call.packets[d][:]))
+                            call.packets[d].clear()
+            for call, d, chunks in moved:
+                call.spill = call.spill or call.path.with_suffix(".spill")
+                with open(call.spill, "ab") as fh:
+                    fh.write(Chunk.joined(chunks).to_bytes(d))
+
     def write(self, call: Call, rec: dict) -> None:
+        with self.files:
+            packets = call.packets
+            if call.spill is not None:
+                spilled = Chunk.read_all(call.spill)
+                packets = (spilled[0] + call.packets[0], spilled[1] + call.packets[1])
+                call.spill.unlink()
+            self._write(call, packets, rec)
+
+    def _write(self, call: Call, packets: tuple[list, list], rec: dict) -> None:
         if not isinstance(rec.get("bridged_ms"), int):  # never bridged: nothing was recorded
             call.path.unlink(missing_ok=True)
             log.info("recorder.not_bridged", call_id=call.call_id)
             return
         start = rec["bridged_ms"]
         end = min(rec["ended_ms"], rec["cut_ms"]) if isinstance(rec.get("cut_ms"), int) else rec["ended_ms"]
-        audio = mix(call.packets, start, max(start, end))
+        audio = mix(packets, start, max(start, end))
         tmp = call.path.with_suffix(".part")
         with wave.open(str(tmp), "wb") as w:
             w.setnchannels(1), w.setsampwidth(2), w.setframerate(RATE)
             w.writeframes(audio.tobytes())
         os.replace(tmp, call.path)
         log.info("recorder.written", call_id=call.call_id, file=str(call.path), ms=len(audio) * 1000 // RATE,
-                 packets=[sum(map(len, call.packets[0])), sum(map(len, call.packets[1]))])
+                 packets=[sum(map(len, packets[0])), sum(map(len, packets[1]))])
 
     def finisher(self) -> None:
         # writing a file is work nothing waits on: it yields the CPU to live calls' audio (Asterisk)
@@ -297,6 +358,7 @@ class Recorder:
         while not self.stopping.wait(POLL_S):
             try:
                 self.finish_ended()
+                self.spill()
             except Exception as exc:  # Redis away a moment: the calls wait for the next round
                 log.error("recorder.finish_failed", error=repr(exc))
 

@@ -75,7 +75,7 @@ def test_facility_overrides_are_validated():
     ({"ICS_AMI_NICE": "-5"}, "ami.nice must be 0 to 19"),
     ({"ICS_RECORDINGS_RECORDER_NICE": "20"}, "recordings.recorder_nice must be 0 to 19"),
 ])
-def test_metrics_ports_and_drain_timeout_are_checked(env, message):
+def test_ports_timeouts_and_niceness_are_checked(env, message):
     with pytest.raises(config.ConfigError, match=message):
         config.load(environ=env)
 

@@ -5,6 +5,7 @@ out short and is flagged); and the recordings.method setting."""
 import os
 import threading
 import time
+import wave
 
 import pytest
 
@@ -249,3 +250,47 @@ def test_the_finisher_yields_the_cpu_and_the_capture_thread_does_not(store):
     assert os.getpriority(os.PRIO_PROCESS, 0) == base
     rec.stopping.set()
     t.join(2)
+
+
+def test_a_long_call_keeps_its_older_packets_on_disk_and_its_file_is_the_same(store, monkeypatch):
+    """Past SPILL_PACKETS a direction, a live call's older packets move to a file beside its
+    recording; the WAV written at the end is what mixing every packet in memory gives."""
+    monkeypatch.setattr(recorder, "SPILL_PACKETS", 100)
+    cid = "20261130023000-0123abcf"
+    name = f"ics/main/i1/2026-11-30/{cid}.wav"
+    rec = recorder.Recorder(store.cfg, store.r)
+    rec.start(dict(call_id=cid, file=name, local="127.0.0.1:20004", remote="127.0.0.1:40004"))
+    call = rec.calls[cid]
+    bridged = int(recorder.time.time() * 1000) - 10_000
+    sent: tuple[list, list] = ([], [])
+    for k in range(8):  # 8 hand-outs of 1 s each way, the finisher's spill between them
+        for d, value in ((0, 0x80), (1, 0xFE)):
+            chunk = frames(bridged + 1000 * k + 5 * d, 50, value - k, ts0=160 + 8000 * k)
+            call.packets[d].extend(chunk)
+            sent[d].extend(chunk)
+        rec.spill()
+        assert all(sum(map(len, call.packets[d])) < recorder.SPILL_PACKETS for d in (0, 1))
+    assert call.spill is not None and call.spill.exists()
+    expected = recorder.mix(sent, bridged, bridged + 8000)
+    records.create(store.r, cid, bridged_ms=bridged, ended_ms=bridged + 8000, recording=name, privileged="0")
+    rec.caught_up_ms = bridged + 8000 + recorder.SETTLE_GRACE_MS
+    rec.finish_ended()
+    path = store.cfg.recordings_dir / name
+    with wave.open(str(path)) as w:
+        assert w.readframes(w.getnframes()) == expected.tobytes()
+    assert len(expected) == 8 * 8000 and not call.spill.exists() and not rec.calls
+
+
+def test_a_call_asked_for_again_drops_its_spill(store, monkeypatch):
+    monkeypatch.setattr(recorder, "SPILL_PACKETS", 10)
+    cid = "20261130023000-0123abd0"
+    req = dict(call_id=cid, file=f"ics/main/i1/2026-11-30/{cid}.wav", local="127.0.0.1:20006",
+               remote="127.0.0.1:40006")
+    rec = recorder.Recorder(store.cfg, store.r)
+    rec.start(req)
+    rec.calls[cid].packets[0].extend(frames(START, 20, 0x80))
+    rec.spill()
+    spill = rec.calls[cid].spill
+    assert spill.exists()
+    rec.start(req)
+    assert not spill.exists() and rec.calls[cid].spill is None
