@@ -283,7 +283,7 @@ class Speech(threading.Thread):
         self.cap.activate()
         far, ours = f"portrange {FAR_RTP[0]}-{FAR_RTP[1]}", f"portrange {our_rtp[0]}-{our_rtp[1]}"
         self.cap.setfilter(f"udp and ((src {far} and dst {ours}) or (src {ours} and dst {far}))")
-        self.batches: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self.batches: list[tuple[np.ndarray, ...]] = []  # time, far port, loud, to the far end, ts, ssrc
         self.halt = threading.Event()
 
     def run(self) -> None:
@@ -644,7 +644,7 @@ def print_run(results: list[Result], recording: bool, seconds: int) -> None:
 
 
 def print_ceilings(runs: list[list[Result]], setups: list[str], recording: bool) -> None:
-    print("\n== clean ceiling (every call held, loss <= 0.1 %, jitter p95 <= 20 ms, talk starts <= 0.1 s "
+    print("\n== clean ceiling (every call held, loss <= 0.1 %, jitter p95 <= 20 ms (sent while bridged), talk starts <= 0.1 s "
           "late at p99, setup p95 within 3 s of unloaded" + (", recordings >= what was sent while bridged - 1 s)"
                                                             if recording else ")"))
     ceiling = {}
