@@ -165,14 +165,22 @@ def test_a_port_asterisk_hands_out_again_belongs_to_the_call_that_registered_it_
     assert sum(map(len, rec.calls[new].packets[1])) == 1 and sum(map(len, rec.calls[old].packets[1])) == 0
 
 
+def recording_one(store, call_id: str, port: int) -> tuple[recorder.Recorder, str, dict]:
+    """A recorder (real Redis) with one call registered, Asterisk's end at 127.0.0.1:port:
+    (the recorder, the file's name, the call flow's request)."""
+    name = f"ics/main/i1/2026-11-30/{call_id}.wav"
+    req = dict(call_id=call_id, file=name, local=f"127.0.0.1:{port}", remote=f"127.0.0.1:{port + 20000}")
+    rec = recorder.Recorder(store.cfg, store.r)
+    rec.start(req)
+    return rec, name, req
+
+
 def test_the_file_is_written_once_the_capture_has_passed_the_calls_end(store):
     """Settlement's check (ics.recordings) sees an open file until the recorder has handled every
     packet up to the call's end, then the whole recording: a capture behind under load never cuts
     a call's last seconds off."""
     cid = "20261130023000-0123abcd"
-    name = f"ics/main/i1/2026-11-30/{cid}.wav"
-    rec = recorder.Recorder(store.cfg, store.r)
-    rec.start(dict(call_id=cid, file=name, local="127.0.0.1:20000", remote="127.0.0.1:40000"))
+    rec, name, _ = recording_one(store, cid, 20000)
     call = rec.calls[cid]
     ended = int(recorder.time.time() * 1000) - 500
     bridged = ended - 2000
@@ -189,9 +197,7 @@ def test_the_file_is_written_once_the_capture_has_passed_the_calls_end(store):
 
 def test_a_call_never_bridged_leaves_no_file(store):
     cid = "20261130023000-0123abce"
-    name = f"ics/main/i1/2026-11-30/{cid}.wav"
-    rec = recorder.Recorder(store.cfg, store.r)
-    rec.start(dict(call_id=cid, file=name, local="127.0.0.1:20002", remote="127.0.0.1:40002"))
+    rec, name, _ = recording_one(store, cid, 20002)
     records.create(store.r, cid, ended_ms=int(recorder.time.time() * 1000) - 1000, recording=name)
     rec.caught_up_ms = recorder.time.time() * 1000
     rec.finish_ended()
@@ -257,9 +263,7 @@ def test_a_long_call_keeps_its_older_packets_on_disk_and_its_file_is_the_same(st
     recording; the WAV written at the end is what mixing every packet in memory gives."""
     monkeypatch.setattr(recorder, "SPILL_PACKETS", 100)
     cid = "20261130023000-0123abcf"
-    name = f"ics/main/i1/2026-11-30/{cid}.wav"
-    rec = recorder.Recorder(store.cfg, store.r)
-    rec.start(dict(call_id=cid, file=name, local="127.0.0.1:20004", remote="127.0.0.1:40004"))
+    rec, name, _ = recording_one(store, cid, 20004)
     call = rec.calls[cid]
     bridged = int(recorder.time.time() * 1000) - 10_000
     sent: tuple[list, list] = ([], [])
@@ -284,10 +288,7 @@ def test_a_long_call_keeps_its_older_packets_on_disk_and_its_file_is_the_same(st
 def test_a_call_asked_for_again_drops_its_spill(store, monkeypatch):
     monkeypatch.setattr(recorder, "SPILL_PACKETS", 10)
     cid = "20261130023000-0123abd0"
-    req = dict(call_id=cid, file=f"ics/main/i1/2026-11-30/{cid}.wav", local="127.0.0.1:20006",
-               remote="127.0.0.1:40006")
-    rec = recorder.Recorder(store.cfg, store.r)
-    rec.start(req)
+    rec, _, req = recording_one(store, cid, 20006)
     rec.calls[cid].packets[0].extend(frames(START, 20, 0x80))
     rec.spill()
     spill = rec.calls[cid].spill
