@@ -435,7 +435,7 @@ def place(chunks: list, start_ms: int, n: int) -> tuple[np.ndarray, np.ndarray]:
     anew when its timestamps leave the arrival clock (a new SSRC, Asterisk's step at a switch)."""
     if not chunks:
         return np.zeros(n, np.int32), np.zeros(n, bool)
-    t, pt, ssrc, ts, size, flat = (np.concatenate([c[k] for c in chunks]) for k in range(6))
+    t, pt, ssrc, ts, size, flat = Chunk.joined(chunks)
     audio = np.isin(pt, AUDIO_PT) & (size > 0)
     first = np.cumsum(size) - size
     t, pt, ssrc, ts, size, first = t[audio], pt[audio], ssrc[audio], ts[audio], size[audio], first[audio]
