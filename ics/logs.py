@@ -42,6 +42,8 @@ Event names (the `event` field):
   recorder.written          the call's WAV written after its end: ms of audio, packets per direction
   recorder.not_bridged      the call ended unbridged: its open file removed, nothing recorded
   recorder.dropped          ERROR: the kernel's capture ring overran (packets): audio lost, flagged at settlement
+  recorder.spill_failed     ERROR: a live call's older packets could not go to disk (full?): kept in memory, tried again
+  recorder.spill_orphaned   ERROR: at start, spill files a killed recorder left (files, calls): removed; those calls are flagged
   recorder.start_failed / recorder.finish_failed / recorder.capture_stopped   ERROR: as said
   ami.connected / ami.disconnected / ami.login_failed / ami.event_error / ami.ping_timeout
   ami.action_dropped        an action left unanswered by a lost connection (never re-sent)

@@ -66,8 +66,9 @@ RESYNC_MS = 200          # an RTP timestamp this far from the arrival clock star
 ANCHOR_WINDOW = 256      # packets placed per step from one anchor: bounded work when every packet resyncs
 AUDIO_PT = (0, 8)        # PCMU, PCMA
 # a live call keeps about this many packets a direction in memory (30 s); older ones wait in a file
-# beside its recording (the finisher moves them): 150 calls of 15 min would otherwise hold 1.25 GB
+# in SPILL_DIR (the finisher moves them): 150 calls of 15 min would otherwise hold 1.25 GB
 SPILL_PACKETS = 1500
+SPILL_DIR = ".spill"     # under recordings.dir: this service's own; what a dead one left is dropped at start
 
 
 def _ulaw_table() -> np.ndarray:
@@ -155,6 +156,11 @@ class Call:
     # Chunks per direction: 0 to the phone, 1 from it
     packets: tuple[list, list] = field(default_factory=lambda: ([], []))
     spill: Path | None = None  # the older packets, once moved out of memory (Recorder.spill)
+    spill_failing: bool = False
+
+    @property
+    def spill_name(self) -> str:
+        return f"{self.call_id}.{self.serial}"
 
 
 class Table(NamedTuple):
@@ -184,6 +190,7 @@ class Recorder:
     def __init__(self, cfg: config.Config, r):
         self.cfg, self.r = cfg, r
         self.dir = cfg.recordings_dir
+        self.spills = self.dir / SPILL_DIR
         self.calls: dict[str, Call] = {}
         self.serials = itertools.count(1)
         self.table = Table.of(())  # replaced whole, never changed: the capture thread reads it unlocked
@@ -210,7 +217,7 @@ class Recorder:
         with open(path, "r+b") as fh:  # wave wrote the real (0) sizes; make it read as "open"
             fh.seek(40), fh.write(struct.pack("<I", 0))
         call = Call(call_id, path, _addr(req["local"]), _addr(req["remote"]), next(self.serials))
-        with self.lock:
+        with self.files, self.lock:  # (files: not while the finisher spills the old one)
             old = self.calls.pop(call_id, None)  # asked again: registered anew, last (its port is its own)
             self.calls[call_id] = call
             if old is not None and old.spill is not None:
@@ -310,19 +317,37 @@ class Recorder:
 
     def spill(self) -> None:
         """Live calls' packets past SPILL_PACKETS a direction, oldest first, to each call's spill
-        file; write() reads them back in order."""
+        file; write() reads them back in order. Packets leave memory only once on disk: a spill
+        that fails (disk full) leaves the file as it was and the packets where they were."""
         with self.files:
             with self.lock:
-                moved = []
-                for call in self.calls.values():
-                    for d in (0, 1):
-                        if sum(map(len, call.packets[d])) >= SPILL_PACKETS:
-                            moved.append((call, d, call.packets[d][:]))
-                            call.packets[d].clear()
-            for call, d, chunks in moved:
-                call.spill = call.spill or call.path.with_suffix(".spill")
-                with open(call.spill, "ab") as fh:
-                    fh.write(Chunk.joined(chunks).to_bytes(d))
+                moved = [(call, d, len(call.packets[d])) for call in self.calls.values() for d in (0, 1)
+                         if sum(map(len, call.packets[d])) >= SPILL_PACKETS]
+            for call, d, k in moved:  # hand_out only appends: a direction's first k chunks stay put
+                path = call.spill or self.spills / call.spill_name
+                try:
+                    path.parent.mkdir(exist_ok=True)
+                    append_whole(path, Chunk.joined(call.packets[d][:k]).to_bytes(d))
+                except OSError as exc:
+                    if not call.spill_failing:  # once until it works again, not 8 lines a second a call
+                        log.error("recorder.spill_failed", call_id=call.call_id, file=str(path), error=repr(exc))
+                    call.spill_failing = True
+                    continue
+                call.spill, call.spill_failing = path, False
+                with self.lock:
+                    del call.packets[d][:k]
+
+    def drop_orphan_spills(self) -> None:
+        """At start: spill files a recorder that died left (its calls' files stay open: flagged)."""
+        orphans = sorted(self.spills.glob("*")) if self.spills.is_dir() else []
+        for p in orphans:
+            try:
+                p.unlink(missing_ok=True)
+            except OSError as exc:  # not worth refusing calls over: left for ops, named in the log
+                log.error("recorder.spill_orphaned", file=str(p), error=repr(exc))
+        if orphans:
+            log.error("recorder.spill_orphaned", files=len(orphans),
+                      calls=sorted({p.name.rpartition(".")[0] for p in orphans}))
 
     def write(self, call: Call, rec: dict) -> None:
         with self.files:
@@ -361,6 +386,22 @@ class Recorder:
                 self.spill()
             except Exception as exc:  # Redis away a moment: the calls wait for the next round
                 log.error("recorder.finish_failed", error=repr(exc))
+
+
+def append_whole(path: Path, data: bytes) -> None:
+    """data at the end of path, all of it or none (the file cut back, OSError raised)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+    try:
+        at = os.lseek(fd, 0, os.SEEK_END)
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(fd, view):]
+        except OSError:
+            os.ftruncate(fd, at)
+            raise
+    finally:
+        os.close(fd)
 
 
 def big_endian(d: np.ndarray, at: np.ndarray, n: int) -> np.ndarray:
@@ -526,6 +567,7 @@ def main() -> int:
     logs.setup(cfg["log"]["format"], cfg["log"]["level"])
     config.yield_cpu(cfg["recordings"]["recorder_nice"])
     rec = Recorder(cfg, connect(cfg))
+    rec.drop_orphan_spills()
     server = _Server((cfg["recordings"]["recorder_host"], cfg["recordings"]["recorder_port"]), _Handler)
     server.recorder = rec
     threads = [threading.Thread(target=rec.capture, args=(cfg["recordings"]["capture_device"], bpf),

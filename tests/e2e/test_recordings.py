@@ -17,7 +17,7 @@ import wave
 import numpy as np
 import pytest
 
-from ics import recordings, records
+from ics import recorder, recordings, records
 
 from tests.e2e.test_billing_calls import accept  # noqa: F401
 from tests.e2e.test_collect_call import lines  # noqa: F401 (fixture)
@@ -148,6 +148,20 @@ def test_without_the_recorder_a_recorded_call_is_never_bridged(ami, lines):  # n
     assert "bridged_ms" not in rec and rec.get("billed_cents", 0) == 0, rec
     assert not ami.events(lambda e: e.get("Event") == "BridgeEnter"
                           and e.get("Channel", "").startswith(f"PJSIP/{NUMBER}"), since=mark)
+
+
+def test_a_restarted_recorder_drops_the_spill_files_a_killed_one_left():
+    """A long call's older packets wait in recordings.dir/.spill; the recorder killed, no one
+    else can read them (its calls' files stay open and are flagged): the next one removes them."""
+    spills = make_world().cfg.recordings_dir / recorder.SPILL_DIR
+    spills.mkdir(parents=True, exist_ok=True)
+    orphan = spills / "20261130023000-0123abd3.7"
+    orphan.write_bytes(b"\x00" * 64)
+    services.kill("recorder")
+    services.restart("recorder")
+    assert not orphan.exists()
+    logged = services.log_events("recorder", "recorder.spill_orphaned", "20261130023000-0123abd3")
+    assert logged and logged[-1]["level"] == "error" and logged[-1]["files"] >= 1, logged
 
 
 def test_a_recording_stopped_mid_call_is_flagged_short_logged_counted_and_shown(ami, lines, mixmonitor):  # noqa: F811

@@ -3,6 +3,7 @@ bridge's timeline, both directions summed, what no packet covered left out (so l
 out short and is flagged); and the recordings.method setting."""
 
 import os
+import resource
 import threading
 import time
 import wave
@@ -295,3 +296,53 @@ def test_a_call_asked_for_again_drops_its_spill(store, monkeypatch):
     assert spill.exists()
     rec.start(req)
     assert not spill.exists() and rec.calls[cid].spill is None
+
+
+def test_a_spill_the_disk_refuses_leaves_the_packets_in_memory_and_the_file_whole(store, monkeypatch):
+    """A full disk mid-spill (here the file size limit, RLIMIT_FSIZE: a real short write, then
+    EFBIG): the half-written record is cut off, the packets stay in memory, the next spill takes
+    them, and the WAV is still every packet."""
+    monkeypatch.setattr(recorder, "SPILL_PACKETS", 100)
+    cid = "20261130023000-0123abd1"
+    rec, name, _ = recording_one(store, cid, 20008)
+    call = rec.calls[cid]
+    bridged = int(recorder.time.time() * 1000) - 10_000
+    sent: tuple[list, list] = ([], [])
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)
+    sizes = []
+    for k in range(6):
+        for d, value in ((0, 0x80), (1, 0xFE)):
+            chunk = frames(bridged + 1000 * k + 5 * d, 50, value - k, ts0=160 + 8000 * k)
+            call.packets[d].extend(chunk)
+            sent[d].extend(chunk)
+        full = k == 3  # room for part of one direction's record, not for all of it
+        size = call.spill.stat().st_size if call.spill else 0
+        if full:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (size + 5000, limit[1]))
+        try:
+            rec.spill()
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, limit)
+        sizes.append(call.spill.stat().st_size if call.spill else 0)
+        if full:
+            assert sizes[-1] == size and all(sum(map(len, call.packets[d])) >= 100 for d in (0, 1))
+    assert sizes[4] > sizes[3]  # the next spill took them
+    expected = recorder.mix(sent, bridged, bridged + 6000)
+    records.create(store.r, cid, bridged_ms=bridged, ended_ms=bridged + 6000, recording=name, privileged="0")
+    rec.caught_up_ms = bridged + 6000 + recorder.SETTLE_GRACE_MS
+    rec.finish_ended()
+    with wave.open(str(store.cfg.recordings_dir / name)) as w:
+        assert w.readframes(w.getnframes()) == expected.tobytes()
+    assert len(expected) == 6 * 8000
+
+
+def test_spill_files_a_dead_recorder_left_are_dropped_when_the_next_one_starts(store, monkeypatch):
+    monkeypatch.setattr(recorder, "SPILL_PACKETS", 10)
+    cid = "20261130023000-0123abd2"
+    rec, name, _ = recording_one(store, cid, 20010)
+    rec.calls[cid].packets[0].extend(frames(START, 20, 0x80))
+    rec.spill()
+    orphan = rec.calls[cid].spill
+    assert orphan.exists() and orphan.parent == store.cfg.recordings_dir / recorder.SPILL_DIR
+    recorder.Recorder(store.cfg, store.r).drop_orphan_spills()  # the service restarted: the call is not its own
+    assert not orphan.exists() and (store.cfg.recordings_dir / name).exists()
