@@ -30,6 +30,7 @@ N ?= 50,100,150,200,250
 SECONDS ?= 60
 RECORDING ?= on
 SETUPS ?= ours,plain
+REPEAT ?= 1
 
 venv:
 	$(STACK) venv
@@ -100,7 +101,7 @@ bench: up
 capacity: export ICS_CAPACITY_MAX_CALLS ?= 500
 capacity: up
 	@$(WITH_ENV) rc=0; $(PY) bench/capacity/capacity.py --n $(N) --seconds $(SECONDS) \
-	    --recording $(RECORDING) --setups $(SETUPS) || rc=$$?; $(STACK) down; exit $$rc
+	    --recording $(RECORDING) --setups $(SETUPS) --repeat $(REPEAT) || rc=$$?; $(STACK) down; exit $$rc
 
 # make threeway: the three-way detector's error rates. First the labelled corpus through the
 # detector and rules alone (bench/threeway/bench.py), then through the real path at CALLS calls at
