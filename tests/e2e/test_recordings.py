@@ -150,7 +150,7 @@ def test_without_the_recorder_a_recorded_call_is_never_bridged(ami, lines):  # n
                           and e.get("Channel", "").startswith(f"PJSIP/{NUMBER}"), since=mark)
 
 
-def test_a_restarted_recorder_drops_the_spill_files_a_killed_one_left():
+def test_a_restarted_recorder_drops_the_spill_files_a_killed_one_left(stack):
     """A long call's older packets wait in recordings.dir/.spill; the recorder killed, no one
     else can read them (its calls' files stay open and are flagged): the next one removes them."""
     spills = make_world().cfg.recordings_dir / recorder.SPILL_DIR
