@@ -1,7 +1,8 @@
 """ics-recorder's capture path, per packet and per recorded call (issue 9): the kernel's batches
 as libpcap hands them over (1,024 frames: each recorded call's called leg both ways, and as many
 packets again of legs it does not record, the inmates' legs), parsed and handed to their calls
-the way the capture thread does, then each call's file mixed as the finisher does.
+the way the capture thread does, the finisher's look for packets to spill every SPILL_EVERY_S,
+then each call's file mixed as the finisher does (spilled packets read back).
 
     .venv/bin/python bench/recorder.py [--calls 150] [--seconds 20]
 
@@ -34,6 +35,7 @@ def main() -> int:
     files = tempfile.mkdtemp(prefix="ics-bench-recorder-")
     cfg = config.load(environ={"ICS_RECORDINGS_DIR": files})
     logs.setup("console", "warning")  # not a line per call registered
+    recorder.tune_malloc()  # as the service does
     rec = recorder.Recorder(cfg, None)
     ast, far = "127.0.0.1", "127.0.0.9"
     for i in range(args.calls):
@@ -56,7 +58,7 @@ def main() -> int:
         if n == BATCH:
             batches.append((bytes(data), bytes(meta), t))
             data, meta, n = bytearray(), bytearray(), 0
-    handed, cpu0 = t0_ms, time.process_time()
+    handed, spilled, spill_s, cpu0 = t0_ms, t0_ms, 0.0, time.process_time()
     for data, meta, t in batches:
         got = recorder.parse(data, meta, 14, rec.table)
         if got is not None:
@@ -64,11 +66,17 @@ def main() -> int:
         if t - handed >= recorder.HAND_OUT_MS:
             rec.hand_out(t)
             handed = t
+        if t - spilled >= recorder.SPILL_EVERY_S * 1000:  # the finisher's look at every live call
+            c0 = time.process_time()
+            rec.spill()
+            spill_s += time.process_time() - c0
+            spilled = t
     rec.hand_out(handed)
-    capture_s = time.process_time() - cpu0
+    capture_s = time.process_time() - cpu0 - spill_s
+    spilled_calls = sum(c.spill is not None for c in rec.calls.values())
     cpu0 = time.process_time()
     for c in rec.calls.values():
-        audio = recorder.mix(c.packets, int(t0_ms), int(t0_ms) + args.seconds * 1000)
+        audio = recorder.mix(rec.take_packets(c), int(t0_ms), int(t0_ms) + args.seconds * 1000)
     mix_s = time.process_time() - cpu0
     shutil.rmtree(files)
     got_ms = len(audio) / recorder.RATE * 1000
@@ -77,7 +85,9 @@ def main() -> int:
           f" ({n // 2} of recorded legs); last call's file {got_ms / 1000:.1f} s")
     print(f"  capture (parse, hand out): {capture_s / n * 1e6:.2f} us a packet,"
           f" {100 * capture_s / args.seconds / args.calls:.4f} % of a core per recorded call")
-    print(f"  files (mix):               {mix_s / args.calls * 1000:.1f} ms a call,"
+    print(f"  spill (every {recorder.SPILL_EVERY_S} s):        {100 * spill_s / args.seconds / args.calls:.4f} % of a core"
+          f" per recorded call ({spilled_calls} calls had packets on disk)")
+    print(f"  files (mix):             {mix_s / args.calls * 1000:.1f} ms a call,"
           f" {100 * mix_s / args.seconds / args.calls:.4f} % of a core per recorded call over its length")
     return 0
 

@@ -8,6 +8,7 @@ import threading
 import time
 import wave
 
+import numpy as np
 import pytest
 
 from ics import config, recorder, recordings, records
@@ -275,7 +276,8 @@ def test_a_long_call_keeps_its_older_packets_on_disk_and_its_file_is_the_same(st
             sent[d].extend(chunk)
         rec.spill()
         assert all(sum(map(len, call.packets[d])) < recorder.SPILL_PACKETS for d in (0, 1))
-    assert call.spill is not None and call.spill.exists()
+    spill = call.spill
+    assert spill is not None and spill.exists()
     expected = recorder.mix(sent, bridged, bridged + 8000)
     records.create(store.r, cid, bridged_ms=bridged, ended_ms=bridged + 8000, recording=name, privileged="0")
     rec.caught_up_ms = bridged + 8000 + recorder.SETTLE_GRACE_MS
@@ -283,7 +285,7 @@ def test_a_long_call_keeps_its_older_packets_on_disk_and_its_file_is_the_same(st
     path = store.cfg.recordings_dir / name
     with wave.open(str(path)) as w:
         assert w.readframes(w.getnframes()) == expected.tobytes()
-    assert len(expected) == 8 * 8000 and not call.spill.exists() and not rec.calls
+    assert len(expected) == 8 * 8000 and not spill.exists() and not rec.calls
 
 
 def test_a_call_asked_for_again_drops_its_spill(store, monkeypatch):
@@ -346,3 +348,14 @@ def test_spill_files_a_dead_recorder_left_are_dropped_when_the_next_one_starts(s
     assert orphan.exists() and orphan.parent == store.cfg.recordings_dir / recorder.SPILL_DIR
     recorder.Recorder(store.cfg, store.r).drop_orphan_spills()  # the service restarted: the call is not its own
     assert not orphan.exists() and (store.cfg.recordings_dir / name).exists()
+
+
+@pytest.mark.parametrize("sizes", [[160] * 5, [160, 80, 0, 240, 160]], ids=["one size", "ragged"])
+def test_payloads_are_gathered_whole_and_in_order(sizes):
+    """Both ways of copying the payloads out of a batch (rows of one size at once, or byte by
+    byte) give each run whole, in the order asked."""
+    d = np.random.default_rng(7).integers(0, 256, 2000, dtype=np.uint8)
+    starts = np.array([1500, 3, 700, 1000, 3], np.int64)
+    sizes = np.array(sizes, np.int64)
+    want = b"".join(d[s:s + n].tobytes() for s, n in zip(starts, sizes))
+    assert recorder.gather(d, starts, sizes).tobytes() == want
