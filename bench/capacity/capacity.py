@@ -79,6 +79,7 @@ BURST_ON_S, BURST_PERIOD_S = 3, 5
 ROOM_NOISE = 33  # sample s.d. between bursts: -60 dBFS, under talk detection's -42 and over dead air's -66
 TALK_SILENCE_S = 1  # the far end's TALK_DETECT(set)=1000: a talk stop after 1 s of silence
 HZ = os.sysconf("SC_CLK_TCK")
+DTMF_PT = 101  # telephone-event, as the far end's Asterisk offers it
 
 
 def number(setup: str, i: int) -> str:
@@ -284,6 +285,7 @@ class Speech(threading.Thread):
         far, ours = f"portrange {FAR_RTP[0]}-{FAR_RTP[1]}", f"portrange {our_rtp[0]}-{our_rtp[1]}"
         self.cap.setfilter(f"udp and ((src {far} and dst {ours}) or (src {ours} and dst {far}))")
         self.batches: list[tuple[np.ndarray, ...]] = []  # time, far port, loud, to the far end, ts, ssrc
+        self.keys: list[tuple[np.ndarray, np.ndarray]] = []  # the far end's RFC 2833 packets: time, far port
         self.halt = threading.Event()
 
     def run(self) -> None:
@@ -292,6 +294,8 @@ class Speech(threading.Thread):
             if not meta:
                 continue
             m, d, _, udp, end = recorder.udp_headers(data, meta, 14)  # lo's link header: Ethernet
+            key = ((d[udp + 8 + 1] & 0x7F) == DTMF_PT) & (recorder.big_endian(d, udp, 2) >= FAR_RTP[0])
+            self.keys.append((m[key, 0] + m[key, 1] / 1e6, recorder.big_endian(d, udp[key], 2)))
             body = udp + 8 + 12
             ok = end - body >= 160  # 20 ms of G.711
             m, udp, body = m[ok], udp[ok], body[ok]
@@ -301,13 +305,19 @@ class Speech(threading.Thread):
             self.batches.append((m[:, 0] + m[:, 1] / 1e6, np.where(out, dport, sport), loud, out,
                                  recorder.big_endian(d, udp + 8 + 4, 4), recorder.big_endian(d, udp + 8 + 8, 4)))
 
-    def stop(self) -> tuple[dict[int, list[float]], dict[int, np.ndarray], dict[int, tuple[np.ndarray, ...]]]:
+    def stop(self) -> tuple[dict[int, list[float]], dict[int, np.ndarray], dict[int, tuple[np.ndarray, ...]],
+                            dict[int, float]]:
         """By the far end's port: burst starts and every packet's time (20 ms of audio each) of
-        what it sent; (time, RTP timestamp, SSRC) of what it was sent, in time order."""
+        what it sent; (time, RTP timestamp, SSRC) of what it was sent, in time order; when it
+        first sent a key (RFC 2833)."""
         self.halt.set()
         self.join(2)
+        first_key: dict[int, float] = {}
+        for t, port in self.keys:
+            for ti, pi in zip(t.tolist(), port.tolist()):
+                first_key[pi] = min(ti, first_key.get(pi, ti))
         if not self.batches:
-            return {}, {}, {}
+            return {}, {}, {}, first_key
         t, port, loud, out, ts, ssrc = (np.concatenate(c) for c in zip(*self.batches))
         starts: dict[int, list[float]] = {}
         sent: dict[int, np.ndarray] = {}
@@ -321,7 +331,7 @@ class Speech(threading.Thread):
             to = mine & out
             order = np.argsort(t[to], kind="stable")
             received[int(p)] = (t[to][order], ts[to][order], ssrc[to][order])
-        return starts, sent, received
+        return starts, sent, received, first_key
 
 
 def send_jitter_ms(stream: tuple[np.ndarray, ...], t0: float, t1: float) -> float:
@@ -410,7 +420,7 @@ def run_setup(setup: str, n: int, args, far: FarEnd, store: Store, cfg) -> Resul
     time.sleep(2)  # the called legs' reports, settlement, MixMonitor closing its files
     legs = tap.events({"Event": "UserEvent", "UserEvent": "BenchLeg"}, since=mark)
     talks = tap.events({"Event": "ChannelTalkingStart"}, since=mark)
-    onsets, packets, outgoing = speech.stop()
+    onsets, packets, outgoing, first_key = speech.stop()
     recs = {}
     if setup == "ours":
         recs = wait_records(store, set(dialed), t_first)
@@ -441,6 +451,10 @@ def run_setup(setup: str, n: int, args, far: FarEnd, store: Store, cfg) -> Resul
             setups.append(bridged_at[num] - t_dial)
         if h and h.get("Held") == "1" and c and num in bridged_at:
             res.held += 1
+        elif setup == "ours" and c and c.get("Answered"):  # not held: did the called side press 1, and when?
+            key = first_key.get(int(c.get("Rtp", "").rpartition(":")[2] or 0))
+            res.problems.append(f"{num} not held: the called side answered, then " + (
+                "sent no key" if key is None else f"sent its first key {key - float(c['Answered']):.1f} s later"))
         for leg in (h, c):
             if leg:
                 lost += int(leg.get("RxLost") or 0)
