@@ -690,6 +690,14 @@ def print_ceilings(runs: list[list[Result]], setups: list[str], recording: bool)
               f" Asterisk {min(ast, default=float('nan')):.2f}-{max(ast, default=float('nan')):.2f} % of a core"
               f" per bridged call, {min(per_call, default=float('nan')):.2f}-"
               f"{max(per_call, default=float('nan')):.2f} CPU-s per call")
+    # the box's ceiling follows the CPU every process spends on a call, the far end's included
+    total = {setup: sorted(sum(r.cpu_bridged.values()) for rs in runs for r in rs if r.setup == setup and r.cpu_bridged)
+             for setup in setups}
+    for setup, t in total.items():
+        if t:
+            print(f"   {setup:6s} every process, far end included: {t[0]:.2f}-{t[-1]:.2f} % of a core per bridged call")
+    if total.get("ours") and total.get("plain"):
+        print(f"   plain/ours, medians of those: {pct(total['plain'], 50) / pct(total['ours'], 50):.2f}")
     both = []
     for rs in runs:
         by = {r.setup: r.cpu_bridged.get("asterisk") for r in rs}
