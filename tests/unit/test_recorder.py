@@ -260,6 +260,25 @@ def test_the_finisher_yields_the_cpu_and_the_capture_thread_does_not(store):
     t.join(2)
 
 
+def one_second_each_way(call: recorder.Call, bridged: int, k: int, sent: tuple[list, list]) -> None:
+    """Second k of the bridge handed to the call, both directions (a level of its own each
+    second), and kept in sent too: what the file must hold."""
+    for d, value in ((0, 0x80), (1, 0xFE)):
+        chunk = frames(bridged + 1000 * k + 5 * d, 50, value - k, ts0=160 + 8000 * k)
+        call.packets[d].extend(chunk)
+        sent[d].extend(chunk)
+
+
+def written_at_end(store, rec: recorder.Recorder, cid: str, name: str, bridged: int, seconds: int) -> bytes:
+    """The call ends seconds after its bridge and the capture has passed that: the WAV's audio."""
+    records.create(store.r, cid, bridged_ms=bridged, ended_ms=bridged + 1000 * seconds, recording=name,
+                   privileged="0")
+    rec.caught_up_ms = bridged + 1000 * seconds + recorder.SETTLE_GRACE_MS
+    rec.finish_ended()
+    with wave.open(str(store.cfg.recordings_dir / name)) as w:
+        return w.readframes(w.getnframes())
+
+
 def test_a_long_call_keeps_its_older_packets_on_disk_and_its_file_is_the_same(store, monkeypatch):
     """Past SPILL_PACKETS a direction, a live call's older packets move to a file beside its
     recording; the WAV written at the end is what mixing every packet in memory gives."""
@@ -270,21 +289,13 @@ def test_a_long_call_keeps_its_older_packets_on_disk_and_its_file_is_the_same(st
     bridged = int(recorder.time.time() * 1000) - 10_000
     sent: tuple[list, list] = ([], [])
     for k in range(8):  # 8 hand-outs of 1 s each way, the finisher's spill between them
-        for d, value in ((0, 0x80), (1, 0xFE)):
-            chunk = frames(bridged + 1000 * k + 5 * d, 50, value - k, ts0=160 + 8000 * k)
-            call.packets[d].extend(chunk)
-            sent[d].extend(chunk)
+        one_second_each_way(call, bridged, k, sent)
         rec.spill()
         assert all(sum(map(len, call.packets[d])) < recorder.SPILL_PACKETS for d in (0, 1))
     spill = call.spill
     assert spill is not None and spill.exists()
     expected = recorder.mix(sent, bridged, bridged + 8000)
-    records.create(store.r, cid, bridged_ms=bridged, ended_ms=bridged + 8000, recording=name, privileged="0")
-    rec.caught_up_ms = bridged + 8000 + recorder.SETTLE_GRACE_MS
-    rec.finish_ended()
-    path = store.cfg.recordings_dir / name
-    with wave.open(str(path)) as w:
-        assert w.readframes(w.getnframes()) == expected.tobytes()
+    assert written_at_end(store, rec, cid, name, bridged, 8) == expected.tobytes()
     assert len(expected) == 8 * 8000 and not spill.exists() and not rec.calls
 
 
@@ -313,10 +324,7 @@ def test_a_spill_the_disk_refuses_leaves_the_packets_in_memory_and_the_file_whol
     limit = resource.getrlimit(resource.RLIMIT_FSIZE)
     sizes = []
     for k in range(6):
-        for d, value in ((0, 0x80), (1, 0xFE)):
-            chunk = frames(bridged + 1000 * k + 5 * d, 50, value - k, ts0=160 + 8000 * k)
-            call.packets[d].extend(chunk)
-            sent[d].extend(chunk)
+        one_second_each_way(call, bridged, k, sent)
         full = k == 3  # room for part of one direction's record, not for all of it
         size = call.spill.stat().st_size if call.spill else 0
         if full:
@@ -330,11 +338,7 @@ def test_a_spill_the_disk_refuses_leaves_the_packets_in_memory_and_the_file_whol
             assert sizes[-1] == size and all(sum(map(len, call.packets[d])) >= 100 for d in (0, 1))
     assert sizes[4] > sizes[3]  # the next spill took them
     expected = recorder.mix(sent, bridged, bridged + 6000)
-    records.create(store.r, cid, bridged_ms=bridged, ended_ms=bridged + 6000, recording=name, privileged="0")
-    rec.caught_up_ms = bridged + 6000 + recorder.SETTLE_GRACE_MS
-    rec.finish_ended()
-    with wave.open(str(store.cfg.recordings_dir / name)) as w:
-        assert w.readframes(w.getnframes()) == expected.tobytes()
+    assert written_at_end(store, rec, cid, name, bridged, 6) == expected.tobytes()
     assert len(expected) == 6 * 8000
 
 
